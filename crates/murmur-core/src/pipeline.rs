@@ -1,0 +1,177 @@
+//! The pipeline definition, written once and handed unchanged to the
+//! backfill and the live runner.
+
+use crate::error::PipelineError;
+use crate::monoid::Monoid;
+use crate::window::Window;
+use std::fmt;
+use std::sync::Arc;
+
+type KeyOne<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
+type KeyMany<T> = Arc<dyn Fn(&T) -> Vec<String> + Send + Sync>;
+type ValueFn<T, I> = Arc<dyn Fn(&T) -> I + Send + Sync>;
+
+enum KeyFn<T> {
+    One(KeyOne<T>),
+    Many(KeyMany<T>),
+}
+
+struct Inner<T, M: Monoid> {
+    name: String,
+    keys: KeyFn<T>,
+    value: ValueFn<T, M::Input>,
+    monoid: M,
+    window: Option<Window>,
+}
+
+/// What to aggregate: a name, the key function(s), the value function, the
+/// monoid and an optional window.
+///
+/// A `Pipeline` is cheap to clone (an `Arc`); build it once and pass the same
+/// value to the backfill and to the live runner.
+///
+/// ```
+/// use murmur_core::{Pipeline, Window, monoid::Sum};
+///
+/// struct PageView { page: String, user: String }
+///
+/// let views = Pipeline::builder("page_views", Sum)
+///     .key_by_many(|v: &PageView| vec![format!("page:{}", v.page), format!("user:{}", v.user)])
+///     .value(|_| 1)
+///     .window(Window::day())
+///     .build()
+///     .unwrap();
+/// assert_eq!(views.name(), "page_views");
+/// ```
+pub struct Pipeline<T, M: Monoid> {
+    inner: Arc<Inner<T, M>>,
+}
+
+impl<T, M: Monoid> Clone for Pipeline<T, M> {
+    fn clone(&self) -> Self {
+        Pipeline {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T, M: Monoid + fmt::Debug> fmt::Debug for Pipeline<T, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.inner.name)
+            .field("monoid", &self.inner.monoid)
+            .field("window", &self.inner.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, M: Monoid> Pipeline<T, M> {
+    /// Starts a pipeline definition.
+    pub fn builder(name: impl Into<String>, monoid: M) -> PipelineBuilder<T, M> {
+        PipelineBuilder {
+            name: name.into(),
+            monoid,
+            keys: None,
+            value: None,
+            window: None,
+        }
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The monoid.
+    pub fn monoid(&self) -> &M {
+        &self.inner.monoid
+    }
+
+    /// The window, if the pipeline is windowed.
+    pub fn window(&self) -> Option<&Window> {
+        self.inner.window.as_ref()
+    }
+
+    /// Appends the entity keys of `event` to `out`.
+    pub fn keys_into(&self, event: &T, out: &mut Vec<String>) {
+        match &self.inner.keys {
+            KeyFn::One(f) => out.push(f(event)),
+            KeyFn::Many(f) => out.extend(f(event)),
+        }
+    }
+
+    /// The monoid input of `event`.
+    pub fn input(&self, event: &T) -> M::Input {
+        (self.inner.value)(event)
+    }
+
+    /// Whether two handles are the very same definition.
+    pub fn same_definition(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// Builder for [`Pipeline`].
+pub struct PipelineBuilder<T, M: Monoid> {
+    name: String,
+    monoid: M,
+    keys: Option<KeyFn<T>>,
+    value: Option<ValueFn<T, M::Input>>,
+    window: Option<Window>,
+}
+
+impl<T, M: Monoid> PipelineBuilder<T, M> {
+    /// One entity key per event.
+    pub fn key_by(mut self, f: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
+        self.keys = Some(KeyFn::One(Arc::new(f)));
+        self
+    }
+
+    /// Several entity keys per event (fan-out, e.g. `lifetime:<id>` and
+    /// `hourly:<id>`); each key receives the event's value.
+    pub fn key_by_many(mut self, f: impl Fn(&T) -> Vec<String> + Send + Sync + 'static) -> Self {
+        self.keys = Some(KeyFn::Many(Arc::new(f)));
+        self
+    }
+
+    /// The monoid input of an event (for [`Count`](crate::monoid::Count):
+    /// `|_| ()`).
+    pub fn value(mut self, f: impl Fn(&T) -> M::Input + Send + Sync + 'static) -> Self {
+        self.value = Some(Arc::new(f));
+        self
+    }
+
+    /// Buckets values by event time.
+    pub fn window(mut self, window: Window) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Finishes the definition.
+    pub fn build(self) -> Result<Pipeline<T, M>, PipelineError> {
+        let missing = |what: &str| PipelineError::Definition {
+            pipeline: self.name.clone(),
+            reason: format!("no {what} function: call {what}_by / value before build"),
+        };
+        if self.name.is_empty() {
+            return Err(PipelineError::Definition {
+                pipeline: String::new(),
+                reason: "the pipeline name is empty".into(),
+            });
+        }
+        let keys = self.keys.ok_or_else(|| missing("key"))?;
+        let value = self.value.ok_or_else(|| PipelineError::Definition {
+            pipeline: self.name.clone(),
+            reason: "no value function: call .value(..) before build".into(),
+        })?;
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                name: self.name,
+                keys,
+                value,
+                monoid: self.monoid,
+                window: self.window,
+            }),
+        })
+    }
+}

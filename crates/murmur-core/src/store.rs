@@ -1,0 +1,398 @@
+//! The store contracts: a state store that applies fenced batches exactly
+//! once, and a checkpoint store holding batch intents, lane progress and
+//! bootstrap run records.
+//!
+//! # Fenced batch writes
+//!
+//! Work is split into *lanes* ([`LaneId`]). Within a lane, batches get
+//! consecutive sequence numbers and deterministic contents. The runner:
+//!
+//! 1. records the batch's [`BatchIntent`] with [`CheckpointStore::begin_batch`];
+//! 2. applies its rows with [`StateStore::apply`]: each row write of batch
+//!    `(lane, seq)` applies only if the row's fence for `lane` is below `seq`
+//!    and sets the fence to `seq` in the same write — re-applying a batch,
+//!    whole or after a crash part-way, changes nothing that already landed;
+//! 3. advances the lane with [`CheckpointStore::commit_batch`].
+//!
+//! On restart a lane with a pending intent re-reads exactly that range and
+//! re-applies it with the same `seq`. Idempotent monoids skip the fence (a
+//! replay of `max` or of a HyperLogLog union is harmless).
+//!
+//! [`merge_row`] and the [`LaneState`] transitions are the pure core of this
+//! protocol; the memory and embedded stores call them directly and the
+//! DynamoDB store expresses the same rules as condition expressions.
+
+use crate::error::{MonoidError, StoreError};
+use crate::handoff::HandoffToken;
+use crate::monoid::{Cell, DynMonoid, WriteStrategy};
+use crate::record::{LaneId, Position};
+use crate::window::BucketKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The key of a stored row: entity (partition key) and bucket (sort key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RowKey {
+    /// Entity id, e.g. `page:/home` or `hourly:user-42`.
+    pub entity: Arc<str>,
+    /// Window bucket, or [`BucketKey::ALL_TIME`].
+    pub bucket: BucketKey,
+}
+
+impl RowKey {
+    /// A row key.
+    pub fn new(entity: impl Into<Arc<str>>, bucket: BucketKey) -> Self {
+        RowKey {
+            entity: entity.into(),
+            bucket,
+        }
+    }
+}
+
+/// One row's delta within a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowDelta {
+    /// The row.
+    pub key: RowKey,
+    /// The encoded delta, combined into the stored value.
+    pub delta: Cell,
+    /// Expiry in epoch seconds (bucket end + retention), if any.
+    pub expires_at: Option<i64>,
+}
+
+/// A batch of deltas for one lane: at most one delta per row, in a
+/// deterministic order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteBatch {
+    /// The lane.
+    pub lane: LaneId,
+    /// The batch's sequence number within the lane (starting at 1).
+    pub seq: u64,
+    /// The deltas.
+    pub rows: Vec<RowDelta>,
+}
+
+/// A stored value as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredValue {
+    /// The encoded value.
+    pub value: Cell,
+    /// Expiry in epoch seconds, if any.
+    pub expires_at: Option<i64>,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Rows whose value changed.
+    pub rows_written: u64,
+    /// Rows skipped because the fence shows this batch already landed there
+    /// (or, for idempotent monoids, because the value would not change).
+    pub rows_unchanged: u64,
+    /// Store requests issued (reads and writes).
+    pub requests: u64,
+    /// Retried requests (throttling, conflicts, transient errors).
+    pub retries: u64,
+}
+
+impl ApplyReport {
+    /// Adds another report's counters to this one.
+    pub fn add(&mut self, other: ApplyReport) {
+        self.rows_written += other.rows_written;
+        self.rows_unchanged += other.rows_unchanged;
+        self.requests += other.requests;
+        self.retries += other.retries;
+    }
+}
+
+/// A store of monoid values keyed by [`RowKey`].
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    /// A name for error messages and metrics (`memory`, `embedded:<path>`,
+    /// `dynamodb:<table>`).
+    fn name(&self) -> &str;
+
+    /// Applies every row of `batch` exactly once (see the module docs). A
+    /// replay of the same `(lane, seq)` — whole or after a partial apply — is
+    /// a no-op for the rows that already landed.
+    async fn apply(&self, monoid: &dyn DynMonoid, batch: &WriteBatch) -> Result<ApplyReport, StoreError>;
+
+    /// Reads rows, results aligned with `keys`; missing rows are `None`.
+    async fn get_many(&self, keys: &[RowKey]) -> Result<Vec<Option<StoredValue>>, StoreError>;
+
+    /// Reads one row.
+    async fn get(&self, key: &RowKey) -> Result<Option<StoredValue>, StoreError> {
+        let mut rows = self.get_many(std::slice::from_ref(key)).await?;
+        Ok(rows.pop().flatten())
+    }
+}
+
+/// A row as the memory and embedded stores keep it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRow {
+    /// The encoded value.
+    pub value: Cell,
+    /// Expiry in epoch seconds.
+    pub expires_at: Option<i64>,
+    /// Highest applied batch sequence number per lane (fenced kinds only).
+    pub fences: BTreeMap<LaneId, u64>,
+    /// Incremented on every write (compare-and-set).
+    pub version: u64,
+}
+
+impl StoredRow {
+    /// The value part.
+    pub fn stored_value(&self) -> StoredValue {
+        StoredValue {
+            value: self.value.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// The outcome of merging one delta into one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Merge {
+    /// Write this new row.
+    Write(StoredRow),
+    /// Nothing to write: the fence shows the batch already landed, or an
+    /// idempotent merge would not change the value.
+    Unchanged,
+}
+
+/// Merges `delta` of batch `(lane, seq)` into `existing`, following the fenced
+/// write rules. Pure: stores call it inside their own transaction.
+pub fn merge_row(
+    monoid: &dyn DynMonoid,
+    existing: Option<&StoredRow>,
+    delta: &RowDelta,
+    lane: &LaneId,
+    seq: u64,
+) -> Result<Merge, MonoidError> {
+    let strategy = monoid.write_strategy();
+    if strategy.is_fenced()
+        && let Some(row) = existing
+        && row.fences.get(lane).is_some_and(|f| *f >= seq)
+    {
+        return Ok(Merge::Unchanged);
+    }
+    let (value, mut fences, version, old_expiry) = match existing {
+        Some(row) => (
+            monoid.combine_cells(&row.value, &delta.delta)?,
+            row.fences.clone(),
+            row.version,
+            row.expires_at,
+        ),
+        None => {
+            monoid.validate_cell(&delta.delta)?;
+            (delta.delta.clone(), BTreeMap::new(), 0, None)
+        }
+    };
+    let expires_at = old_expiry.max(delta.expires_at);
+    if !strategy.is_fenced()
+        && let Some(row) = existing
+        && row.value == value
+        && row.expires_at == expires_at
+    {
+        return Ok(Merge::Unchanged);
+    }
+    if strategy.is_fenced() {
+        fences.insert(lane.clone(), seq);
+    }
+    Ok(Merge::Write(StoredRow {
+        value,
+        expires_at,
+        fences,
+        version: version + 1,
+    }))
+}
+
+/// Whether `strategy` needs the stored row before writing (read-modify-write).
+pub fn needs_read(strategy: WriteStrategy) -> bool {
+    matches!(strategy, WriteStrategy::MergeIdempotent | WriteStrategy::MergeFenced)
+}
+
+/// A batch about to be applied: its lane, sequence number and source range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchIntent {
+    /// The lane.
+    pub lane: LaneId,
+    /// The batch's sequence number (committed + 1).
+    pub seq: u64,
+    /// Source position of the batch's first record (inclusive).
+    pub start: Position,
+    /// Source position after the batch's last record (exclusive); the lane's
+    /// checkpoint once the batch is committed.
+    pub end: Position,
+}
+
+/// Progress of one lane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneState {
+    /// The lane.
+    pub lane: LaneId,
+    /// Sequence number of the last committed batch (0: none yet).
+    pub committed_seq: u64,
+    /// Where to resume after the committed batches.
+    pub position: Position,
+    /// A batch whose rows may have been partly applied.
+    pub pending: Option<BatchIntent>,
+}
+
+impl LaneState {
+    /// A new lane starting at `position`.
+    pub fn new(lane: LaneId, position: Position) -> Self {
+        LaneState {
+            lane,
+            committed_seq: 0,
+            position,
+            pending: None,
+        }
+    }
+
+    /// Records `intent` as pending. Re-recording the same pending intent is a
+    /// no-op; anything else out of sequence is an error (`reason`).
+    pub fn begin(&mut self, intent: &BatchIntent) -> Result<(), String> {
+        if let Some(p) = &self.pending {
+            if p == intent {
+                return Ok(());
+            }
+            return Err(format!(
+                "batch {} is pending; cannot begin batch {} before it is committed",
+                p.seq, intent.seq
+            ));
+        }
+        if intent.seq != self.committed_seq + 1 {
+            return Err(format!(
+                "batch {} does not follow committed batch {}",
+                intent.seq, self.committed_seq
+            ));
+        }
+        self.pending = Some(intent.clone());
+        Ok(())
+    }
+
+    /// Commits pending batch `seq`: the lane's position becomes its end.
+    /// Committing an already committed batch is a no-op.
+    pub fn commit(&mut self, seq: u64) -> Result<(), String> {
+        if seq <= self.committed_seq {
+            return Ok(());
+        }
+        match self.pending.take() {
+            Some(p) if p.seq == seq => {
+                self.committed_seq = seq;
+                self.position = p.end;
+                Ok(())
+            }
+            other => {
+                let msg = match &other {
+                    Some(p) => format!("cannot commit batch {seq}: pending batch is {}", p.seq),
+                    None => format!("cannot commit batch {seq}: no batch is pending"),
+                };
+                self.pending = other;
+                Err(msg)
+            }
+        }
+    }
+}
+
+/// Status of a bootstrap run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Started, not finished.
+    Running,
+    /// Finished; the handoff token is set.
+    Completed,
+}
+
+/// The record of one bootstrap (backfill) run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: String,
+    /// Running or completed.
+    pub status: RunStatus,
+    /// When the run was first begun, epoch ms.
+    pub started_at_ms: i64,
+    /// When it completed, epoch ms.
+    pub completed_at_ms: Option<i64>,
+    /// The handoff token, written together with the completion.
+    pub token: Option<HandoffToken>,
+}
+
+impl RunRecord {
+    /// A new running record.
+    pub fn running(run_id: &str, now_ms: i64) -> Self {
+        RunRecord {
+            run_id: run_id.to_owned(),
+            status: RunStatus::Running,
+            started_at_ms: now_ms,
+            completed_at_ms: None,
+            token: None,
+        }
+    }
+
+    /// Marks the run completed with `token`. Completing again with the same
+    /// token is a no-op; with a different token it is an error (`reason`).
+    pub fn complete(&mut self, token: &HandoffToken, now_ms: i64) -> Result<(), String> {
+        match (&self.status, &self.token) {
+            (RunStatus::Completed, Some(t)) if t == token => Ok(()),
+            (RunStatus::Completed, t) => Err(format!(
+                "already completed with a different handoff token ({})",
+                t.as_ref().map(HandoffToken::to_json).unwrap_or_default()
+            )),
+            (RunStatus::Running, _) => {
+                self.status = RunStatus::Completed;
+                self.completed_at_ms = Some(now_ms);
+                self.token = Some(token.clone());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Durable lane progress and bootstrap run records.
+#[async_trait::async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// A name for error messages.
+    fn name(&self) -> &str;
+
+    /// The lane's state, if it was ever initialised.
+    async fn lane(&self, lane: &LaneId) -> Result<Option<LaneState>, StoreError>;
+
+    /// Every lane whose id starts with `prefix`, sorted by id.
+    async fn lanes(&self, prefix: &str) -> Result<Vec<LaneState>, StoreError>;
+
+    /// Creates the lane at `start` unless it exists; returns its state. This
+    /// is how a resolved start position is persisted before consuming.
+    async fn init_lane(&self, lane: &LaneId, start: &Position) -> Result<LaneState, StoreError>;
+
+    /// Records a batch intent before any of its rows is written
+    /// (see [`LaneState::begin`]).
+    async fn begin_batch(&self, intent: &BatchIntent) -> Result<(), StoreError>;
+
+    /// Marks batch `seq` of `lane` durable and advances the lane
+    /// (see [`LaneState::commit`]).
+    async fn commit_batch(&self, lane: &LaneId, seq: u64) -> Result<LaneState, StoreError>;
+
+    /// The run record, if the run was begun.
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// Begins a run unless it exists; returns the stored record (which may be
+    /// completed — a completed bootstrap is never re-run).
+    async fn begin_run(&self, run_id: &str) -> Result<RunRecord, StoreError>;
+
+    /// Marks the run completed and stores its handoff token, in one atomic
+    /// write (see [`RunRecord::complete`]).
+    async fn complete_run(&self, run_id: &str, token: &HandoffToken) -> Result<RunRecord, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
