@@ -7,7 +7,7 @@ use crate::handoff::HandoffToken;
 use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
-    ApplyReport, BatchIntent, CheckpointStore, LaneState, Merge, RowKey, RunRecord, StateStore,
+    ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge, RowKey, RunRecord, StateStore,
     StoredRow, StoredValue, WriteBatch, merge_row, now_ms,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +18,7 @@ struct Inner {
     rows: HashMap<RowKey, StoredRow>,
     lanes: BTreeMap<LaneId, LaneState>,
     runs: BTreeMap<String, RunRecord>,
+    claims: HashMap<String, (LaneId, u64)>,
 }
 
 /// An in-memory [`StateStore`] + [`CheckpointStore`]. Clones share state.
@@ -179,5 +180,36 @@ impl CheckpointStore for MemoryStore {
             .ok_or_else(|| run_err(run_id, "run was never begun".into()))?;
         run.complete(token, now_ms()).map_err(|r| run_err(run_id, r))?;
         Ok(run.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Deduper for MemoryStore {
+    async fn claim(
+        &self,
+        lane: &LaneId,
+        seq: u64,
+        event_ids: &[&str],
+        _expires_at: Option<i64>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut inner = self.lock();
+        let mut seen = std::collections::HashSet::new();
+        Ok(event_ids
+            .iter()
+            .map(|id| {
+                if !seen.insert(*id) {
+                    return Claim::Duplicate;
+                }
+                let owner = inner
+                    .claims
+                    .entry((*id).to_owned())
+                    .or_insert_with(|| (lane.clone(), seq));
+                if owner.0 == *lane && owner.1 == seq {
+                    Claim::Owned
+                } else {
+                    Claim::Duplicate
+                }
+            })
+            .collect())
     }
 }

@@ -396,3 +396,35 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+/// Outcome of claiming one event id for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This batch owns the event: first claim, or a re-claim by the same
+    /// `(lane, seq)` during a replay. Apply it.
+    Owned,
+    /// Another batch (another lane, or an earlier batch) claimed it first:
+    /// the event is a duplicate. Skip it.
+    Duplicate,
+}
+
+/// Per-event deduplication for sources that overlap each other (two exports
+/// of the same history).
+///
+/// Claims are written *before* the batch's rows and are owned by
+/// `(lane, seq)`: a replayed batch re-claims its own events, so nothing is
+/// lost or double counted. Never claim an id and then drop the write.
+#[async_trait::async_trait]
+pub trait Deduper: Send + Sync {
+    /// Claims `event_ids` for batch `(lane, seq)`; results aligned with
+    /// `event_ids`. An id repeated within `event_ids` is owned at its first
+    /// occurrence and a duplicate after that. `expires_at` (epoch seconds) bounds how long claims are
+    /// kept.
+    async fn claim(
+        &self,
+        lane: &LaneId,
+        seq: u64,
+        event_ids: &[&str],
+        expires_at: Option<i64>,
+    ) -> Result<Vec<Claim>, StoreError>;
+}
