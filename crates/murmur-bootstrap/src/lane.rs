@@ -1,0 +1,227 @@
+//! [`LaneWriter`]: one lane's records -> fenced batches.
+
+use crate::error::{Error, Result};
+use murmur_core::store::now_ms;
+use murmur_core::{
+    Aggregator, ApplyReport, BatchIntent, CheckpointStore, FlushPolicy, LaneId, LaneState, Monoid,
+    Pipeline, Position, Record, StateStore, WriteBatch,
+};
+use std::sync::Arc;
+
+/// Where a lane resumes after [`LaneWriter::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// A batch was recorded but may be partly applied: read exactly
+    /// `[intent.start, intent.end)` again and pass it to
+    /// [`LaneWriter::replay`] before anything else.
+    Pending(BatchIntent),
+    /// Read on from this position.
+    From(Position),
+}
+
+/// What one flushed batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchReport {
+    /// The batch's sequence number.
+    pub seq: u64,
+    /// Records folded into the batch.
+    pub records: u64,
+    /// Distinct rows the batch wrote (deltas).
+    pub rows: u64,
+    /// The store's report.
+    pub apply: ApplyReport,
+    /// The lane's position after the batch.
+    pub end: Position,
+}
+
+/// Turns one lane's records into fenced batches.
+///
+/// Feed it chunks of records with [`push_chunk`](LaneWriter::push_chunk);
+/// each chunk ends at a resumable, exclusive position (a Kafka offset + 1, the
+/// end of a Parquet row group). When the flush policy says so — or on
+/// [`flush`](LaneWriter::flush) — the writer
+///
+/// 1. records the batch intent `[start, end)` with the next sequence number,
+/// 2. applies the batch's rows (one delta per row) with that `(lane, seq)`,
+/// 3. commits the lane to `end`.
+///
+/// A crash anywhere leaves either a committed batch or a pending intent; on
+/// the next [`open`](LaneWriter::open) the caller re-reads exactly the
+/// pending range and [`replay`](LaneWriter::replay)s it with the same
+/// sequence number, which the stores' fences make exact.
+pub struct LaneWriter<T, M: Monoid> {
+    pipeline: Pipeline<T, M>,
+    store: Arc<dyn StateStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    lane: LaneId,
+    state: LaneState,
+    agg: Aggregator<T, M>,
+    open_batch: Option<(Position, Position, u64)>,
+}
+
+impl<T, M: Monoid> LaneWriter<T, M> {
+    /// Opens `lane`, creating it at `start` if it is new; returns the writer
+    /// and where to resume.
+    pub async fn open(
+        pipeline: Pipeline<T, M>,
+        store: Arc<dyn StateStore>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        lane: LaneId,
+        start: Position,
+        flush: FlushPolicy,
+    ) -> Result<(Self, Resume)> {
+        let state = checkpoints
+            .init_lane(&lane, &start)
+            .await
+            .map_err(|source| Error::Store {
+                lane: lane.clone(),
+                source,
+            })?;
+        let resume = match &state.pending {
+            Some(intent) => Resume::Pending(intent.clone()),
+            None => Resume::From(state.position.clone()),
+        };
+        let agg = Aggregator::new(pipeline.clone(), flush);
+        Ok((
+            LaneWriter {
+                pipeline,
+                store,
+                checkpoints,
+                lane,
+                state,
+                agg,
+                open_batch: None,
+            },
+            resume,
+        ))
+    }
+
+    /// The lane.
+    pub fn lane(&self) -> &LaneId {
+        &self.lane
+    }
+
+    /// The lane's durable state as last seen.
+    pub fn state(&self) -> &LaneState {
+        &self.state
+    }
+
+    /// Re-applies the pending batch from exactly its records (those of
+    /// `[intent.start, intent.end)`, in source order) with its original
+    /// sequence number, then commits it.
+    pub async fn replay<'a>(&mut self, records: impl IntoIterator<Item = &'a Record<T>>) -> Result<BatchReport>
+    where
+        T: 'a,
+    {
+        let Some(intent) = self.state.pending.clone() else {
+            return Err(self.protocol("replay called but no batch is pending"));
+        };
+        if self.open_batch.is_some() {
+            return Err(self.protocol("replay called while a new batch is open"));
+        }
+        let mut n = 0;
+        for r in records {
+            self.fold(r)?;
+            n += 1;
+        }
+        tracing::info!(lane = %self.lane, seq = intent.seq, records = n, "replaying pending batch");
+        self.write(intent, n).await
+    }
+
+    /// Folds a chunk of records read from `start` up to `end` (exclusive).
+    /// Returns a report when the chunk completed a batch.
+    pub async fn push_chunk(&mut self, records: &[Record<T>], start: &Position, end: &Position) -> Result<Option<BatchReport>> {
+        if self.state.pending.is_some() {
+            return Err(self.protocol("a pending batch must be replayed before new records"));
+        }
+        for r in records {
+            self.fold(r)?;
+        }
+        let n = records.len() as u64;
+        match &mut self.open_batch {
+            Some((_, batch_end, count)) => {
+                *batch_end = end.clone();
+                *count += n;
+            }
+            None => self.open_batch = Some((start.clone(), end.clone(), n)),
+        }
+        if self.agg.should_flush() {
+            self.flush().await
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether the open batch should be flushed now (max keys or max age):
+    /// live drivers call this on idle ticks.
+    pub fn should_flush(&self) -> bool {
+        self.open_batch.is_some() && self.agg.should_flush()
+    }
+
+    /// Flushes the open batch, if any.
+    pub async fn flush(&mut self) -> Result<Option<BatchReport>> {
+        let Some((start, end, records)) = self.open_batch.take() else {
+            return Ok(None);
+        };
+        let intent = BatchIntent {
+            lane: self.lane.clone(),
+            seq: self.state.committed_seq + 1,
+            start,
+            end,
+        };
+        self.checkpoints
+            .begin_batch(&intent)
+            .await
+            .map_err(|source| self.store_err(source))?;
+        self.state.pending = Some(intent.clone());
+        self.write(intent, records).await.map(Some)
+    }
+
+    fn fold(&mut self, r: &Record<T>) -> Result<()> {
+        self.agg.push(r, now_ms()).map(|_| ()).map_err(|source| Error::Pipeline {
+            lane: self.lane.clone(),
+            source,
+        })
+    }
+
+    async fn write(&mut self, intent: BatchIntent, records: u64) -> Result<BatchReport> {
+        let rows = self.agg.take();
+        let batch = WriteBatch {
+            lane: self.lane.clone(),
+            seq: intent.seq,
+            rows,
+        };
+        let apply = self
+            .store
+            .apply(self.pipeline.monoid(), &batch)
+            .await
+            .map_err(|source| self.store_err(source))?;
+        self.state = self
+            .checkpoints
+            .commit_batch(&self.lane, intent.seq)
+            .await
+            .map_err(|source| self.store_err(source))?;
+        tracing::debug!(lane = %self.lane, seq = intent.seq, rows = batch.rows.len(), "batch committed");
+        Ok(BatchReport {
+            seq: intent.seq,
+            records,
+            rows: batch.rows.len() as u64,
+            apply,
+            end: intent.end,
+        })
+    }
+
+    fn store_err(&self, source: murmur_core::StoreError) -> Error {
+        Error::Store {
+            lane: self.lane.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, reason: &str) -> Error {
+        Error::Protocol {
+            lane: self.lane.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+}
