@@ -109,7 +109,10 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     /// Re-applies the pending batch from exactly its records (those of
     /// `[intent.start, intent.end)`, in source order) with its original
     /// sequence number, then commits it.
-    pub async fn replay<'a>(&mut self, records: impl IntoIterator<Item = &'a Record<T>>) -> Result<BatchReport>
+    pub async fn replay<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a Record<T>>,
+    ) -> Result<BatchReport>
     where
         T: 'a,
     {
@@ -130,7 +133,12 @@ impl<T, M: Monoid> LaneWriter<T, M> {
 
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
     /// Returns a report when the chunk completed a batch.
-    pub async fn push_chunk(&mut self, records: &[Record<T>], start: &Position, end: &Position) -> Result<Option<BatchReport>> {
+    pub async fn push_chunk(
+        &mut self,
+        records: &[Record<T>],
+        start: &Position,
+        end: &Position,
+    ) -> Result<Option<BatchReport>> {
         if self.state.pending.is_some() {
             return Err(self.protocol("a pending batch must be replayed before new records"));
         }
@@ -178,10 +186,13 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     }
 
     fn fold(&mut self, r: &Record<T>) -> Result<()> {
-        self.agg.push(r, now_ms()).map(|_| ()).map_err(|source| Error::Pipeline {
-            lane: self.lane.clone(),
-            source,
-        })
+        self.agg
+            .push(r, now_ms())
+            .map(|_| ())
+            .map_err(|source| Error::Pipeline {
+                lane: self.lane.clone(),
+                source,
+            })
     }
 
     async fn write(&mut self, intent: BatchIntent, records: u64) -> Result<BatchReport> {

@@ -79,11 +79,17 @@ async fn run_lane(
     cps: Arc<dyn CheckpointStore>,
     records: &[Record<(u32, i64)>],
 ) -> murmur_bootstrap::Result<()> {
-    let flush = FlushPolicy { max_keys: 20, max_age: Duration::from_secs(3600) };
-    let (mut w, resume) = LaneWriter::open(pipeline(), store, cps, LaneId::new("p0"), off(0), flush).await?;
+    let flush = FlushPolicy {
+        max_keys: 20,
+        max_age: Duration::from_secs(3600),
+    };
+    let (mut w, resume) =
+        LaneWriter::open(pipeline(), store, cps, LaneId::new("p0"), off(0), flush).await?;
     let from = match resume {
         Resume::Pending(intent) => {
-            let (Position::Offset { offset: s }, Position::Offset { offset: e }) = (&intent.start, &intent.end) else {
+            let (Position::Offset { offset: s }, Position::Offset { offset: e }) =
+                (&intent.start, &intent.end)
+            else {
                 panic!("offset positions")
             };
             w.replay(&records[*s as usize..*e as usize]).await?;
@@ -104,31 +110,50 @@ async fn run_lane(
 async fn batches_commit_and_positions_advance() {
     let mem = MemoryStore::new();
     let recs = source(500);
-    run_lane(Arc::new(mem.clone()), Arc::new(mem.clone()), &recs).await.unwrap();
+    run_lane(Arc::new(mem.clone()), Arc::new(mem.clone()), &recs)
+        .await
+        .unwrap();
     let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
     assert_eq!(lane.position, off(500));
     assert!(lane.pending.is_none());
-    assert!(lane.committed_seq >= 2, "20-key batches over 50 keys: several batches, got {}", lane.committed_seq);
-    let want: BTreeMap<String, i64> = (0..50).map(|k| (format!("k{k}"), (0..500).filter(|i| i % 50 == k).sum())).collect();
+    assert!(
+        lane.committed_seq >= 2,
+        "20-key batches over 50 keys: several batches, got {}",
+        lane.committed_seq
+    );
+    let want: BTreeMap<String, i64> = (0..50)
+        .map(|k| (format!("k{k}"), (0..500).filter(|i| i % 50 == k).sum()))
+        .collect();
     assert_eq!(totals(&mem).await, want);
 }
 
 #[tokio::test]
 async fn crash_mid_batch_then_replay_is_exact() {
     let recs = source(2_000);
-    let truth: BTreeMap<String, i64> = (0..50).map(|k| (format!("k{k}"), (0..2_000).filter(|i| i % 50 == k).sum())).collect();
+    let truth: BTreeMap<String, i64> = (0..50)
+        .map(|k| (format!("k{k}"), (0..2_000).filter(|i| i % 50 == k).sum()))
+        .collect();
     let mut mid_batch_crashes = 0;
     for budget in [0, 1, 13, 19, 20, 21, 77, 333] {
         let mem = MemoryStore::new();
-        let crashing = Arc::new(Crashing { inner: mem.clone(), budget: AtomicUsize::new(budget) });
+        let crashing = Arc::new(Crashing {
+            inner: mem.clone(),
+            budget: AtomicUsize::new(budget),
+        });
         let first = run_lane(crashing, Arc::new(mem.clone()), &recs).await;
         assert!(first.is_err(), "budget {budget} crashes the first run");
         let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
         if lane.pending.is_some() {
             mid_batch_crashes += 1;
         }
-        run_lane(Arc::new(mem.clone()), Arc::new(mem.clone()), &recs).await.unwrap();
-        assert_eq!(totals(&mem).await, truth, "budget {budget}: exact after replay");
+        run_lane(Arc::new(mem.clone()), Arc::new(mem.clone()), &recs)
+            .await
+            .unwrap();
+        assert_eq!(
+            totals(&mem).await,
+            truth,
+            "budget {budget}: exact after replay"
+        );
         let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
         assert_eq!(lane.position, off(2_000));
     }
@@ -138,15 +163,31 @@ async fn crash_mid_batch_then_replay_is_exact() {
 #[tokio::test]
 async fn new_records_before_replay_are_refused() {
     let mem = MemoryStore::new();
-    let crashing = Arc::new(Crashing { inner: mem.clone(), budget: AtomicUsize::new(3) });
+    let crashing = Arc::new(Crashing {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(3),
+    });
     let recs = source(100);
-    assert!(run_lane(crashing, Arc::new(mem.clone()), &recs).await.is_err());
-    let flush = FlushPolicy::default();
-    let (mut w, resume) =
-        LaneWriter::open(pipeline(), Arc::new(mem.clone()), Arc::new(mem.clone()), LaneId::new("p0"), off(0), flush)
+    assert!(
+        run_lane(crashing, Arc::new(mem.clone()), &recs)
             .await
-            .unwrap();
+            .is_err()
+    );
+    let flush = FlushPolicy::default();
+    let (mut w, resume) = LaneWriter::open(
+        pipeline(),
+        Arc::new(mem.clone()),
+        Arc::new(mem.clone()),
+        LaneId::new("p0"),
+        off(0),
+        flush,
+    )
+    .await
+    .unwrap();
     assert!(matches!(resume, Resume::Pending(_)));
-    let err = w.push_chunk(&recs[..1], &off(0), &off(1)).await.unwrap_err();
+    let err = w
+        .push_chunk(&recs[..1], &off(0), &off(1))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("must be replayed"), "{err}");
 }

@@ -140,7 +140,11 @@ async fn value_of<S: StateStore + ?Sized, M: Monoid>(store: &S, m: &M, key: &Row
     }
 }
 
-async fn apply<S: StateStore + ?Sized, M: Monoid>(store: &S, m: &M, b: &WriteBatch) -> crate::ApplyReport {
+async fn apply<S: StateStore + ?Sized, M: Monoid>(
+    store: &S,
+    m: &M,
+    b: &WriteBatch,
+) -> crate::ApplyReport {
     store
         .apply(m, b)
         .await
@@ -165,16 +169,44 @@ pub async fn state_store<S: StateStore + Clone + 'static>(store: &S) {
 /// Applying the same `(lane, seq)` twice changes nothing the second time.
 pub async fn fenced_reapply_is_noop<S: StateStore + ?Sized>(store: &S) {
     let lane = LaneId::new(unique("lane"));
-    let (a, b) = (RowKey::new(unique("a"), BucketKey(5)), RowKey::new(unique("b"), BucketKey(5)));
+    let (a, b) = (
+        RowKey::new(unique("a"), BucketKey(5)),
+        RowKey::new(unique("b"), BucketKey(5)),
+    );
     for m in [&Sum as &dyn SumLike, &BytesSum] {
         let bt = m.batch(&lane, 1, &[(&a, 5), (&b, 7)]);
         let first = store.apply(m.dyn_monoid(), &bt).await.expect("apply");
-        assert_eq!(first.rows_written, 2, "{}: first apply writes both rows", store.name());
+        assert_eq!(
+            first.rows_written,
+            2,
+            "{}: first apply writes both rows",
+            store.name()
+        );
         let second = store.apply(m.dyn_monoid(), &bt).await.expect("re-apply");
-        assert_eq!(second.rows_written, 0, "{}: re-apply of lane {lane} seq 1 wrote rows", store.name());
-        assert_eq!(second.rows_unchanged, 2, "{}: re-apply counts rows as unchanged", store.name());
-        assert_eq!(m.read(store, &a).await, 5, "{}: fenced re-apply changed a", store.name());
-        assert_eq!(m.read(store, &b).await, 7, "{}: fenced re-apply changed b", store.name());
+        assert_eq!(
+            second.rows_written,
+            0,
+            "{}: re-apply of lane {lane} seq 1 wrote rows",
+            store.name()
+        );
+        assert_eq!(
+            second.rows_unchanged,
+            2,
+            "{}: re-apply counts rows as unchanged",
+            store.name()
+        );
+        assert_eq!(
+            m.read(store, &a).await,
+            5,
+            "{}: fenced re-apply changed a",
+            store.name()
+        );
+        assert_eq!(
+            m.read(store, &b).await,
+            7,
+            "{}: fenced re-apply changed b",
+            store.name()
+        );
         // Next kind uses fresh rows.
         let bt2 = m.batch(&lane, 2, &[(&a, -5), (&b, -7)]);
         apply_dyn(store, m, &bt2).await;
@@ -185,15 +217,26 @@ pub async fn fenced_reapply_is_noop<S: StateStore + ?Sized>(store: &S) {
 /// gives exact totals.
 pub async fn partial_batch_then_replay<S: StateStore + ?Sized>(store: &S) {
     let lane = LaneId::new(unique("lane"));
-    let keys: Vec<RowKey> = (0..20).map(|i| RowKey::new(unique(&format!("p{i}")), BucketKey(i))).collect();
-    let rows: Vec<(&RowKey, i64)> = keys.iter().enumerate().map(|(i, k)| (k, i as i64 * 3 + 1)).collect();
+    let keys: Vec<RowKey> = (0..20)
+        .map(|i| RowKey::new(unique(&format!("p{i}")), BucketKey(i)))
+        .collect();
+    let rows: Vec<(&RowKey, i64)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k, i as i64 * 3 + 1))
+        .collect();
     for m in [&Sum as &dyn SumLike, &BytesSum] {
         let full = m.batch(&lane, m.seq_base() + 1, &rows);
         let mut prefix = full.clone();
         prefix.rows.truncate(7);
         apply_dyn(store, m, &prefix).await;
         let replay = apply_dyn(store, m, &full).await;
-        assert_eq!(replay.rows_written, 13, "{}: replay writes only the 13 missing rows", store.name());
+        assert_eq!(
+            replay.rows_written,
+            13,
+            "{}: replay writes only the 13 missing rows",
+            store.name()
+        );
         let again = m.batch(&lane, m.seq_base() + 2, &rows);
         apply_dyn(store, m, &again).await;
         for (k, v) in &rows {
@@ -218,8 +261,18 @@ pub async fn stale_sequence_is_noop<S: StateStore + ?Sized>(store: &S) {
     let a = RowKey::new(unique("stale"), BucketKey(1));
     apply(store, &Sum, &batch(&Sum, &lane, 3, &[(&a, 10)])).await;
     let r = apply(store, &Sum, &batch(&Sum, &lane, 2, &[(&a, 100)])).await;
-    assert_eq!(r.rows_written, 0, "{}: seq 2 after seq 3 must not write", store.name());
-    assert_eq!(value_of(store, &Sum, &a).await, 10, "{}: stale seq changed the row", store.name());
+    assert_eq!(
+        r.rows_written,
+        0,
+        "{}: seq 2 after seq 3 must not write",
+        store.name()
+    );
+    assert_eq!(
+        value_of(store, &Sum, &a).await,
+        10,
+        "{}: stale seq changed the row",
+        store.name()
+    );
 }
 
 /// Fences are per lane: the same seq on two lanes applies twice.
@@ -229,13 +282,20 @@ pub async fn lanes_are_independent<S: StateStore + ?Sized>(store: &S) {
     apply(store, &Sum, &batch(&Sum, &l1, 1, &[(&a, 4)])).await;
     apply(store, &Sum, &batch(&Sum, &l2, 1, &[(&a, 6)])).await;
     apply(store, &Sum, &batch(&Sum, &l1, 1, &[(&a, 4)])).await;
-    assert_eq!(value_of(store, &Sum, &a).await, 10, "{}: lanes interfere", store.name());
+    assert_eq!(
+        value_of(store, &Sum, &a).await,
+        10,
+        "{}: lanes interfere",
+        store.name()
+    );
 }
 
 /// Eight lanes write ten batches each to the same hot rows concurrently,
 /// every batch applied twice; totals are exact.
 pub async fn concurrent_lanes<S: StateStore + Clone + 'static>(store: &S) {
-    let hot: Vec<RowKey> = (0..3).map(|i| RowKey::new(unique("hot"), BucketKey(i))).collect();
+    let hot: Vec<RowKey> = (0..3)
+        .map(|i| RowKey::new(unique("hot"), BucketKey(i)))
+        .collect();
     let mut tasks = tokio::task::JoinSet::new();
     for lane_no in 0..8u64 {
         let (store, hot) = (store.clone(), hot.clone());
@@ -243,7 +303,10 @@ pub async fn concurrent_lanes<S: StateStore + Clone + 'static>(store: &S) {
             let lane = LaneId::new(unique(&format!("conc{lane_no}")));
             for seq in 1..=10u64 {
                 for m in [&Sum as &dyn SumLike, &BytesSum] {
-                    let rows: Vec<(&RowKey, i64)> = hot.iter().map(|k| (k, (lane_no * 100 + seq) as i64)).collect();
+                    let rows: Vec<(&RowKey, i64)> = hot
+                        .iter()
+                        .map(|k| (k, (lane_no * 100 + seq) as i64))
+                        .collect();
                     let b = m.batch(&lane, seq, &rows);
                     apply_dyn(&store, m, &b).await;
                     apply_dyn(&store, m, &b).await;
@@ -254,14 +317,28 @@ pub async fn concurrent_lanes<S: StateStore + Clone + 'static>(store: &S) {
     while let Some(r) = tasks.join_next().await {
         r.expect("lane task");
     }
-    let expected: i64 = (0..8i64).flat_map(|l| (1..=10i64).map(move |s| l * 100 + s)).sum();
+    let expected: i64 = (0..8i64)
+        .flat_map(|l| (1..=10i64).map(move |s| l * 100 + s))
+        .sum();
     for k in &hot {
-        assert_eq!(value_of(store, &Sum, k).await, expected, "{}: concurrent Sum on {}", store.name(), k.entity);
+        assert_eq!(
+            value_of(store, &Sum, k).await,
+            expected,
+            "{}: concurrent Sum on {}",
+            store.name(),
+            k.entity
+        );
     }
     // BytesSum rows share keys with Sum rows in this check only through
     // `SumLike::read`, which reads them under a distinct entity suffix.
     for k in &hot {
-        assert_eq!(BytesSum.read(store, k).await, expected, "{}: concurrent merge on {}", store.name(), k.entity);
+        assert_eq!(
+            BytesSum.read(store, k).await,
+            expected,
+            "{}: concurrent merge on {}",
+            store.name(),
+            k.entity
+        );
     }
 }
 
@@ -278,14 +355,29 @@ pub async fn idempotent_kinds_need_no_fence<S: StateStore + ?Sized>(store: &S) {
         let v = 10 * seq as i64;
         apply(store, &Min, &batch(&Min, &lane, seq, &[(&lo, v)])).await;
         apply(store, &Max, &batch(&Max, &lane, seq, &[(&hi, v)])).await;
-        apply(store, &BytesOr, &batch(&BytesOr, &lane, seq, &[(&bits, 1 << seq)])).await;
+        apply(
+            store,
+            &BytesOr,
+            &batch(&BytesOr, &lane, seq, &[(&bits, 1 << seq)]),
+        )
+        .await;
     }
     let other = LaneId::new(unique("lane"));
     apply(store, &Min, &batch(&Min, &other, 1, &[(&lo, 3)])).await;
     apply(store, &Max, &batch(&Max, &other, 1, &[(&hi, 3)])).await;
     assert_eq!(value_of(store, &Min, &lo).await, 3, "{}: Min", store.name());
-    assert_eq!(value_of(store, &Max, &hi).await, 20, "{}: Max", store.name());
-    assert_eq!(value_of(store, &BytesOr, &bits).await, 0b110, "{}: idempotent merge", store.name());
+    assert_eq!(
+        value_of(store, &Max, &hi).await,
+        20,
+        "{}: Max",
+        store.name()
+    );
+    assert_eq!(
+        value_of(store, &BytesOr, &bits).await,
+        0b110,
+        "{}: idempotent merge",
+        store.name()
+    );
     assert_eq!(
         Monoid::write_strategy(&Min),
         WriteStrategy::IntMin,
@@ -298,23 +390,49 @@ pub async fn merge_path<S: StateStore + ?Sized>(store: &S) {
     let lane = LaneId::new(unique("lane"));
     let k = RowKey::new(unique("merge"), BucketKey(-3));
     for seq in 1..=5 {
-        apply(store, &BytesSum, &batch(&BytesSum, &lane, seq, &[(&k, seq as i64)])).await;
+        apply(
+            store,
+            &BytesSum,
+            &batch(&BytesSum, &lane, seq, &[(&k, seq as i64)]),
+        )
+        .await;
     }
     apply(store, &BytesSum, &batch(&BytesSum, &lane, 5, &[(&k, 1000)])).await;
-    assert_eq!(value_of(store, &BytesSum, &k).await, 15, "{}: merge path", store.name());
+    assert_eq!(
+        value_of(store, &BytesSum, &k).await,
+        15,
+        "{}: merge path",
+        store.name()
+    );
 }
 
 /// Expiry is stored with the row and read back; merging keeps the later
 /// expiry.
 pub async fn expiry_values<S: StateStore + ?Sized>(store: &S) {
     let lane = LaneId::new(unique("lane"));
-    let (a, b) = (RowKey::new(unique("ttl"), BucketKey(9)), RowKey::new(unique("nottl"), BucketKey(9)));
+    let (a, b) = (
+        RowKey::new(unique("ttl"), BucketKey(9)),
+        RowKey::new(unique("nottl"), BucketKey(9)),
+    );
     let mut bt = batch(&Sum, &lane, 1, &[(&a, 1), (&b, 1)]);
     bt.rows[0].expires_at = Some(1_778_889_600);
     apply(store, &Sum, &bt).await;
-    let got = store.get_many(&[a.clone(), b.clone()]).await.expect("get_many");
-    assert_eq!(got[0].as_ref().map(|v| v.expires_at), Some(Some(1_778_889_600)), "{}: ttl stored", store.name());
-    assert_eq!(got[1].as_ref().map(|v| v.expires_at), Some(None), "{}: no ttl", store.name());
+    let got = store
+        .get_many(&[a.clone(), b.clone()])
+        .await
+        .expect("get_many");
+    assert_eq!(
+        got[0].as_ref().map(|v| v.expires_at),
+        Some(Some(1_778_889_600)),
+        "{}: ttl stored",
+        store.name()
+    );
+    assert_eq!(
+        got[1].as_ref().map(|v| v.expires_at),
+        Some(None),
+        "{}: no ttl",
+        store.name()
+    );
     let mut bt2 = batch(&BytesSum, &lane, 2, &[(&a, 0)]);
     bt2.rows[0].key = RowKey::new(format!("{}-bytes", a.entity), a.bucket);
     bt2.rows[0].expires_at = Some(100);
@@ -322,8 +440,17 @@ pub async fn expiry_values<S: StateStore + ?Sized>(store: &S) {
     bt2.seq = 3;
     bt2.rows[0].expires_at = Some(200);
     apply(store, &BytesSum, &bt2).await;
-    let got = store.get(&bt2.rows[0].key).await.expect("get").expect("row exists");
-    assert_eq!(got.expires_at, Some(200), "{}: later expiry kept", store.name());
+    let got = store
+        .get(&bt2.rows[0].key)
+        .await
+        .expect("get")
+        .expect("row exists");
+    assert_eq!(
+        got.expires_at,
+        Some(200),
+        "{}: later expiry kept",
+        store.name()
+    );
 }
 
 /// `get_many` aligns results with keys (including more than 100 keys,
@@ -331,34 +458,69 @@ pub async fn expiry_values<S: StateStore + ?Sized>(store: &S) {
 pub async fn get_many_alignment<S: StateStore + ?Sized>(store: &S) {
     let lane = LaneId::new(unique("lane"));
     let base = unique("many");
-    let keys: Vec<RowKey> = (0..250).map(|i| RowKey::new(format!("{base}-{i}"), BucketKey(i % 7))).collect();
-    let present: Vec<(&RowKey, i64)> = keys.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(i, k)| (k, i as i64)).collect();
+    let keys: Vec<RowKey> = (0..250)
+        .map(|i| RowKey::new(format!("{base}-{i}"), BucketKey(i % 7)))
+        .collect();
+    let present: Vec<(&RowKey, i64)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(i, k)| (k, i as i64))
+        .collect();
     apply(store, &Sum, &batch(&Sum, &lane, 1, &present)).await;
     let mut query = keys.clone();
     query.push(keys[1].clone());
     query.insert(0, keys[2].clone());
     let got = store.get_many(&query).await.expect("get_many");
-    assert_eq!(got.len(), query.len(), "{}: one result per key", store.name());
+    assert_eq!(
+        got.len(),
+        query.len(),
+        "{}: one result per key",
+        store.name()
+    );
     for (k, v) in query.iter().zip(&got) {
         let i: usize = k.entity.rsplit('-').next().unwrap().parse().unwrap();
         let expect = (i % 3 != 0).then_some(Cell::Int(i as i64));
-        assert_eq!(v.as_ref().map(|v| v.value.clone()), expect, "{}: get_many result for {}", store.name(), k.entity);
+        assert_eq!(
+            v.as_ref().map(|v| v.value.clone()),
+            expect,
+            "{}: get_many result for {}",
+            store.name(),
+            k.entity
+        );
     }
-    assert!(store.get_many(&[]).await.expect("empty get_many").is_empty());
+    assert!(
+        store
+            .get_many(&[])
+            .await
+            .expect("empty get_many")
+            .is_empty()
+    );
 }
 
 /// The all-time bucket, negative and positive buckets are distinct rows.
 pub async fn bucket_keys_are_distinct<S: StateStore + ?Sized>(store: &S) {
     let lane = LaneId::new(unique("lane"));
     let e = unique("buckets");
-    let keys: Vec<RowKey> = [BucketKey::ALL_TIME, BucketKey(-1), BucketKey(1), BucketKey(i64::MAX / 1000)]
-        .into_iter()
-        .map(|b| RowKey::new(e.as_str(), b))
-        .collect();
+    let keys: Vec<RowKey> = [
+        BucketKey::ALL_TIME,
+        BucketKey(-1),
+        BucketKey(1),
+        BucketKey(i64::MAX / 1000),
+    ]
+    .into_iter()
+    .map(|b| RowKey::new(e.as_str(), b))
+    .collect();
     let rows: Vec<(&RowKey, i64)> = keys.iter().zip([1, 2, 3, 4]).collect();
     apply(store, &Sum, &batch(&Sum, &lane, 1, &rows)).await;
     for (k, v) in rows {
-        assert_eq!(value_of(store, &Sum, k).await, v, "{}: bucket {}", store.name(), k.bucket.0);
+        assert_eq!(
+            value_of(store, &Sum, k).await,
+            v,
+            "{}: bucket {}",
+            store.name(),
+            k.bucket.0
+        );
     }
 }
 
@@ -375,10 +537,21 @@ pub async fn bad_delta_is_an_error<S: StateStore + ?Sized>(store: &S) {
             expires_at: None,
         }],
     };
-    let err = store.apply(&BytesSum, &bt).await.expect_err("garbage delta must fail");
+    let err = store
+        .apply(&BytesSum, &bt)
+        .await
+        .expect_err("garbage delta must fail");
     let msg = err.to_string();
-    assert!(msg.contains(&*k.entity), "{}: error names the row: {msg}", store.name());
-    assert!(store.get(&k).await.expect("get").is_none(), "{}: nothing written", store.name());
+    assert!(
+        msg.contains(&*k.entity),
+        "{}: error names the row: {msg}",
+        store.name()
+    );
+    assert!(
+        store.get(&k).await.expect("get").is_none(),
+        "{}: nothing written",
+        store.name()
+    );
 }
 
 /// Runs every checkpoint-store check.
@@ -392,46 +565,104 @@ pub async fn checkpoint_store<C: CheckpointStore + ?Sized>(cp: &C) {
 pub async fn lane_protocol<C: CheckpointStore + ?Sized>(cp: &C) {
     let lane = LaneId::new(unique("cp"));
     let n = cp.name().to_owned();
-    assert!(cp.lane(&lane).await.expect("lane").is_none(), "{n}: unknown lane is None");
+    assert!(
+        cp.lane(&lane).await.expect("lane").is_none(),
+        "{n}: unknown lane is None"
+    );
     let intent = |seq: u64, s: i64, e: i64| BatchIntent {
         lane: lane.clone(),
         seq,
         start: Position::Offset { offset: s },
         end: Position::Offset { offset: e },
     };
-    assert!(cp.begin_batch(&intent(1, 0, 10)).await.is_err(), "{n}: begin on an uninitialised lane");
-    let st = cp.init_lane(&lane, &Position::Offset { offset: 0 }).await.expect("init");
-    assert_eq!((st.committed_seq, st.position.clone(), st.pending.clone()), (0, Position::Offset { offset: 0 }, None));
-    let again = cp.init_lane(&lane, &Position::Offset { offset: 99 }).await.expect("init again");
-    assert_eq!(again.position, Position::Offset { offset: 0 }, "{n}: init_lane keeps the first start");
+    assert!(
+        cp.begin_batch(&intent(1, 0, 10)).await.is_err(),
+        "{n}: begin on an uninitialised lane"
+    );
+    let st = cp
+        .init_lane(&lane, &Position::Offset { offset: 0 })
+        .await
+        .expect("init");
+    assert_eq!(
+        (st.committed_seq, st.position.clone(), st.pending.clone()),
+        (0, Position::Offset { offset: 0 }, None)
+    );
+    let again = cp
+        .init_lane(&lane, &Position::Offset { offset: 99 })
+        .await
+        .expect("init again");
+    assert_eq!(
+        again.position,
+        Position::Offset { offset: 0 },
+        "{n}: init_lane keeps the first start"
+    );
 
-    assert!(cp.begin_batch(&intent(2, 0, 10)).await.is_err(), "{n}: seq 2 before seq 1");
+    assert!(
+        cp.begin_batch(&intent(2, 0, 10)).await.is_err(),
+        "{n}: seq 2 before seq 1"
+    );
     cp.begin_batch(&intent(1, 0, 10)).await.expect("begin 1");
-    cp.begin_batch(&intent(1, 0, 10)).await.expect("re-begin the same intent");
+    cp.begin_batch(&intent(1, 0, 10))
+        .await
+        .expect("re-begin the same intent");
     let pending = cp.lane(&lane).await.expect("lane").expect("exists");
-    assert_eq!(pending.pending, Some(intent(1, 0, 10)), "{n}: intent is stored");
-    assert!(cp.begin_batch(&intent(1, 0, 11)).await.is_err(), "{n}: a different intent while one is pending");
-    assert!(cp.begin_batch(&intent(2, 10, 20)).await.is_err(), "{n}: next intent while one is pending");
-    assert!(cp.commit_batch(&lane, 2).await.is_err(), "{n}: commit of a batch that is not pending");
+    assert_eq!(
+        pending.pending,
+        Some(intent(1, 0, 10)),
+        "{n}: intent is stored"
+    );
+    assert!(
+        cp.begin_batch(&intent(1, 0, 11)).await.is_err(),
+        "{n}: a different intent while one is pending"
+    );
+    assert!(
+        cp.begin_batch(&intent(2, 10, 20)).await.is_err(),
+        "{n}: next intent while one is pending"
+    );
+    assert!(
+        cp.commit_batch(&lane, 2).await.is_err(),
+        "{n}: commit of a batch that is not pending"
+    );
     let st = cp.commit_batch(&lane, 1).await.expect("commit 1");
-    assert_eq!((st.committed_seq, st.position.clone(), st.pending.clone()), (1, Position::Offset { offset: 10 }, None));
-    cp.commit_batch(&lane, 1).await.expect("re-commit is a no-op");
+    assert_eq!(
+        (st.committed_seq, st.position.clone(), st.pending.clone()),
+        (1, Position::Offset { offset: 10 }, None)
+    );
+    cp.commit_batch(&lane, 1)
+        .await
+        .expect("re-commit is a no-op");
     cp.begin_batch(&intent(2, 10, 20)).await.expect("begin 2");
     let st = cp.commit_batch(&lane, 2).await.expect("commit 2");
-    assert_eq!((st.committed_seq, st.position), (2, Position::Offset { offset: 20 }), "{n}: lane advanced");
-    let seq_pos = Position::Sequence { sequence: "49590338271490256608559692538361571095921575989136588898".into() };
+    assert_eq!(
+        (st.committed_seq, st.position),
+        (2, Position::Offset { offset: 20 }),
+        "{n}: lane advanced"
+    );
+    let seq_pos = Position::Sequence {
+        sequence: "49590338271490256608559692538361571095921575989136588898".into(),
+    };
     let kin = LaneId::new(unique("cp-kinesis"));
-    cp.init_lane(&kin, &seq_pos).await.expect("init kinesis lane");
-    assert_eq!(cp.lane(&kin).await.expect("lane").expect("exists").position, seq_pos, "{n}: 56-digit sequence kept");
+    cp.init_lane(&kin, &seq_pos)
+        .await
+        .expect("init kinesis lane");
+    assert_eq!(
+        cp.lane(&kin).await.expect("lane").expect("exists").position,
+        seq_pos,
+        "{n}: 56-digit sequence kept"
+    );
 }
 
 /// `lanes(prefix)` lists exactly the lanes with that prefix, sorted.
 pub async fn lanes_by_prefix<C: CheckpointStore + ?Sized>(cp: &C) {
     let prefix = unique("pfx");
     for i in [3, 1, 2] {
-        cp.init_lane(&LaneId::new(format!("{prefix}:{i}")), &Position::Beginning).await.expect("init");
+        cp.init_lane(&LaneId::new(format!("{prefix}:{i}")), &Position::Beginning)
+            .await
+            .expect("init");
     }
-    cp.init_lane(&LaneId::new(format!("{prefix}x:9")), &Position::Beginning).await.expect("init");
+    cp.init_lane(&LaneId::new(format!("{prefix}x:9")), &Position::Beginning)
+        .await
+        .expect("init");
     let ids: Vec<String> = cp
         .lanes(&format!("{prefix}:"))
         .await
@@ -439,7 +670,16 @@ pub async fn lanes_by_prefix<C: CheckpointStore + ?Sized>(cp: &C) {
         .into_iter()
         .map(|l| l.lane.to_string())
         .collect();
-    assert_eq!(ids, vec![format!("{prefix}:1"), format!("{prefix}:2"), format!("{prefix}:3")], "{}: lanes by prefix", cp.name());
+    assert_eq!(
+        ids,
+        vec![
+            format!("{prefix}:1"),
+            format!("{prefix}:2"),
+            format!("{prefix}:3")
+        ],
+        "{}: lanes by prefix",
+        cp.name()
+    );
 }
 
 /// Run records: begin is idempotent, completion stores the token atomically
@@ -453,7 +693,10 @@ pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
         offsets: BTreeMap::from([(0, 42), (1, 17), (2, 0)]),
     };
     assert!(
-        matches!(cp.complete_run(&run, &token).await, Err(StoreError::Run { .. })),
+        matches!(
+            cp.complete_run(&run, &token).await,
+            Err(StoreError::Run { .. })
+        ),
         "{n}: completing a run that was never begun"
     );
     let r1 = cp.begin_run(&run).await.expect("begin_run");
@@ -461,15 +704,35 @@ pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
     let r2 = cp.begin_run(&run).await.expect("begin_run again");
     assert_eq!(r1, r2, "{n}: begin_run is idempotent");
     let done = cp.complete_run(&run, &token).await.expect("complete");
-    assert_eq!((done.status, done.token.clone()), (RunStatus::Completed, Some(token.clone())));
+    assert_eq!(
+        (done.status, done.token.clone()),
+        (RunStatus::Completed, Some(token.clone()))
+    );
     assert!(done.completed_at_ms.is_some());
     let read = cp.run(&run).await.expect("run").expect("exists");
     assert_eq!(read, done, "{n}: completion and token read back together");
-    cp.complete_run(&run, &token).await.expect("completing again with the same token");
-    let other = HandoffToken::EventTimeCut { at_ms: 1_778_284_800_000 };
-    let err = cp.complete_run(&run, &other).await.expect_err("a different token is refused");
-    assert!(err.to_string().contains(&run), "{n}: error names the run: {err}");
-    assert_eq!(cp.begin_run(&run).await.expect("begin after completion").status, RunStatus::Completed, "{n}: a completed run stays completed");
+    cp.complete_run(&run, &token)
+        .await
+        .expect("completing again with the same token");
+    let other = HandoffToken::EventTimeCut {
+        at_ms: 1_778_284_800_000,
+    };
+    let err = cp
+        .complete_run(&run, &other)
+        .await
+        .expect_err("a different token is refused");
+    assert!(
+        err.to_string().contains(&run),
+        "{n}: error names the run: {err}"
+    );
+    assert_eq!(
+        cp.begin_run(&run)
+            .await
+            .expect("begin after completion")
+            .status,
+        RunStatus::Completed,
+        "{n}: a completed run stays completed"
+    );
 }
 
 /// Rows, lane intents and run records survive closing and reopening the
@@ -492,24 +755,59 @@ where
     };
     {
         let (s, c) = open().await;
-        c.init_lane(&lane, &Position::Offset { offset: 0 }).await.expect("init");
-        c.begin_batch(&BatchIntent { seq: 1, end: Position::Offset { offset: 5 }, start: Position::Offset { offset: 0 }, lane: lane.clone() })
+        c.init_lane(&lane, &Position::Offset { offset: 0 })
             .await
-            .expect("begin 1");
+            .expect("init");
+        c.begin_batch(&BatchIntent {
+            seq: 1,
+            end: Position::Offset { offset: 5 },
+            start: Position::Offset { offset: 0 },
+            lane: lane.clone(),
+        })
+        .await
+        .expect("begin 1");
         apply(&s, &Sum, &batch(&Sum, &lane, 1, &[(&k, 7)])).await;
         c.commit_batch(&lane, 1).await.expect("commit 1");
         c.begin_batch(&intent).await.expect("begin 2");
         c.begin_run(&run).await.expect("begin run");
-        c.complete_run(&run, &HandoffToken::None).await.expect("complete run");
+        c.complete_run(&run, &HandoffToken::None)
+            .await
+            .expect("complete run");
     }
     let (s, c) = open().await;
-    assert_eq!(value_of(&s, &Sum, &k).await, 7, "{}: row survives reopen", s.name());
-    let st = c.lane(&lane).await.expect("lane").expect("lane survives reopen");
-    assert_eq!((st.committed_seq, st.pending), (1, Some(intent)), "{}: pending intent survives reopen", c.name());
-    assert_eq!(c.run(&run).await.expect("run").expect("run survives").status, RunStatus::Completed);
+    assert_eq!(
+        value_of(&s, &Sum, &k).await,
+        7,
+        "{}: row survives reopen",
+        s.name()
+    );
+    let st = c
+        .lane(&lane)
+        .await
+        .expect("lane")
+        .expect("lane survives reopen");
+    assert_eq!(
+        (st.committed_seq, st.pending),
+        (1, Some(intent)),
+        "{}: pending intent survives reopen",
+        c.name()
+    );
+    assert_eq!(
+        c.run(&run)
+            .await
+            .expect("run")
+            .expect("run survives")
+            .status,
+        RunStatus::Completed
+    );
     // The fence survives too: replaying batch 1 is still a no-op.
     apply(&s, &Sum, &batch(&Sum, &lane, 1, &[(&k, 7)])).await;
-    assert_eq!(value_of(&s, &Sum, &k).await, 7, "{}: fence survives reopen", s.name());
+    assert_eq!(
+        value_of(&s, &Sum, &k).await,
+        7,
+        "{}: fence survives reopen",
+        s.name()
+    );
 }
 
 /// Runs every deduper check.
@@ -519,13 +817,41 @@ pub async fn deduper<D: Deduper + ?Sized>(d: &D) {
     let ids: Vec<String> = (0..5).map(|i| format!("{base}-{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     use Claim::{Duplicate as D, Owned as O};
-    assert_eq!(d.claim(&l1, 1, &refs[..3], None).await.expect("claim"), vec![O, O, O], "first claims");
-    assert_eq!(d.claim(&l1, 1, &refs[..3], None).await.expect("claim"), vec![O, O, O], "replay re-claims its own events");
-    assert_eq!(d.claim(&l1, 2, &refs[1..4], None).await.expect("claim"), vec![D, D, O], "a later batch of the same lane");
-    assert_eq!(d.claim(&l2, 1, &refs, None).await.expect("claim"), vec![D, D, D, D, O], "another lane");
-    let repeated = [refs[0], "x", "x"].map(|s| if s == "x" { format!("{base}-rep") } else { s.to_owned() });
+    assert_eq!(
+        d.claim(&l1, 1, &refs[..3], None).await.expect("claim"),
+        vec![O, O, O],
+        "first claims"
+    );
+    assert_eq!(
+        d.claim(&l1, 1, &refs[..3], None).await.expect("claim"),
+        vec![O, O, O],
+        "replay re-claims its own events"
+    );
+    assert_eq!(
+        d.claim(&l1, 2, &refs[1..4], None).await.expect("claim"),
+        vec![D, D, O],
+        "a later batch of the same lane"
+    );
+    assert_eq!(
+        d.claim(&l2, 1, &refs, None).await.expect("claim"),
+        vec![D, D, D, D, O],
+        "another lane"
+    );
+    let repeated = [refs[0], "x", "x"].map(|s| {
+        if s == "x" {
+            format!("{base}-rep")
+        } else {
+            s.to_owned()
+        }
+    });
     let repeated: Vec<&str> = repeated.iter().map(String::as_str).collect();
-    assert_eq!(d.claim(&l2, 2, &repeated, Some(4_102_444_800)).await.expect("claim"), vec![D, O, D], "repeats within one call");
+    assert_eq!(
+        d.claim(&l2, 2, &repeated, Some(4_102_444_800))
+            .await
+            .expect("claim"),
+        vec![D, O, D],
+        "repeats within one call"
+    );
 }
 
 /// Helper trait so checks can run the same steps with [`Sum`] (integer
@@ -596,7 +922,11 @@ impl BytesSum {
     }
 }
 
-async fn apply_dyn<S: StateStore + ?Sized>(store: &S, m: &dyn SumLike, b: &WriteBatch) -> crate::ApplyReport {
+async fn apply_dyn<S: StateStore + ?Sized>(
+    store: &S,
+    m: &dyn SumLike,
+    b: &WriteBatch,
+) -> crate::ApplyReport {
     store
         .apply(m.dyn_monoid(), b)
         .await

@@ -114,7 +114,9 @@ pub enum PipelineError {
         reason: String,
     },
     /// An event time cannot be mapped to a bucket.
-    #[error("event time {event_time_ms} ms is outside the supported range for window of {granularity_ms} ms")]
+    #[error(
+        "event time {event_time_ms} ms is outside the supported range for window of {granularity_ms} ms"
+    )]
     EventTimeOutOfRange {
         /// The event time in milliseconds since the Unix epoch.
         event_time_ms: i64,

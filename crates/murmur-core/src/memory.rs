@@ -7,8 +7,8 @@ use crate::handoff::HandoffToken;
 use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
-    ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge, RowKey, RunRecord, StateStore,
-    StoredRow, StoredValue, WriteBatch, merge_row, now_ms,
+    ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge, RowKey, RunRecord,
+    StateStore, StoredRow, StoredValue, WriteBatch, merge_row, now_ms,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,7 +51,12 @@ impl MemoryStore {
 
     /// Every row, sorted by key (for assertions and debugging).
     pub fn rows(&self) -> Vec<(RowKey, StoredRow)> {
-        let mut rows: Vec<_> = self.lock().rows.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut rows: Vec<_> = self
+            .lock()
+            .rows
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -79,18 +84,28 @@ impl StateStore for MemoryStore {
         "memory"
     }
 
-    async fn apply(&self, monoid: &dyn DynMonoid, batch: &WriteBatch) -> Result<ApplyReport, StoreError> {
+    async fn apply(
+        &self,
+        monoid: &dyn DynMonoid,
+        batch: &WriteBatch,
+    ) -> Result<ApplyReport, StoreError> {
         let mut inner = self.lock();
         let mut report = ApplyReport::default();
         for delta in &batch.rows {
             report.requests += 1;
-            let merged = merge_row(monoid, inner.rows.get(&delta.key), delta, &batch.lane, batch.seq)
-                .map_err(|source| StoreError::Row {
-                    store: "memory".into(),
-                    entity: delta.key.entity.to_string(),
-                    bucket: delta.key.bucket.0,
-                    source,
-                })?;
+            let merged = merge_row(
+                monoid,
+                inner.rows.get(&delta.key),
+                delta,
+                &batch.lane,
+                batch.seq,
+            )
+            .map_err(|source| StoreError::Row {
+                store: "memory".into(),
+                entity: delta.key.entity.to_string(),
+                bucket: delta.key.bucket.0,
+                source,
+            })?;
             match merged {
                 Merge::Write(row) => {
                     inner.rows.insert(delta.key.clone(), row);
@@ -172,13 +187,18 @@ impl CheckpointStore for MemoryStore {
             .clone())
     }
 
-    async fn complete_run(&self, run_id: &str, token: &HandoffToken) -> Result<RunRecord, StoreError> {
+    async fn complete_run(
+        &self,
+        run_id: &str,
+        token: &HandoffToken,
+    ) -> Result<RunRecord, StoreError> {
         let mut inner = self.lock();
         let run = inner
             .runs
             .get_mut(run_id)
             .ok_or_else(|| run_err(run_id, "run was never begun".into()))?;
-        run.complete(token, now_ms()).map_err(|r| run_err(run_id, r))?;
+        run.complete(token, now_ms())
+            .map_err(|r| run_err(run_id, r))?;
         Ok(run.clone())
     }
 }

@@ -84,8 +84,14 @@ fn cross(entities: &[&str], buckets: &[BucketKey]) -> Vec<RowKey> {
 }
 
 /// The value of one row (identity when absent).
-pub async fn get<M: Monoid>(store: &dyn StateStore, monoid: &M, key: &RowKey) -> Result<M::Value, QueryError> {
-    Ok(fold_groups(store, monoid, std::slice::from_ref(key), 1).await?.remove(0))
+pub async fn get<M: Monoid>(
+    store: &dyn StateStore,
+    monoid: &M,
+    key: &RowKey,
+) -> Result<M::Value, QueryError> {
+    Ok(fold_groups(store, monoid, std::slice::from_ref(key), 1)
+        .await?
+        .remove(0))
 }
 
 /// The values of many rows, aligned with `keys`, in one batched read.
@@ -107,7 +113,9 @@ pub async fn window<M: Monoid>(
     now_ms: i64,
     n: usize,
 ) -> Result<M::Value, QueryError> {
-    Ok(window_many(store, monoid, window, &[entity], now_ms, n).await?.remove(0))
+    Ok(window_many(store, monoid, window, &[entity], now_ms, n)
+        .await?
+        .remove(0))
 }
 
 /// [`window`] for many entities, in one batched read; aligned with
@@ -137,7 +145,9 @@ pub async fn range<M: Monoid>(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<M::Value, QueryError> {
-    Ok(range_many(store, monoid, window, &[entity], from_ms, to_ms).await?.remove(0))
+    Ok(range_many(store, monoid, window, &[entity], from_ms, to_ms)
+        .await?
+        .remove(0))
 }
 
 /// [`range`] for many entities, in one batched read; aligned with

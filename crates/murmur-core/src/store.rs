@@ -116,7 +116,11 @@ pub trait StateStore: Send + Sync {
     /// Applies every row of `batch` exactly once (see the module docs). A
     /// replay of the same `(lane, seq)` — whole or after a partial apply — is
     /// a no-op for the rows that already landed.
-    async fn apply(&self, monoid: &dyn DynMonoid, batch: &WriteBatch) -> Result<ApplyReport, StoreError>;
+    async fn apply(
+        &self,
+        monoid: &dyn DynMonoid,
+        batch: &WriteBatch,
+    ) -> Result<ApplyReport, StoreError>;
 
     /// Reads rows, results aligned with `keys`; missing rows are `None`.
     async fn get_many(&self, keys: &[RowKey]) -> Result<Vec<Option<StoredValue>>, StoreError>;
@@ -210,7 +214,10 @@ pub fn merge_row(
 
 /// Whether `strategy` needs the stored row before writing (read-modify-write).
 pub fn needs_read(strategy: WriteStrategy) -> bool {
-    matches!(strategy, WriteStrategy::MergeIdempotent | WriteStrategy::MergeFenced)
+    matches!(
+        strategy,
+        WriteStrategy::MergeIdempotent | WriteStrategy::MergeFenced
+    )
 }
 
 /// A batch about to be applied: its lane, sequence number and source range.
@@ -386,7 +393,11 @@ pub trait CheckpointStore: Send + Sync {
 
     /// Marks the run completed and stores its handoff token, in one atomic
     /// write (see [`RunRecord::complete`]).
-    async fn complete_run(&self, run_id: &str, token: &HandoffToken) -> Result<RunRecord, StoreError>;
+    async fn complete_run(
+        &self,
+        run_id: &str,
+        token: &HandoffToken,
+    ) -> Result<RunRecord, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

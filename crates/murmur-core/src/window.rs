@@ -205,7 +205,15 @@ mod tests {
     #[test]
     fn bucket_keys_sort_in_time_order() {
         let w = Window::day();
-        let times = [-200_000_000_000, -86_400_001, -1, 0, 1, 86_400_000, 1_700_000_000_000];
+        let times = [
+            -200_000_000_000,
+            -86_400_001,
+            -1,
+            0,
+            1,
+            86_400_000,
+            1_700_000_000_000,
+        ];
         let keys: Vec<_> = times.iter().map(|t| w.bucket_of(*t).unwrap()).collect();
         let mut sorted = keys.clone();
         sorted.sort();
@@ -233,7 +241,10 @@ mod tests {
         let keys = w.last_n(now, 3).unwrap();
         assert_eq!(keys, vec![BucketKey(9), BucketKey(10), BucketKey(11)]);
         let r = w.range(3_600_000, 3 * 3_600_000).unwrap();
-        assert_eq!(r.iter().map(|k| k.index().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            r.iter().map(|k| k.index().unwrap()).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert!(w.range(5, 4).unwrap().is_empty());
         assert!(w.last_n(now, 0).unwrap().is_empty());
     }

@@ -49,7 +49,10 @@ fn truth(evs: &[Record<View>]) -> BTreeMap<(String, i64), i64> {
     let mut t = BTreeMap::new();
     for r in evs {
         let idx = r.event_time_ms.div_euclid(HOUR);
-        for k in [format!("page:{}", r.value.page), format!("user:{}", r.value.user)] {
+        for k in [
+            format!("page:{}", r.value.page),
+            format!("user:{}", r.value.user),
+        ] {
             *t.entry((k, idx)).or_default() += i64::from(r.value.page) + 1;
         }
     }
@@ -59,7 +62,13 @@ fn truth(evs: &[Record<View>]) -> BTreeMap<(String, i64), i64> {
 #[test]
 fn aggregator_fold_equals_direct_computation() {
     let evs = events(20_000);
-    let mut agg = Aggregator::new(pipeline(), FlushPolicy { max_keys: usize::MAX, max_age: Duration::from_secs(3600) });
+    let mut agg = Aggregator::new(
+        pipeline(),
+        FlushPolicy {
+            max_keys: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        },
+    );
     for r in &evs {
         assert_eq!(agg.push(r, 0).unwrap(), Pushed::Folded);
     }
@@ -71,7 +80,10 @@ fn aggregator_fold_equals_direct_computation() {
     let want = truth(&evs);
     assert_eq!(got.len(), want.len());
     assert_eq!(got, want);
-    assert!(got.keys().any(|(_, idx)| *idx < 0), "stream covers buckets before 1970");
+    assert!(
+        got.keys().any(|(_, idx)| *idx < 0),
+        "stream covers buckets before 1970"
+    );
     assert_eq!(agg.stats().events_in, 20_000);
     assert_eq!(agg.stats().deltas_out, want.len() as u64);
     assert!(agg.is_empty());
@@ -91,25 +103,53 @@ fn batches_are_deterministic_and_order_independent() {
     let mut rev = evs.clone();
     rev.reverse();
     let b = run(&rev);
-    assert_eq!(a, b, "same events in another order give the identical batch");
-    assert!(a.windows(2).all(|w| w[0].key < w[1].key), "batch rows sorted by key");
+    assert_eq!(
+        a, b,
+        "same events in another order give the identical batch"
+    );
+    assert!(
+        a.windows(2).all(|w| w[0].key < w[1].key),
+        "batch rows sorted by key"
+    );
 }
 
 #[test]
 fn flush_on_max_keys_and_max_age() {
     let evs = events(1_000);
-    let mut agg = Aggregator::new(pipeline(), FlushPolicy { max_keys: 10, max_age: Duration::from_secs(3600) });
+    let mut agg = Aggregator::new(
+        pipeline(),
+        FlushPolicy {
+            max_keys: 10,
+            max_age: Duration::from_secs(3600),
+        },
+    );
     let mut pushed = 0;
     while !agg.should_flush() {
         agg.push(&evs[pushed], 0).unwrap();
         pushed += 1;
     }
-    assert!(agg.len() >= 10 && agg.len() <= 11, "flush requested at 10 distinct rows, got {}", agg.len());
-    assert!(pushed < 10, "two keys per event reach 10 rows in at most 5..9 events, took {pushed}");
+    assert!(
+        agg.len() >= 10 && agg.len() <= 11,
+        "flush requested at 10 distinct rows, got {}",
+        agg.len()
+    );
+    assert!(
+        pushed < 10,
+        "two keys per event reach 10 rows in at most 5..9 events, took {pushed}"
+    );
     agg.take();
-    assert!(!agg.should_flush(), "an emptied aggregator has nothing to flush");
+    assert!(
+        !agg.should_flush(),
+        "an emptied aggregator has nothing to flush"
+    );
 
-    let mut aged = Aggregator::new(pipeline(), FlushPolicy { max_keys: usize::MAX, max_age: Duration::from_millis(30) });
+    let mut aged = Aggregator::new(
+        pipeline(),
+        FlushPolicy {
+            max_keys: usize::MAX,
+            max_age: Duration::from_millis(30),
+        },
+    );
     aged.push(&evs[0], 0).unwrap();
     assert!(!aged.should_flush(), "young batch");
     std::thread::sleep(Duration::from_millis(40));
@@ -127,9 +167,18 @@ fn events_past_retention_are_dropped_and_counted() {
     let now = 10 * HOUR + 5;
     let mut agg = Aggregator::new(p, FlushPolicy::default());
     // Bucket 7 ends at 8h; 8h + 2h retention = 10h <= now: expired.
-    assert_eq!(agg.push(&Record::new(0, 7 * HOUR + 1), now).unwrap(), Pushed::Expired);
-    assert_eq!(agg.push(&Record::new(0, 8 * HOUR), now).unwrap(), Pushed::Folded);
-    assert_eq!(agg.push(&Record::new(0, 10 * HOUR), now).unwrap(), Pushed::Folded);
+    assert_eq!(
+        agg.push(&Record::new(0, 7 * HOUR + 1), now).unwrap(),
+        Pushed::Expired
+    );
+    assert_eq!(
+        agg.push(&Record::new(0, 8 * HOUR), now).unwrap(),
+        Pushed::Folded
+    );
+    assert_eq!(
+        agg.push(&Record::new(0, 10 * HOUR), now).unwrap(),
+        Pushed::Folded
+    );
     assert_eq!(agg.stats().expired_dropped, 1);
     let rows = agg.take();
     assert_eq!(rows.len(), 2);
@@ -150,23 +199,48 @@ fn unwindowed_pipelines_write_the_all_time_bucket() {
         agg.push(&Record::new(v, v * HOUR), 0).unwrap();
     }
     let rows = agg.take_values();
-    assert_eq!(rows, vec![(RowKey::new("k0", BucketKey::ALL_TIME), 8), (RowKey::new("k1", BucketKey::ALL_TIME), 11)]);
+    assert_eq!(
+        rows,
+        vec![
+            (RowKey::new("k0", BucketKey::ALL_TIME), 8),
+            (RowKey::new("k1", BucketKey::ALL_TIME), 11)
+        ]
+    );
 }
 
 #[test]
 fn out_of_range_event_time_is_an_error_not_a_panic() {
     let mut agg = Aggregator::new(pipeline(), FlushPolicy::default());
-    let bad = Record::new(View { page: 1, user: 1, ms: i64::MIN }, i64::MIN);
+    let bad = Record::new(
+        View {
+            page: 1,
+            user: 1,
+            ms: i64::MIN,
+        },
+        i64::MIN,
+    );
     let err = agg.push(&bad, 0).unwrap_err();
-    assert!(err.to_string().contains("outside the supported range"), "{err}");
+    assert!(
+        err.to_string().contains("outside the supported range"),
+        "{err}"
+    );
 }
 
 #[test]
 fn pipeline_definition_errors() {
-    let no_key = Pipeline::<View, Sum>::builder("p", Sum).value(|_| 1).build().unwrap_err();
+    let no_key = Pipeline::<View, Sum>::builder("p", Sum)
+        .value(|_| 1)
+        .build()
+        .unwrap_err();
     assert!(no_key.to_string().contains("no key function"), "{no_key}");
-    let no_value = Pipeline::<View, Sum>::builder("p", Sum).key_by(|_| String::new()).build().unwrap_err();
-    assert!(no_value.to_string().contains("no value function"), "{no_value}");
+    let no_value = Pipeline::<View, Sum>::builder("p", Sum)
+        .key_by(|_| String::new())
+        .build()
+        .unwrap_err();
+    assert!(
+        no_value.to_string().contains("no value function"),
+        "{no_value}"
+    );
     assert!(Window::new(Duration::ZERO).is_err());
 }
 
@@ -179,27 +253,73 @@ async fn window_and_range_queries_fold_one_batched_read() {
         agg.push(r, 0).unwrap();
     }
     let store = MemoryStore::new();
-    let batch = WriteBatch { lane: LaneId::new("q"), seq: 1, rows: agg.take() };
+    let batch = WriteBatch {
+        lane: LaneId::new("q"),
+        seq: 1,
+        rows: agg.take(),
+    };
     store.apply(p.monoid(), &batch).await.unwrap();
     let t = truth(&evs);
     let sum = |e: &str, from: i64, to: i64| -> i64 {
-        t.iter().filter(|((k, i), _)| k == e && *i >= from && *i <= to).map(|(_, v)| *v).sum()
+        t.iter()
+            .filter(|((k, i), _)| k == e && *i >= from && *i <= to)
+            .map(|(_, v)| *v)
+            .sum()
     };
     let w = *p.window().unwrap();
     let now = 30 * HOUR + 17;
     // Last 6 buckets including the current one: indexes 25..=30.
-    assert_eq!(query::window(&store, p.monoid(), &w, "page:3", now, 6).await.unwrap(), sum("page:3", 25, 30));
+    assert_eq!(
+        query::window(&store, p.monoid(), &w, "page:3", now, 6)
+            .await
+            .unwrap(),
+        sum("page:3", 25, 30)
+    );
     // Inclusive time range [-2h, 5h]: buckets -2..=5.
-    assert_eq!(query::range(&store, p.monoid(), &w, "user:7", -2 * HOUR, 5 * HOUR).await.unwrap(), sum("user:7", -2, 5));
+    assert_eq!(
+        query::range(&store, p.monoid(), &w, "user:7", -2 * HOUR, 5 * HOUR)
+            .await
+            .unwrap(),
+        sum("user:7", -2, 5)
+    );
     let entities = ["page:1", "page:36", "user:100", "nobody"];
-    let many = query::window_many(&store, p.monoid(), &w, &entities, now, 24).await.unwrap();
+    let many = query::window_many(&store, p.monoid(), &w, &entities, now, 24)
+        .await
+        .unwrap();
     let want: Vec<i64> = entities.iter().map(|e| sum(e, 7, 30)).collect();
     assert_eq!(many, want);
-    let ranged = query::range_many(&store, p.monoid(), &w, &entities, 0, 47 * HOUR).await.unwrap();
-    assert_eq!(ranged, entities.iter().map(|e| sum(e, 0, 47)).collect::<Vec<_>>());
-    let one = query::get(&store, p.monoid(), &RowKey::new("page:5", BucketKey::from_index(3).unwrap())).await.unwrap();
+    let ranged = query::range_many(&store, p.monoid(), &w, &entities, 0, 47 * HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        ranged,
+        entities.iter().map(|e| sum(e, 0, 47)).collect::<Vec<_>>()
+    );
+    let one = query::get(
+        &store,
+        p.monoid(),
+        &RowKey::new("page:5", BucketKey::from_index(3).unwrap()),
+    )
+    .await
+    .unwrap();
     assert_eq!(one, sum("page:5", 3, 3));
-    assert_eq!(query::window(&store, p.monoid(), &w, "page:3", now, 0).await.unwrap(), 0);
-    let huge = query::range(&store, p.monoid(), &Window::minute(), "page:3", 0, 3 * 365 * 24 * HOUR).await;
-    assert!(matches!(huge, Err(query::QueryError::TooLarge { .. })), "a 3-year minute range is refused");
+    assert_eq!(
+        query::window(&store, p.monoid(), &w, "page:3", now, 0)
+            .await
+            .unwrap(),
+        0
+    );
+    let huge = query::range(
+        &store,
+        p.monoid(),
+        &Window::minute(),
+        "page:3",
+        0,
+        3 * 365 * 24 * HOUR,
+    )
+    .await;
+    assert!(
+        matches!(huge, Err(query::QueryError::TooLarge { .. })),
+        "a 3-year minute range is refused"
+    );
 }

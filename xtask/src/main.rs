@@ -1,0 +1,415 @@
+//! Project automation for Murmur, in the [cargo-xtask] style.
+//!
+//! Run it through the alias in `.cargo/config.toml`:
+//!
+//! ```text
+//! cargo xtask test [--no-lint] [--with kinesalite] [-- <extra `cargo test` args>]
+//! cargo xtask services [--with kinesalite] [--ignore-stdin]
+//! cargo xtask deny
+//! ```
+//!
+//! `cargo xtask test` is *the* test command of the project (the README and
+//! `.ci/run` call it). It lints (`cargo fmt --check`, `cargo clippy -D
+//! warnings`), installs and starts the local stand-ins for AWS that the tests
+//! talk to, runs `cargo test --workspace` against them and stops them again.
+//!
+//! # Services
+//!
+//! | service | stand-in for | started | environment exported |
+//! |---|---|---|---|
+//! | `moto` (`moto[server]==5.2.5`, PyPI) | DynamoDB, S3, Kinesis basics | always, unless `AWS_ENDPOINT_URL` is already set | `AWS_ENDPOINT_URL` |
+//! | `kinesalite` (`kinesalite@3.3.3`, npm) | Kinesis with real sequence numbers | only with `--with kinesalite` or `MURMUR_TEST_KINESALITE=1`, unless `MURMUR_KINESALITE_ENDPOINT` is already set | `AWS_ENDPOINT_URL_KINESIS`, `MURMUR_KINESALITE_ENDPOINT` |
+//!
+//! To run the tests against LocalStack or a moto server of your own, set the
+//! endpoint yourself; nothing is installed or started for it then:
+//!
+//! ```text
+//! AWS_ENDPOINT_URL=http://localhost:4566 cargo xtask test
+//! ```
+//!
+//! The tests always get `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION` (and `AWS_DEFAULT_REGION`, for boto3) and
+//! `AWS_ALLOW_HTTP=true`. They are forced to `test` / `test` / `us-east-1`
+//! when xtask started the AWS stand-in (so a request that escapes to real AWS
+//! can never be signed with real credentials), and only defaulted to those
+//! values when the endpoint is your own.
+//! `MURMUR_TEST_SERVICES` lists the services the tests can use, comma
+//! separated: the names of the services xtask started, and `external` for an
+//! `AWS_ENDPOINT_URL` you supplied (a `MURMUR_TEST_SERVICES` you set yourself
+//! is passed through unchanged).
+//!
+//! # Cache
+//!
+//! Installs live outside the repository, in `$MURMUR_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/murmur`, else `$HOME/.cache/murmur`:
+//! `venv-moto-5.2.5/`, `kinesalite-3.3.3/` and `logs/<service>-<port>.log`.
+//! An install is complete once its stamp file exists; the stamp is written
+//! only after the installer succeeded, so an interrupted install is redone
+//! from scratch on the next run. Delete the cache directory to reinstall.
+//!
+//! Every process xtask starts runs in its own process group and is stopped by
+//! PID (SIGTERM, then SIGKILL after a grace period) when xtask finishes, fails
+//! or is interrupted with Ctrl-C / SIGTERM / SIGHUP.
+//!
+//! [cargo-xtask]: https://github.com/matklad/cargo-xtask
+
+mod services;
+mod signals;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::services::{ServiceSet, Services};
+
+/// Project automation for Murmur.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks `cargo xtask` knows.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Lint, start the test services, run `cargo test --workspace`, stop the services.
+    Test(TestArgs),
+    /// Start the test services for local development and print their `export` lines.
+    ///
+    /// Runs until Ctrl-C, SIGTERM or end of standard input, then stops them.
+    Services(ServicesArgs),
+    /// Run `cargo deny check licenses bans sources` (needs cargo-deny installed).
+    Deny,
+}
+
+/// Arguments of `cargo xtask test`.
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
+    #[arg(long)]
+    no_lint: bool,
+    /// Optional services to start as well (also: MURMUR_TEST_KINESALITE=1).
+    #[arg(long = "with", value_enum, value_delimiter = ',')]
+    with: Vec<Optional>,
+    /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p murmur-core -- --nocapture`).
+    #[arg(last = true)]
+    cargo_test_args: Vec<OsString>,
+}
+
+/// Arguments of `cargo xtask services`.
+#[derive(Debug, clap::Args)]
+struct ServicesArgs {
+    /// Optional services to start as well (also: MURMUR_TEST_KINESALITE=1).
+    #[arg(long = "with", value_enum, value_delimiter = ',')]
+    with: Vec<Optional>,
+    /// Keep running at end of standard input (stop only on Ctrl-C / SIGTERM).
+    #[arg(long)]
+    ignore_stdin: bool,
+}
+
+/// Services that are only started on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Optional {
+    /// kinesalite, a Kinesis stand-in with real sequence numbers (npm).
+    Kinesalite,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = signals::install() {
+        eprintln!("xtask: warning: cannot install signal handler: {e:#}");
+    }
+    let result = match cli.task {
+        Task::Test(args) => test(args),
+        Task::Services(args) => services_cmd(args),
+        Task::Deny => deny(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a progress message of xtask (to stderr, so stdout stays clean).
+macro_rules! say {
+    ($($arg:tt)*) => { eprintln!("xtask: {}", format_args!($($arg)*)) };
+}
+pub(crate) use say;
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// A `cargo` command run from the workspace root (uses the cargo that runs xtask).
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Whether an environment variable is set to a non-empty value.
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// Turns a child's exit status into xtask's exit code (128 + signal if killed).
+fn exit_code(status: ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => ExitCode::SUCCESS,
+        (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1).max(1)),
+        (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)),
+        (None, None) => ExitCode::FAILURE,
+    }
+}
+
+/// Runs a lint step, failing with `hint` if it does not succeed.
+fn lint_step(what: &str, mut cmd: Command, hint: &str) -> Result<()> {
+    say!("lint: {what}");
+    let started = Instant::now();
+    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    signals::check()?;
+    if !status.success() {
+        bail!("{what} failed ({status}); {hint}");
+    }
+    say!("lint: {what}: ok ({:.1?})", started.elapsed());
+    Ok(())
+}
+
+/// Which services the user asked for (`--with` plus environment switches).
+fn selected(with: &[Optional]) -> Services {
+    Services {
+        kinesalite: with.contains(&Optional::Kinesalite)
+            || std::env::var("MURMUR_TEST_KINESALITE").is_ok_and(|v| v == "1" || v == "true"),
+    }
+}
+
+/// `cargo xtask test`.
+fn test(args: TestArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    if args.no_lint {
+        say!("lint: skipped (--no-lint)");
+    } else {
+        let mut fmt = cargo();
+        fmt.args(["fmt", "--all", "--", "--check"]);
+        lint_step(
+            "cargo fmt --all -- --check",
+            fmt,
+            "run `cargo fmt --all` to fix the formatting",
+        )?;
+        let mut clippy = cargo();
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        lint_step(
+            "cargo clippy --workspace --all-targets -- -D warnings",
+            clippy,
+            "fix the warnings above (or run `cargo xtask test --no-lint` to test anyway)",
+        )?;
+    }
+
+    // Stops every started service when dropped, whatever happens below.
+    let services: ServiceSet = services::start(selected(&args.with))?;
+
+    let mut cmd = cargo();
+    cmd.arg("test");
+    // `--workspace` together with `-p` would test everything anyway: let an
+    // explicit package selection win.
+    if !selects_packages(&args.cargo_test_args) {
+        cmd.arg("--workspace");
+    }
+    cmd.args(&args.cargo_test_args);
+    services.apply_env(&mut cmd);
+    cmd.stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    say!(
+        "running cargo test{} with {}",
+        if selects_packages(&args.cargo_test_args) {
+            ""
+        } else {
+            " --workspace"
+        },
+        services.summary()
+    );
+    let mut child = cmd.spawn().context("cannot run cargo test")?;
+    let status = signals::wait_forwarding(&mut child).context("waiting for cargo test")?;
+    drop(services);
+
+    if status.success() {
+        say!("tests passed ({:.1?} in total)", started.elapsed());
+    } else {
+        say!("cargo test failed: {status}");
+    }
+    Ok(exit_code(status))
+}
+
+/// Whether extra `cargo test` args (before a `--`) select packages themselves.
+fn selects_packages(args: &[OsString]) -> bool {
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .any(|a| {
+            a == "-p"
+                || a == "--package"
+                || a.starts_with("--package=")
+                || (a.starts_with("-p") && !a.starts_with("--"))
+        })
+}
+
+/// `cargo xtask services`.
+fn services_cmd(args: ServicesArgs) -> Result<ExitCode> {
+    let services = services::start(selected(&args.with))?;
+    for (name, value) in services.exports() {
+        println!("export {name}={}", shell_quote(&value));
+    }
+    use std::io::Write as _;
+    std::io::stdout().flush().ok();
+    say!(
+        "{} ready; paste the export lines above into another shell. Stop with Ctrl-C{}.",
+        services.summary(),
+        if args.ignore_stdin {
+            ""
+        } else {
+            " or end of input (Ctrl-D)"
+        }
+    );
+    let stdin_closed = if args.ignore_stdin {
+        None
+    } else {
+        Some(signals::watch_stdin_eof())
+    };
+    let mut services = services;
+    loop {
+        if signals::interrupted() {
+            say!("interrupted; stopping services");
+            break;
+        }
+        if stdin_closed
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            say!("end of standard input; stopping services");
+            break;
+        }
+        if let Some(msg) = services.check_alive() {
+            drop(services);
+            bail!("{msg}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(services);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Quotes a value for POSIX shells when it needs it.
+fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:,@=+%".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// `cargo xtask deny`.
+fn deny() -> Result<ExitCode> {
+    let installed = cargo()
+        .args(["deny", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!(
+            "xtask: cargo-deny is not installed, so the dependency checks were NOT run.\n\
+             Install it once with\n\
+             \n    cargo install --locked cargo-deny\n\n\
+             then run `cargo xtask deny` again (configuration: deny.toml)."
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    say!("cargo deny check licenses bans sources");
+    let status = cargo()
+        .args(["deny", "check", "licenses", "bans", "sources"])
+        .status()
+        .context("cannot run cargo deny")?;
+    Ok(exit_code(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn package_selection_is_detected_before_the_separator_only() {
+        assert!(selects_packages(&os(&["-p", "murmur-core"])));
+        assert!(selects_packages(&os(&["-pmurmur-core"])));
+        assert!(selects_packages(&os(&["--package=murmur-core"])));
+        assert!(!selects_packages(&os(&["--", "-p"])));
+        assert!(!selects_packages(&os(&["--release", "--", "--nocapture"])));
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(
+            shell_quote("http://127.0.0.1:5000"),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(shell_quote("moto,kinesalite"), "moto,kinesalite");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "test",
+            "--no-lint",
+            "--with",
+            "kinesalite",
+            "--",
+            "-p",
+            "x",
+        ])
+        .unwrap();
+        let Task::Test(args) = cli.task else {
+            panic!("not test")
+        };
+        assert!(args.no_lint);
+        assert_eq!(args.with, vec![Optional::Kinesalite]);
+        assert_eq!(args.cargo_test_args, os(&["-p", "x"]));
+    }
+}
