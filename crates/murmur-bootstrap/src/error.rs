@@ -16,7 +16,7 @@ pub enum Error {
         lane: LaneId,
         /// The store error.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// A record could not be folded.
     #[error("lane {lane}: {source}")]
@@ -25,7 +25,7 @@ pub enum Error {
         lane: LaneId,
         /// The pipeline error.
         #[source]
-        source: PipelineError,
+        source: Box<PipelineError>,
     },
     /// The caller broke the lane protocol (for example pushed new records
     /// while a pending batch still had to be replayed).

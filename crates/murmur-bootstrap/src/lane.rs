@@ -75,7 +75,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             .await
             .map_err(|source| Error::Store {
                 lane: lane.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let resume = match &state.pending {
             Some(intent) => Resume::Pending(intent.clone()),
@@ -191,7 +191,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             .map(|_| ())
             .map_err(|source| Error::Pipeline {
                 lane: self.lane.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -225,7 +225,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     fn store_err(&self, source: murmur_core::StoreError) -> Error {
         Error::Store {
             lane: self.lane.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

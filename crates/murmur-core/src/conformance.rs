@@ -480,7 +480,7 @@ pub async fn get_many_alignment<S: StateStore + ?Sized>(store: &S) {
     );
     for (k, v) in query.iter().zip(&got) {
         let i: usize = k.entity.rsplit('-').next().unwrap().parse().unwrap();
-        let expect = (i % 3 != 0).then_some(Cell::Int(i as i64));
+        let expect = (!i.is_multiple_of(3)).then_some(Cell::Int(i as i64));
         assert_eq!(
             v.as_ref().map(|v| v.value.clone()),
             expect,

@@ -17,6 +17,7 @@ pub enum HandoffToken {
         /// Topic name.
         topic: String,
         /// Next offset to consume, per partition.
+        #[serde(with = "partition_map")]
         offsets: BTreeMap<i32, i64>,
     },
     /// Kinesis: the last sequence number included in the backfill, per shard
@@ -38,6 +39,31 @@ pub enum HandoffToken {
     None,
 }
 
+/// JSON object keys are strings; an internally tagged enum cannot parse
+/// them back into integers on its own, so partitions go through strings.
+mod partition_map {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<i32, i64>, s: S) -> Result<S::Ok, S::Error> {
+        map.iter()
+            .map(|(p, o)| (p.to_string(), *o))
+            .collect::<BTreeMap<String, i64>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i32, i64>, D::Error> {
+        BTreeMap::<String, i64>::deserialize(d)?
+            .into_iter()
+            .map(|(p, o)| {
+                p.parse::<i32>()
+                    .map(|p| (p, o))
+                    .map_err(|e| D::Error::custom(format!("partition {p:?} is not an i32: {e}")))
+            })
+            .collect()
+    }
+}
+
 impl HandoffToken {
     /// Parses a token from JSON (a manifest object, a flag).
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
@@ -47,5 +73,47 @@ impl HandoffToken {
     /// Serializes the token to JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("handoff token serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_json() {
+        let tokens = [
+            HandoffToken::Kafka {
+                topic: "events".into(),
+                offsets: BTreeMap::from([(0, 42), (1, 17), (12, 0)]),
+            },
+            HandoffToken::Kinesis {
+                stream: "clicks".into(),
+                sequence_numbers: BTreeMap::from([(
+                    "shardId-000000000000".into(),
+                    "49590338271490256608559692538361571095921575989136588898".into(),
+                )]),
+            },
+            HandoffToken::EventTimeCut { at_ms: -5 },
+            HandoffToken::None,
+        ];
+        for t in tokens {
+            assert_eq!(HandoffToken::from_json(&t.to_json()).unwrap(), t);
+        }
+        let doc = r#"{"kind":"kafka","topic":"events","offsets":{"0":42,"1":17}}"#;
+        let parsed = HandoffToken::from_json(doc).unwrap();
+        assert_eq!(
+            parsed,
+            HandoffToken::Kafka {
+                topic: "events".into(),
+                offsets: BTreeMap::from([(0, 42), (1, 17)])
+            }
+        );
+        let bad = HandoffToken::from_json(r#"{"kind":"kafka","topic":"t","offsets":{"x":1}}"#)
+            .unwrap_err();
+        assert!(
+            bad.to_string().contains("partition \"x\" is not an i32"),
+            "{bad}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: an in-process state and checkpoint store for tests and
 //! examples. It follows exactly the same fencing rules as the persistent
-//! stores (it calls [`merge_row`](crate::store::merge_row)).
+//! stores (it calls [`merge_row`]).
 
 use crate::error::StoreError;
 use crate::handoff::HandoffToken;

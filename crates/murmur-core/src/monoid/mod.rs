@@ -19,10 +19,75 @@
 //! Idempotent monoids (`combine(x, x) == x`: Min, Max, First, Last, Set,
 //! HyperLogLog, Bloom) can be re-applied safely, so stores write them without
 //! per-lane fences; see [`Monoid::is_idempotent`].
+//!
+//! # Choosing a monoid
+//!
+//! | Question | Monoid | Exact? | Idempotent | Size |
+//! |---|---|---|---|---|
+//! | how many / how much | [`Count`], [`Sum`] | exact | no | 8 bytes |
+//! | smallest / largest number | [`Min`], [`Max`] | exact | yes | 8 bytes |
+//! | earliest / latest value | [`First`], [`Last`] (ties by string) | exact | yes | one value |
+//! | which distinct values (few) | [`Set`] | exact | yes | grows with distinct values |
+//! | how many distinct (many) | [`HyperLogLog`] | ≈ `1.04/sqrt(2^p)` rel. error | yes | `2^p` bytes (sparse when small) |
+//! | which items are heaviest | [`TopK`] | lower bounds, every item above `n/(k+1)` kept | no | ≤ `capacity` items |
+//! | was x ever seen | [`Bloom`] | no false negatives, tunable false positives | yes | `bits/8` bytes (sparse when small) |
+//! | one aggregate per sub-key | [`Map`] of any monoid | as inner | as inner | grows with keys |
+//! | two aggregates per row | [`Tuple`] | as parts | if both are | sum of parts |
+//! | recent activity with half-life | [`DecayedSum`] | up to float rounding | no | 26 bytes |
+//!
+//! Sketch parameters (precision, `k`/capacity, bits/hashes, seeds,
+//! half-life) are part of the stored bytes; combining or decoding a value with
+//! other parameters is [`MonoidError::ParameterMismatch`]. Hashes are
+//! `xxh3` with an explicit seed, stable across platforms and releases.
+//!
+//! All combines are commutative and associative byte-exact on the encoding,
+//! with two documented exceptions: [`TopK`] is exactly associative only while
+//! the data holds at most `capacity` distinct items (beyond, its
+//! heavy-hitter guarantee still holds for every merge order, but the bytes
+//! may depend on it), and [`DecayedSum`] is associative up to floating-point
+//! rounding.
+//!
+//! ## Why not the `datasketches` crate
+//!
+//! The Apache DataSketches Rust port (`datasketches` 0.6, features `hll`,
+//! `frequencies`, `bloom`) was evaluated for HyperLogLog and Top-K and
+//! rejected, because its serialized sketches are not a function of the
+//! multiset of inputs, so stored bytes would depend on merge order:
+//!
+//! * HLL: in list/set (coupon) mode the serialized coupon order follows
+//!   insertion order, so `(a ∪ b) ∪ c` and `a ∪ (b ∪ c)` differ in bytes; in
+//!   dense mode the serialized header carries the HIP accumulator and an
+//!   "out of order" flag, which a union resets — so `a ∪ a` and `∅ ∪ a` are
+//!   not byte-identical to `a`, and a sketch built directly from a stream
+//!   differs from the union of sketches of its parts.
+//! * Frequent items: merges were neither byte-exact commutative nor
+//!   associative (the serialized item order follows its internal hash map,
+//!   and its purge keeps a sample-based median rather than a canonical
+//!   threshold).
+//! * Its Bloom filter union is byte-exact, but hashes via Rust's `Hash`
+//!   trait and has its own unversioned format; a 300-line hand-written filter
+//!   over `xxh3` keeps one hashing and encoding scheme for every sketch.
+//!
+//! The hand-written sketches here keep canonical state only (registers, bits,
+//! sorted counts), which makes the byte-exact laws hold and property-testable.
 
+mod bloom;
+mod composite;
+mod decayed;
+mod first_last;
+mod hll;
 mod numeric;
+mod set;
+mod topk;
 
+pub use bloom::{BLOOM_MAX_BITS, BLOOM_MAX_HASHES, Bloom, BloomFilter};
+pub use composite::{Map, Tuple};
+pub use decayed::{Decayed, DecayedSum};
+pub use first_last::{First, Last};
+pub use hll::{HLL_MAX_PRECISION, HLL_MIN_PRECISION, HllSketch, HyperLogLog};
 pub use numeric::{Count, Max, Min, Sum};
+pub use set::Set;
+pub use topk::{TOPK_MAX_CAPACITY, TopK, TopKSummary};
 
 use crate::error::MonoidError;
 use serde::{Deserialize, Serialize};
@@ -280,7 +345,10 @@ pub mod codec {
             if self.bytes.len() < n {
                 return Err(decode_error(
                     self.kind,
-                    format!("truncated: wanted {n} more bytes, {} left", self.bytes.len()),
+                    format!(
+                        "truncated: wanted {n} more bytes, {} left",
+                        self.bytes.len()
+                    ),
                 ));
             }
             let (head, tail) = self.bytes.split_at(n);
@@ -295,22 +363,30 @@ pub mod codec {
 
         /// Reads a little-endian u32.
         pub fn u32(&mut self) -> Result<u32, MonoidError> {
-            Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+            Ok(u32::from_le_bytes(
+                self.take(4)?.try_into().expect("4 bytes"),
+            ))
         }
 
         /// Reads a little-endian u64.
         pub fn u64(&mut self) -> Result<u64, MonoidError> {
-            Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+            Ok(u64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            ))
         }
 
         /// Reads a little-endian i64.
         pub fn i64(&mut self) -> Result<i64, MonoidError> {
-            Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+            Ok(i64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            ))
         }
 
         /// Reads a little-endian f64.
         pub fn f64(&mut self) -> Result<f64, MonoidError> {
-            Ok(f64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+            Ok(f64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            ))
         }
 
         /// Reads a u32-length-prefixed UTF-8 string.
