@@ -9,10 +9,10 @@
 //! exactly), a completed backfill is never re-run, and the totals stay exact.
 //!
 //! ```sh
-//! cargo run --release -p murmur-quickstart -- [DATA_DIR] [EVENTS]
+//! cargo run -p murmur-quickstart -- [DATA_DIR] [EVENTS]
 //! ```
 //! `DATA_DIR` defaults to `murmur-quickstart-data` (relative to the current
-//! directory), `EVENTS` to 2,000,000.
+//! directory), `EVENTS` to 500,000.
 
 use murmur_bootstrap::{LaneWriter, Resume};
 use murmur_core::monoid::Count;
@@ -70,7 +70,7 @@ async fn main() -> Result<(), Err> {
         .next()
         .map(|s| s.parse())
         .transpose()?
-        .unwrap_or(2_000_000);
+        .unwrap_or(500_000);
     std::fs::create_dir_all(&dir)?;
     let store = EmbeddedStore::open(std::path::Path::new(&dir).join("state.redb"))?;
     println!("store: {}", StateStore::name(&store));
