@@ -3,8 +3,8 @@
 //! Run it through the alias in `.cargo/config.toml`:
 //!
 //! ```text
-//! cargo xtask test [--no-lint] [--with kinesalite] [-- <extra `cargo test` args>]
-//! cargo xtask services [--with kinesalite] [--ignore-stdin]
+//! cargo xtask test [--no-lint] [--without kinesalite] [-- <extra `cargo test` args>]
+//! cargo xtask services [--without kinesalite] [--ignore-stdin]
 //! cargo xtask deny
 //! ```
 //!
@@ -17,8 +17,8 @@
 //!
 //! | service | stand-in for | started | environment exported |
 //! |---|---|---|---|
-//! | `moto` (`moto[server]==5.2.5`, PyPI) | DynamoDB, S3, Kinesis basics | always, unless `AWS_ENDPOINT_URL` is already set | `AWS_ENDPOINT_URL` |
-//! | `kinesalite` (`kinesalite@3.3.3`, npm) | Kinesis with real sequence numbers | only with `--with kinesalite` or `MURMUR_TEST_KINESALITE=1`, unless `MURMUR_KINESALITE_ENDPOINT` is already set | `AWS_ENDPOINT_URL_KINESIS`, `MURMUR_KINESALITE_ENDPOINT` |
+//! | `moto` (`moto[server]==5.2.5`, PyPI; its venv also gets `pyarrow` and `duckdb`) | DynamoDB, S3, Kinesis basics | always, unless `AWS_ENDPOINT_URL` is already set | `AWS_ENDPOINT_URL`, `MURMUR_PYTHON` (the venv's python) |
+//! | `kinesalite` (`kinesalite@3.3.3`, npm) | Kinesis with real sequence numbers (the live source's tests need it) | by default; not with `--without kinesalite` or `MURMUR_TEST_KINESALITE=0`, nor when `MURMUR_KINESALITE_ENDPOINT` is already set | `AWS_ENDPOINT_URL_KINESIS`, `MURMUR_KINESALITE_ENDPOINT` |
 //!
 //! To run the tests against LocalStack or a moto server of your own, set the
 //! endpoint yourself; nothing is installed or started for it then:
@@ -42,7 +42,7 @@
 //!
 //! Installs live outside the repository, in `$MURMUR_CACHE_DIR`, else
 //! `$XDG_CACHE_HOME/murmur`, else `$HOME/.cache/murmur`:
-//! `venv-moto-5.2.5/`, `kinesalite-3.3.3/` and `logs/<service>-<port>.log`.
+//! `venv-moto-5.2.5-pyarrow-26.0.1-duckdb-2.0.0/`, `kinesalite-3.3.3/` and `logs/<service>-<port>.log`.
 //! An install is complete once its stamp file exists; the stamp is written
 //! only after the installer succeeded, so an interrupted install is redone
 //! from scratch on the next run. Delete the cache directory to reinstall.
@@ -96,9 +96,17 @@ struct TestArgs {
     /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
     #[arg(long)]
     no_lint: bool,
-    /// Optional services to start as well (also: MURMUR_TEST_KINESALITE=1).
+    /// Optional services to start (the default; kept for old scripts).
     #[arg(long = "with", value_enum, value_delimiter = ',')]
     with: Vec<Optional>,
+    /// Optional services not to start (also: MURMUR_TEST_KINESALITE=0); their tests skip.
+    #[arg(
+        long = "without",
+        value_enum,
+        value_delimiter = ',',
+        conflicts_with = "with"
+    )]
+    without: Vec<Optional>,
     /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p murmur-core -- --nocapture`).
     #[arg(last = true)]
     cargo_test_args: Vec<OsString>,
@@ -107,15 +115,23 @@ struct TestArgs {
 /// Arguments of `cargo xtask services`.
 #[derive(Debug, clap::Args)]
 struct ServicesArgs {
-    /// Optional services to start as well (also: MURMUR_TEST_KINESALITE=1).
+    /// Optional services to start (the default; kept for old scripts).
     #[arg(long = "with", value_enum, value_delimiter = ',')]
     with: Vec<Optional>,
+    /// Optional services not to start (also: MURMUR_TEST_KINESALITE=0).
+    #[arg(
+        long = "without",
+        value_enum,
+        value_delimiter = ',',
+        conflicts_with = "with"
+    )]
+    without: Vec<Optional>,
     /// Keep running at end of standard input (stop only on Ctrl-C / SIGTERM).
     #[arg(long)]
     ignore_stdin: bool,
 }
 
-/// Services that are only started on request.
+/// Services started by default that can be left out (`--without`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Optional {
     /// kinesalite, a Kinesis stand-in with real sequence numbers (npm).
@@ -192,11 +208,14 @@ fn lint_step(what: &str, mut cmd: Command, hint: &str) -> Result<()> {
     Ok(())
 }
 
-/// Which services the user asked for (`--with` plus environment switches).
-fn selected(with: &[Optional]) -> Services {
+/// Which services to start: every optional one, unless left out with
+/// `--without` or switched off in the environment (`MURMUR_TEST_KINESALITE=0`);
+/// `--with` names one explicitly (and overrides the environment).
+fn selected(with: &[Optional], without: &[Optional]) -> Services {
+    let env_off = std::env::var("MURMUR_TEST_KINESALITE").is_ok_and(|v| v == "0" || v == "false");
+    let wanted = |s: Optional| with.contains(&s) || (!without.contains(&s) && !env_off);
     Services {
-        kinesalite: with.contains(&Optional::Kinesalite)
-            || std::env::var("MURMUR_TEST_KINESALITE").is_ok_and(|v| v == "1" || v == "true"),
+        kinesalite: wanted(Optional::Kinesalite),
     }
 }
 
@@ -230,7 +249,7 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     }
 
     // Stops every started service when dropped, whatever happens below.
-    let services: ServiceSet = services::start(selected(&args.with))?;
+    let services: ServiceSet = services::start(selected(&args.with, &args.without))?;
 
     let mut cmd = cargo();
     cmd.arg("test");
@@ -280,7 +299,7 @@ fn selects_packages(args: &[OsString]) -> bool {
 
 /// `cargo xtask services`.
 fn services_cmd(args: ServicesArgs) -> Result<ExitCode> {
-    let services = services::start(selected(&args.with))?;
+    let services = services::start(selected(&args.with, &args.without))?;
     for (name, value) in services.exports() {
         println!("export {name}={}", shell_quote(&value));
     }
@@ -411,5 +430,29 @@ mod tests {
         assert!(args.no_lint);
         assert_eq!(args.with, vec![Optional::Kinesalite]);
         assert_eq!(args.cargo_test_args, os(&["-p", "x"]));
+
+        let cli = Cli::try_parse_from(["xtask", "test", "--without", "kinesalite"]).unwrap();
+        let Task::Test(args) = cli.task else {
+            panic!("not test")
+        };
+        assert_eq!(args.without, vec![Optional::Kinesalite]);
+        assert!(!selected(&args.with, &args.without).kinesalite);
+        if std::env::var_os("MURMUR_TEST_KINESALITE").is_none() {
+            assert!(
+                selected(&[], &[]).kinesalite,
+                "kinesalite is a default service"
+            );
+        }
+        assert!(
+            Cli::try_parse_from([
+                "xtask",
+                "test",
+                "--with",
+                "kinesalite",
+                "--without",
+                "kinesalite"
+            ])
+            .is_err()
+        );
     }
 }

@@ -48,7 +48,7 @@ const AWS_TEST_ENV: [(&str, &str); 5] = [
 pub enum Install {
     /// A PyPI requirement, pip-installed into its own venv `<cache>/<dir>`.
     PipVenv {
-        /// The pip requirement, pinned.
+        /// The pip requirements, pinned, separated by spaces.
         requirement: &'static str,
         /// Directory of the venv inside the cache.
         dir: &'static str,
@@ -107,12 +107,14 @@ pub struct Service {
     pub is_aws: bool,
 }
 
-/// moto server: DynamoDB, S3 and Kinesis basics in one process.
+/// moto server: DynamoDB, S3 and Kinesis basics in one process. Its venv
+/// also holds pyarrow (tests read data Murmur did not write) and DuckDB
+/// (benchmark baselines); its `python` is exported as `MURMUR_PYTHON`.
 pub const MOTO: Service = Service {
     name: "moto",
     install: Install::PipVenv {
-        requirement: "moto[server]==5.2.5",
-        dir: "venv-moto-5.2.5",
+        requirement: "moto[server]==5.2.5 pyarrow==26.0.1 duckdb==2.0.0",
+        dir: "venv-moto-5.2.5-pyarrow-26.0.1-duckdb-2.0.0",
     },
     command: moto_command,
     readiness: Readiness::HttpStatus {
@@ -195,6 +197,8 @@ struct Endpoint {
 pub struct ServiceSet {
     endpoints: Vec<Endpoint>,
     running: Vec<Running>,
+    /// `MURMUR_PYTHON`: the python of an installed venv (pyarrow, DuckDB, boto3).
+    python: Option<PathBuf>,
 }
 
 impl ServiceSet {
@@ -243,6 +247,9 @@ impl ServiceSet {
                 })
                 .collect();
             set("MURMUR_TEST_SERVICES", &names.join(","));
+        }
+        if let Some(python) = &self.python {
+            set("MURMUR_PYTHON", &python.to_string_lossy());
         }
         out
     }
@@ -337,6 +344,9 @@ pub fn start(selection: Services) -> Result<ServiceSet> {
         }
         let cache = cache.as_deref().expect("just set");
         let dir = install(&service, cache)?;
+        if matches!(service.install, Install::PipVenv { .. }) {
+            set.python = Some(dir.join("bin").join("python"));
+        }
         signals::check()?;
         let running = launch(&service, &dir, cache)?;
         set.endpoints.push(Endpoint {
@@ -408,7 +418,8 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
                  set MURMUR_PYTHON to use another interpreter",
             )?;
             let mut pip = Command::new(dir.join("bin").join("pip"));
-            pip.args(["install", "--disable-pip-version-check", "-q", requirement]);
+            pip.args(["install", "--disable-pip-version-check", "-q"])
+                .args(requirement.split_whitespace());
             run_installer(pip, "pip install", "needs access to PyPI")?;
         }
         Install::Npm { package, .. } => {
@@ -735,6 +746,7 @@ mod tests {
                 external: false,
             }],
             running: Vec::new(),
+            python: None,
         };
         let exports = set.exports();
         let get = |k: &str| {

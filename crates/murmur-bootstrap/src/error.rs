@@ -27,6 +27,24 @@ pub enum Error {
         #[source]
         source: Box<PipelineError>,
     },
+    /// A snapshot or live source failed.
+    #[error("{context}: {source}")]
+    Source {
+        /// The run or lane.
+        context: String,
+        /// The source error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The run's checkpoint record could not be read or written.
+    #[error("run {run_id}: {source}")]
+    Run {
+        /// The run id.
+        run_id: String,
+        /// The store error.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The caller broke the lane protocol (for example pushed new records
     /// while a pending batch still had to be replayed).
     #[error("lane {lane}: {reason}")]
@@ -36,4 +54,20 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl Error {
+    pub(crate) fn source(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Source {
+            context: context.to_owned(),
+            source: Box::new(e),
+        }
+    }
+
+    pub(crate) fn run(run_id: &str, e: StoreError) -> Self {
+        Error::Run {
+            run_id: run_id.to_owned(),
+            source: Box::new(e),
+        }
+    }
 }

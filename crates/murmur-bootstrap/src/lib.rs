@@ -10,8 +10,12 @@
 //! Still to come here: the backfill and live drivers over the snapshot and
 //! live sources, the handoff, and the reference `murmur-worker` binary.
 
+mod backfill;
 mod error;
 mod lane;
+mod live;
 
+pub use backfill::{BackfillOptions, BackfillOutcome, BackfillStats, backfill};
 pub use error::{Error, Result};
 pub use lane::{BatchReport, LaneWriter, Resume};
+pub use live::{LiveOptions, LiveStats, live};

@@ -1,0 +1,391 @@
+//! The backfill/live seam: one `Pipeline` value, a backfill from a JSON
+//! Lines export, then live Kafka (librdkafka's in-process mock cluster) from
+//! the handoff token — for a Kafka-offsets token and an event-time cut. The
+//! stored values equal the fold of every event exactly once, also after the
+//! live worker crashes part-way through a batch.
+
+use murmur_bootstrap::{BackfillOptions, LiveOptions, backfill, live};
+use murmur_core::monoid::{DynMonoid, Sum};
+use murmur_core::store::{ApplyReport, RowKey, StateStore, StoredValue, WriteBatch};
+use murmur_core::{
+    CheckpointStore, FlushPolicy, HandoffToken, LaneId, MemoryStore, Pipeline, Position,
+    StoreError, Window,
+};
+use murmur_source_live::{Decoder, KafkaConfig, KafkaSource, kafka_lane};
+use murmur_source_snapshot::{JsonLinesSource, ObjectListing, SerdeLines};
+use object_store::ObjectStoreExt as _;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The event type both stages decode into.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Ev {
+    entity_id: String,
+    count: i64,
+    occurred_at_unix_ms: i64,
+}
+
+const HOUR: i64 = 3_600_000;
+const T0: i64 = 1_778_198_400_000;
+const PARTITIONS: i32 = 3;
+
+fn pipeline() -> Pipeline<Ev, Sum> {
+    Pipeline::builder("seam", Sum)
+        .key_by(|e: &Ev| e.entity_id.clone())
+        .value(|e| e.count)
+        .window(Window::hour())
+        .build()
+        .unwrap()
+}
+
+/// Event `i` of partition `p`: times increase with `i`.
+fn ev(p: i32, i: i64) -> (String, i64, i64) {
+    (
+        format!("e{}", (i * 7 + p as i64) % 11),
+        1 + (i % 3),
+        T0 + i * 60_000 + p as i64,
+    )
+}
+
+fn json(e: &(String, i64, i64)) -> String {
+    format!(
+        r#"{{"entity_id":"{}","count":{},"occurred_at_unix_ms":{}}}"#,
+        e.0, e.1, e.2
+    )
+}
+
+async fn produce(brokers: &str, p: i32, range: std::ops::Range<i64>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for i in range {
+        let e = ev(p, i);
+        producer
+            .send(
+                FutureRecord::<(), _>::to("events")
+                    .partition(p)
+                    .payload(&json(&e))
+                    .timestamp(e.2),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A JSON Lines export of events `[0, n)` of each partition.
+async fn export(n: i64) -> JsonLinesSource<SerdeLines<Ev>> {
+    let store = Arc::new(InMemory::new());
+    for p in 0..PARTITIONS {
+        let text: String = (0..n).map(|i| json(&ev(p, i)) + "\n").collect();
+        store
+            .put(&Path::from(format!("export/part-{p}.json")), text.into())
+            .await
+            .unwrap();
+    }
+    JsonLinesSource::new(
+        ObjectListing::new(store, Path::from("export")),
+        SerdeLines::new(|e: &Ev| e.occurred_at_unix_ms),
+    )
+}
+
+fn truth(events: impl Iterator<Item = (String, i64, i64)>) -> BTreeMap<(String, i64), i64> {
+    let mut t = BTreeMap::new();
+    for (e, c, at) in events {
+        *t.entry((e, at.div_euclid(HOUR))).or_default() += c;
+    }
+    t
+}
+
+async fn stored(
+    store: &dyn StateStore,
+    truth: &BTreeMap<(String, i64), i64>,
+) -> BTreeMap<(String, i64), i64> {
+    let keys: Vec<RowKey> = truth
+        .keys()
+        .map(|(e, h)| RowKey::new(e.as_str(), Window::hour().bucket_of(h * HOUR).unwrap()))
+        .collect();
+    let got = store.get_many(&keys).await.unwrap();
+    truth
+        .keys()
+        .cloned()
+        .zip(
+            got.into_iter()
+                .map(|v| v.map_or(0, |v| v.value.as_int().unwrap())),
+        )
+        .collect()
+}
+
+/// Resolves when every partition's lane checkpoint reached `end`.
+async fn caught_up(cps: Arc<dyn CheckpointStore>, end: i64) {
+    loop {
+        let mut done = 0;
+        for p in 0..PARTITIONS {
+            if let Some(l) = cps.lane(&kafka_lane("events", p)).await.unwrap()
+                && l.position == (Position::Offset { offset: end })
+            {
+                done += 1;
+            }
+        }
+        if done == PARTITIONS {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn decoder() -> Decoder<Ev> {
+    Decoder::json().event_time(|e: &Ev| Some(e.occurred_at_unix_ms))
+}
+
+fn live_options(token: HandoffToken) -> LiveOptions {
+    LiveOptions {
+        flush: FlushPolicy {
+            max_keys: 10,
+            max_age: Duration::from_millis(100),
+        },
+        tick: Duration::from_millis(20),
+        ..LiveOptions::from_token(token)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_offsets_token_seam_is_exact() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    // History: 200 events per partition, exported at offset 150 (the
+    // export holds events [0, 150), the token says live starts at 150).
+    for p in 0..PARTITIONS {
+        produce(&brokers, p, 0..200).await;
+    }
+    let token = HandoffToken::Kafka {
+        topic: "events".into(),
+        offsets: (0..PARTITIONS).map(|p| (p, 150)).collect(),
+    };
+    let mem = MemoryStore::new();
+    let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
+        (Arc::new(mem.clone()), Arc::new(mem.clone()));
+    let p = pipeline();
+    let opts = BackfillOptions {
+        token: Some(token.clone()),
+        ..BackfillOptions::new("seam-kafka")
+    };
+    let out = backfill(&p, &export(150).await, state.clone(), cps.clone(), &opts)
+        .await
+        .unwrap();
+    assert_eq!(out.token(), Some(&token));
+
+    // More events arrive while live runs.
+    let b2 = brokers.clone();
+    let late = tokio::spawn(async move {
+        for p in 0..PARTITIONS {
+            produce(&b2, p, 200..260).await;
+        }
+    });
+    let mut source = KafkaSource::connect(KafkaConfig::assign(&brokers, "events"), decoder())
+        .await
+        .unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        live(
+            &p,
+            &mut source,
+            state.clone(),
+            cps.clone(),
+            &live_options(token.clone()),
+            caught_up(cps.clone(), 260),
+        ),
+    )
+    .await
+    .expect("live caught up")
+    .unwrap();
+    late.await.unwrap();
+    assert_eq!(
+        stats.records,
+        3 * 110,
+        "live read exactly offsets 150..260 of each partition"
+    );
+    let want = truth((0..PARTITIONS).flat_map(|p| (0..260).map(move |i| ev(p, i))));
+    assert_eq!(
+        stored(&*state, &want).await,
+        want,
+        "no gap and no double count at the seam"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_time_cut_seam_is_exact() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    for p in 0..PARTITIONS {
+        produce(&brokers, p, 0..200).await;
+    }
+    // The export was taken later than the cut (it holds [0, 170)), but the
+    // producer could not record offsets: cut at event 120's time.
+    let cut = T0 + 120 * 60_000;
+    let token = HandoffToken::EventTimeCut { at_ms: cut };
+    let mem = MemoryStore::new();
+    let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
+        (Arc::new(mem.clone()), Arc::new(mem.clone()));
+    let p = pipeline();
+    let opts = BackfillOptions {
+        token: Some(token.clone()),
+        ..BackfillOptions::new("seam-cut")
+    };
+    backfill(&p, &export(170).await, state.clone(), cps.clone(), &opts)
+        .await
+        .unwrap();
+    let config =
+        KafkaConfig::assign(&brokers, "events").event_time_cut_skew(Duration::from_secs(600));
+    let mut source = KafkaSource::connect(config, decoder()).await.unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        live(
+            &p,
+            &mut source,
+            state.clone(),
+            cps.clone(),
+            &live_options(token),
+            caught_up(cps.clone(), 200),
+        ),
+    )
+    .await
+    .expect("live caught up")
+    .unwrap();
+    assert_eq!(
+        stats.records,
+        3 * 80,
+        "live kept exactly the events at or after the cut"
+    );
+    for p in 0..PARTITIONS {
+        let lane = cps.lane(&kafka_lane("events", p)).await.unwrap().unwrap();
+        assert!(lane.committed_seq > 0);
+    }
+    let want = truth((0..PARTITIONS).flat_map(|p| (0..200).map(move |i| ev(p, i))));
+    assert_eq!(
+        stored(&*state, &want).await,
+        want,
+        "no gap and no double count at the cut"
+    );
+}
+
+/// Applies `budget` rows in total, then fails.
+struct Crashing {
+    inner: MemoryStore,
+    budget: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl StateStore for Crashing {
+    fn name(&self) -> &str {
+        "crashing"
+    }
+    async fn apply(&self, m: &dyn DynMonoid, b: &WriteBatch) -> Result<ApplyReport, StoreError> {
+        let mut part = b.clone();
+        part.rows.truncate(self.budget.load(Ordering::SeqCst));
+        self.budget.fetch_sub(part.rows.len(), Ordering::SeqCst);
+        let r = self.inner.apply(m, &part).await?;
+        if part.rows.len() < b.rows.len() {
+            return Err(StoreError::Backend {
+                store: "crashing".into(),
+                operation: "apply",
+                source: "killed".into(),
+            });
+        }
+        Ok(r)
+    }
+    async fn get_many(&self, keys: &[RowKey]) -> Result<Vec<Option<StoredValue>>, StoreError> {
+        self.inner.get_many(keys).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_crash_mid_batch_then_restart_is_exact() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    for p in 0..PARTITIONS {
+        produce(&brokers, p, 0..300).await;
+    }
+    let token = HandoffToken::Kafka {
+        topic: "events".into(),
+        offsets: (0..PARTITIONS).map(|p| (p, 0)).collect(),
+    };
+    let mem = MemoryStore::new();
+    let cps: Arc<dyn CheckpointStore> = Arc::new(mem.clone());
+    let p = pipeline();
+    let crashing = Arc::new(Crashing {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(37),
+    });
+    let mut source = KafkaSource::connect(KafkaConfig::assign(&brokers, "events"), decoder())
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(60),
+        live(
+            &p,
+            &mut source,
+            crashing,
+            cps.clone(),
+            &live_options(token.clone()),
+            caught_up(cps.clone(), 300),
+        ),
+    )
+    .await
+    .expect("the crash comes before the deadline");
+    assert!(first.is_err(), "the store crashed mid-batch");
+    drop(source);
+    let pending = (0..PARTITIONS)
+        .filter(|q| futures_pending(&mem, *q))
+        .count();
+    assert_eq!(pending, 1, "the crash left one pending batch");
+
+    let mut source = KafkaSource::connect(KafkaConfig::assign(&brokers, "events"), decoder())
+        .await
+        .unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        live(
+            &p,
+            &mut source,
+            Arc::new(mem.clone()),
+            cps.clone(),
+            &live_options(token),
+            caught_up(cps.clone(), 300),
+        ),
+    )
+    .await
+    .expect("caught up")
+    .unwrap();
+    assert_eq!(stats.replayed, 1, "the pending batch was replayed");
+    let want = truth((0..PARTITIONS).flat_map(|p| (0..300).map(move |i| ev(p, i))));
+    assert_eq!(
+        stored(&mem, &want).await,
+        want,
+        "exact after crash and restart"
+    );
+}
+
+fn futures_pending(mem: &MemoryStore, p: i32) -> bool {
+    let lane: LaneId = kafka_lane("events", p);
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async {
+            mem.lane(&lane)
+                .await
+                .unwrap()
+                .is_some_and(|l| l.pending.is_some())
+        })
+    })
+}

@@ -1,0 +1,483 @@
+//! Turning message payloads into [`Record`]s: the user's decoder, event-time
+//! and event-id extractors, and the canonical [`CountEvent`].
+
+use murmur_core::{Position, Record};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+type DecodeFn<T> = dyn Fn(&[u8]) -> Result<T, String> + Send + Sync;
+type TimeFn<T> = dyn Fn(&T) -> Option<i64> + Send + Sync;
+type IdFn<T> = dyn Fn(&T) -> Option<Arc<str>> + Send + Sync;
+
+/// How a source turns a message payload into a [`Record`].
+///
+/// * the decode function, `bytes -> Result<T, String>` (the error text goes
+///   into the dead letter);
+/// * an event-time extractor (milliseconds since the epoch); without one, or
+///   when it returns `None`, the broker's timestamp is used (Kafka message
+///   timestamp, Kinesis approximate arrival time);
+/// * an optional event-id extractor, for the deduper;
+/// * a payload size limit: larger payloads are dead letters (default 1 MiB);
+/// * an optional event-time floor: records with an earlier event time are
+///   skipped and counted, which is how the live stage honours an
+///   [event-time cut](murmur_core::HandoffToken::EventTimeCut).
+///
+/// Empty payloads (and Kafka tombstones), oversized payloads, decode errors
+/// and records without any event time are dead letters: sent to the
+/// source's dead-letter topic or stream, counted, never silently dropped.
+///
+/// ```
+/// use murmur_source_live::{CountEvent, Decoder};
+/// let d = Decoder::count_events();
+/// let r = d.try_decode(br#"{"entity_id":"a","count":2,"occurred_at":"2026-05-08T14:00:00Z"}"#, None).unwrap();
+/// assert_eq!((r.value.count, r.event_time_ms), (2, 1_778_248_800_000));
+/// let r = d.try_decode(br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":5,"event_id":"e1"}"#, None).unwrap();
+/// assert_eq!((r.event_time_ms, r.event_id.as_deref()), (5, Some("e1")));
+/// assert!(d.try_decode(b"{not json", None).unwrap_err().contains("key must be a string"));
+/// assert_eq!(d.try_decode(b"", None).unwrap_err(), "empty payload");
+/// ```
+pub struct Decoder<T> {
+    decode: Box<DecodeFn<T>>,
+    event_time: Option<Box<TimeFn<T>>>,
+    event_id: Option<Box<IdFn<T>>>,
+    max_payload_bytes: usize,
+    min_event_time_ms: Option<i64>,
+}
+
+impl<T> fmt::Debug for Decoder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("event_time", &self.event_time.is_some())
+            .field("event_id", &self.event_id.is_some())
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("min_event_time_ms", &self.min_event_time_ms)
+            .finish()
+    }
+}
+
+/// The default payload limit (1 MiB, Kafka's default `message.max.bytes`).
+const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+impl<T> Decoder<T> {
+    /// A decoder from a decode function; event time is the broker's
+    /// timestamp until [`event_time`](Self::event_time) says otherwise.
+    pub fn new(decode: impl Fn(&[u8]) -> Result<T, String> + Send + Sync + 'static) -> Self {
+        Decoder {
+            decode: Box::new(decode),
+            event_time: None,
+            event_id: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD,
+            min_event_time_ms: None,
+        }
+    }
+
+    /// Takes the event time from the decoded value (falls back to the
+    /// broker's timestamp when it returns `None`).
+    pub fn event_time(mut self, f: impl Fn(&T) -> Option<i64> + Send + Sync + 'static) -> Self {
+        self.event_time = Some(Box::new(f));
+        self
+    }
+
+    /// Takes an event id from the decoded value (for the deduper).
+    pub fn event_id(mut self, f: impl Fn(&T) -> Option<Arc<str>> + Send + Sync + 'static) -> Self {
+        self.event_id = Some(Box::new(f));
+        self
+    }
+
+    /// Payloads larger than this are dead letters.
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Skips (and counts) records whose event time is before `at_ms`: the
+    /// live side of an event-time cut.
+    pub fn min_event_time(mut self, at_ms: i64) -> Self {
+        self.min_event_time_ms = Some(at_ms);
+        self
+    }
+
+    /// Decodes one payload as the sources do (the record's position is
+    /// left [`Position::Unknown`]); the error is the dead-letter reason.
+    /// A record before the event-time floor is returned as is.
+    pub fn try_decode(
+        &self,
+        payload: &[u8],
+        broker_time_ms: Option<i64>,
+    ) -> Result<Record<T>, String> {
+        self.record(Some(payload), broker_time_ms, Position::Unknown)
+    }
+
+    fn record(
+        &self,
+        payload: Option<&[u8]>,
+        broker_time_ms: Option<i64>,
+        position: Position,
+    ) -> Result<Record<T>, String> {
+        let payload = match payload {
+            None | Some([]) => return Err("empty payload".to_owned()),
+            Some(p) if p.len() > self.max_payload_bytes => {
+                return Err(format!(
+                    "payload of {} bytes exceeds the limit of {} bytes",
+                    p.len(),
+                    self.max_payload_bytes
+                ));
+            }
+            Some(p) => p,
+        };
+        let value = (self.decode)(payload)?;
+        let event_time_ms = self
+            .event_time
+            .as_ref()
+            .and_then(|f| f(&value))
+            .or(broker_time_ms)
+            .ok_or_else(|| {
+                "no event time: the extractor returned none and the broker gave no timestamp"
+                    .to_owned()
+            })?;
+        let event_id = self.event_id.as_ref().and_then(|f| f(&value));
+        Ok(Record {
+            value,
+            event_time_ms,
+            event_id,
+            position,
+        })
+    }
+
+    /// Decodes one message for a source.
+    pub(crate) fn decode_message(
+        &self,
+        payload: Option<&[u8]>,
+        broker_time_ms: Option<i64>,
+        position: Position,
+    ) -> Outcome<T> {
+        match self.record(payload, broker_time_ms, position) {
+            Ok(r)
+                if self
+                    .min_event_time_ms
+                    .is_some_and(|min| r.event_time_ms < min) =>
+            {
+                Outcome::BeforeCut
+            }
+            Ok(r) => Outcome::Record(r),
+            Err(reason) => Outcome::Dead(reason),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Decoder<T> {
+    /// A JSON decoder for any `Deserialize` type (event time from the
+    /// broker unless [`event_time`](Self::event_time) is set).
+    pub fn json() -> Self {
+        Decoder::new(|bytes| {
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+        })
+    }
+}
+
+/// What one message became.
+pub(crate) enum Outcome<T> {
+    Record(Record<T>),
+    Dead(String),
+    BeforeCut,
+}
+
+/// The canonical counting event: `count` occurrences of `entity_id` at
+/// `occurred_at_ms`, with an optional `event_id`.
+///
+/// JSON: `{"entity_id": "...", "count": 3, "occurred_at": "<RFC 3339>"}`, or
+/// `"occurred_at_unix_ms": <integer>` instead of `occurred_at` (both given:
+/// the integer wins); `"event_id"` is optional. Other fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct CountEvent {
+    /// The entity counted.
+    pub entity_id: String,
+    /// How many occurrences the event stands for.
+    pub count: i64,
+    /// When it happened, milliseconds since the Unix epoch.
+    pub occurred_at_ms: i64,
+    /// A unique event id, if the producer set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CountEventWire<'a> {
+    entity_id: String,
+    count: i64,
+    #[serde(default, borrow)]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(default)]
+    occurred_at_unix_ms: Option<i64>,
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+impl CountEvent {
+    /// Parses one JSON payload (see the type docs).
+    pub fn from_json(bytes: &[u8]) -> Result<CountEvent, String> {
+        // One UTF-8 check of the whole payload is cheaper than serde_json's
+        // check of every string in it.
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| format!("invalid CountEvent JSON: not UTF-8: {e}"))?;
+        let w: CountEventWire =
+            serde_json::from_str(text).map_err(|e| format!("invalid CountEvent JSON: {e}"))?;
+        let occurred_at_ms = match (w.occurred_at_unix_ms, w.occurred_at) {
+            (Some(ms), _) => ms,
+            (None, Some(s)) => rfc3339_ms(&s)
+                .map_err(|e| format!("invalid RFC 3339 timestamp {s:?} in occurred_at: {e}"))?,
+            (None, None) => {
+                return Err("CountEvent has neither occurred_at nor occurred_at_unix_ms".to_owned());
+            }
+        };
+        Ok(CountEvent {
+            entity_id: w.entity_id,
+            count: w.count,
+            occurred_at_ms,
+            event_id: w.event_id,
+        })
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp (sub-millisecond
+/// digits floored), exactly as `chrono::DateTime::parse_from_rfc3339` and
+/// `timestamp_millis` compute it. The common shape
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` is parsed directly (it is
+/// most of the decoding cost otherwise); anything else, leap seconds
+/// included, goes to chrono.
+fn rfc3339_ms(s: &str) -> Result<i64, chrono::ParseError> {
+    match rfc3339_fast(s.as_bytes()) {
+        Some(ms) => Ok(ms),
+        None => chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()),
+    }
+}
+
+fn rfc3339_fast(b: &[u8]) -> Option<i64> {
+    fn num(b: &[u8]) -> Option<i64> {
+        b.iter().try_fold(0i64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    }
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let mut rest = &b[19..];
+    let mut millis = 0;
+    if let [b'.', frac @ ..] = rest {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        for (i, c) in frac[..digits.min(3)].iter().enumerate() {
+            millis += i64::from(c - b'0') * [100, 10, 1][i];
+        }
+        rest = &frac[digits..];
+    }
+    let offset_s = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (num(&[*h1, *h2])?, num(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            (h * 3600 + m * 60) * if *sign == b'-' { -1 } else { 1 }
+        }
+        _ => return None,
+    };
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset_s) * 1000 + millis)
+}
+
+impl Decoder<CountEvent> {
+    /// The ready JSON decoder of [`CountEvent`]: event time from
+    /// `occurred_at` / `occurred_at_unix_ms`, event id from `event_id`.
+    pub fn count_events() -> Self {
+        Decoder::new(CountEvent::from_json)
+            .event_time(|e: &CountEvent| Some(e.occurred_at_ms))
+            .event_id(|e: &CountEvent| e.event_id.as_deref().map(Arc::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_event_decoding_and_poison() {
+        let d = Decoder::count_events().max_payload_bytes(200);
+        let ok = d
+            .try_decode(br#"{"entity_id":"a","count":3,"occurred_at":"2026-05-08T14:00:00.250+02:00","x":1}"#, Some(9))
+            .unwrap();
+        assert_eq!(ok.value.count, 3);
+        assert_eq!(ok.event_time_ms, 1_778_241_600_250);
+        assert_eq!(ok.event_id, None);
+        let before_1970 = d
+            .try_decode(
+                br#"{"entity_id":"a","count":1,"occurred_at":"1969-12-31T23:59:59.999Z"}"#,
+                None,
+            )
+            .unwrap();
+        assert_eq!(before_1970.event_time_ms, -1);
+        let err = d
+            .try_decode(br#"{"entity_id":"a","count":1}"#, None)
+            .unwrap_err();
+        assert!(err.contains("neither occurred_at"), "{err}");
+        let err = d
+            .try_decode(
+                br#"{"entity_id":"a","count":1,"occurred_at":"yesterday"}"#,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("invalid RFC 3339 timestamp \"yesterday\""),
+            "{err}"
+        );
+        let err = d.try_decode(&[b' '; 201], None).unwrap_err();
+        assert_eq!(err, "payload of 201 bytes exceeds the limit of 200 bytes");
+        assert!(
+            matches!(d.decode_message(None, None, Position::Unknown), Outcome::Dead(r) if r == "empty payload")
+        );
+
+        let cut = Decoder::count_events().min_event_time(10);
+        assert!(matches!(
+            cut.decode_message(
+                Some(br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":9}"#),
+                None,
+                Position::Unknown
+            ),
+            Outcome::BeforeCut
+        ));
+        assert!(matches!(
+            cut.decode_message(
+                Some(br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":10}"#),
+                None,
+                Position::Unknown
+            ),
+            Outcome::Record(_)
+        ));
+    }
+
+    #[test]
+    fn fast_rfc3339_agrees_with_chrono() {
+        let chrono_ms = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .ok()
+        };
+        let mut cases: Vec<String> = [
+            "2026-05-08T14:00:00Z",
+            "2026-05-08t14:00:00.250+02:00",
+            "2026-05-08 14:00:00.999999999-11:30",
+            "1969-12-31T23:59:59.9995Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "2024-02-29T12:00:00Z",
+            "2023-02-29T12:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-05-08T24:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2026-05-08T14:00:00.Z",
+            "2026-05-08T14:00:00+0200",
+            "2026-05-08T14:00:00",
+            "2026-05-08T14:00:00+24:00",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let f = |m: u64| (x >> (m % 48)) % (m.max(1));
+            let frac = match f(5) {
+                0 => String::new(),
+                n => format!(
+                    ".{}",
+                    &format!("{:09}", f(1_000_000_000))[..(n as usize * 2).min(9)]
+                ),
+            };
+            let zone = match f(3) {
+                0 => "Z".to_string(),
+                _ => format!(
+                    "{}{:02}:{:02}",
+                    if f(2) == 0 { '+' } else { '-' },
+                    f(24),
+                    f(60)
+                ),
+            };
+            cases.push(format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}{zone}",
+                f(10_000),
+                1 + f(12),
+                1 + f(31),
+                f(24),
+                f(60),
+                f(60)
+            ));
+        }
+        for c in &cases {
+            assert_eq!(rfc3339_ms(c).ok(), chrono_ms(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn event_time_falls_back_to_the_broker() {
+        #[derive(Debug, Deserialize)]
+        struct Click {
+            #[allow(dead_code)]
+            page: String,
+        }
+        let d = Decoder::<Click>::json();
+        assert_eq!(
+            d.try_decode(br#"{"page":"/"}"#, Some(42))
+                .unwrap()
+                .event_time_ms,
+            42
+        );
+        let err = d.try_decode(br#"{"page":"/"}"#, None).unwrap_err();
+        assert!(err.starts_with("no event time"), "{err}");
+    }
+}

@@ -1,0 +1,174 @@
+//! The crate's error type.
+
+use murmur_core::{LaneId, Position};
+
+/// Everything that can go wrong in a live source.
+///
+/// Variants name the topic / partition / stream / shard and the offsets or
+/// positions involved, so the message alone tells an operator what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Kafka client call failed.
+    #[error("kafka {operation} on topic {topic} failed: {source}")]
+    Kafka {
+        /// What was being done (`create consumer`, `fetch watermarks`, ...).
+        operation: &'static str,
+        /// The topic.
+        topic: String,
+        /// The client error.
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// A start position (handoff token or checkpoint) is below the oldest
+    /// offset the broker still retains, and the caller did not choose
+    /// [`OnExpired::Earliest`](crate::OnExpired::Earliest).
+    #[error(
+        "topic {topic} partition {partition}: wanted to start at offset {wanted}, but the broker only \
+         retains offsets {earliest}..{latest} (retention expired {missing} offset(s)); choose \
+         OnExpired::Earliest to accept the gap, or start from another token"
+    )]
+    OffsetExpired {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The wanted next offset.
+        wanted: i64,
+        /// The oldest retained offset (low watermark).
+        earliest: i64,
+        /// The next offset to be written (high watermark).
+        latest: i64,
+        /// How many offsets were lost (`earliest - wanted`).
+        missing: i64,
+    },
+
+    /// A start position is beyond the end of the partition's log (a token
+    /// from another cluster, or a truncated log).
+    #[error(
+        "topic {topic} partition {partition}: wanted to start at offset {wanted}, but the log ends at \
+         offset {latest} (a token from another cluster, or a truncated log?)"
+    )]
+    OffsetAhead {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The wanted next offset.
+        wanted: i64,
+        /// The next offset to be written (high watermark).
+        latest: i64,
+    },
+
+    /// A Kinesis call failed (after the retries the source makes itself).
+    #[error("kinesis {operation} on stream {stream}{} failed: {message}", shard.as_deref().map(|s| format!(" shard {s}")).unwrap_or_default())]
+    Kinesis {
+        /// What was being done (`ListShards`, `GetRecords`, ...).
+        operation: &'static str,
+        /// The stream.
+        stream: String,
+        /// The shard, if the call was about one.
+        shard: Option<String>,
+        /// The service's error, with its context.
+        message: String,
+    },
+
+    /// A lease table call failed.
+    #[error("lease table {table}: {operation} failed: {message}")]
+    LeaseTable {
+        /// The DynamoDB table.
+        table: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The service's error, with its context.
+        message: String,
+    },
+
+    /// The lane's lease (Kinesis) or assignment (Kafka) was lost: the lane
+    /// must not write again until it is assigned anew.
+    #[error(
+        "lane {lane}: {reason}; stop writing this lane (its next owner resumes from the checkpoint)"
+    )]
+    LeaseLost {
+        /// The lane.
+        lane: LaneId,
+        /// Why the lease is gone.
+        reason: String,
+    },
+
+    /// A lane id that this source does not serve.
+    #[error("lane {lane} is not a lane of this source: {reason}")]
+    UnknownLane {
+        /// The lane.
+        lane: LaneId,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A position that does not fit the lane's conventions (see the crate
+    /// docs), e.g. a Kinesis sequence number for a Kafka lane.
+    #[error("lane {lane}: position {position} is not valid here: {reason}")]
+    BadPosition {
+        /// The lane.
+        lane: LaneId,
+        /// The position.
+        position: Position,
+        /// Why.
+        reason: String,
+    },
+
+    /// The handoff token does not describe this source (another topic or
+    /// stream, another kind of source), or does not cover a lane.
+    #[error("lane {lane}: the handoff token does not apply: {reason}")]
+    Token {
+        /// The lane being resolved.
+        lane: LaneId,
+        /// Why.
+        reason: String,
+    },
+
+    /// A pending range cannot be read back exactly (the log no longer holds
+    /// it, or ends before it).
+    #[error("lane {lane}: cannot re-read [{start}, {end}): {reason}")]
+    Replay {
+        /// The lane.
+        lane: LaneId,
+        /// Range start.
+        start: Position,
+        /// Range end (exclusive).
+        end: Position,
+        /// Why.
+        reason: Box<str>,
+    },
+
+    /// An undecodable message could not be delivered to the dead-letter
+    /// destination (so the batch containing it must not be acknowledged).
+    #[error("dead letter for {origin} could not be delivered to {destination}: {message}")]
+    DeadLetter {
+        /// Where the message came from (`topic/partition@offset`, `stream/shard@sequence`).
+        origin: String,
+        /// The dead-letter topic or stream.
+        destination: String,
+        /// The delivery error.
+        message: String,
+    },
+
+    /// Invalid configuration.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The source has stopped (shut down, or its background work failed).
+    #[error("the {source_name} source has stopped: {reason}")]
+    Closed {
+        /// `kafka:<topic>` or `kinesis:<stream>`.
+        source_name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1530 @@
+//! The Kinesis source (aws-sdk-kinesis), with optional DynamoDB shard leases.
+//!
+//! A coordinator task lists the shards (paginated `ListShards`), takes and
+//! renews leases, and offers a shard to the runner
+//! ([`SourceEvent::Assigned`]) only once all its parents are finished, so a
+//! child's records always come after its parents'. Each started shard has a
+//! reader task: `GetShardIterator` from the lane's position, then
+//! `GetRecords` at most five times a second, renewing expired iterators from
+//! the last delivered position and backing off (exponentially, with jitter)
+//! on `ProvisionedThroughputExceededException`, `LimitExceededException`
+//! and transient failures.
+
+use crate::decode::{Decoder, Outcome};
+use crate::error::{Error, Result};
+use crate::lease::LeaseTable;
+use crate::sequence::SequenceNumber;
+use crate::source::{
+    Chunk, Counters, GuardState, LeaseGuard, LiveSource, Metrics, SourceEvent, Start,
+};
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
+use aws_sdk_kinesis::primitives::{Blob, DateTime};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use murmur_core::{HandoffToken, LaneId, Position, Record};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Prefix of the lane-start-only position "read `AT_TIMESTAMP`" (see the
+/// crate docs): `Position::Sequence { sequence: "at_timestamp:<ms>" }`.
+const AT_TIMESTAMP: &str = "at_timestamp:";
+
+/// The lane id of a Kinesis shard: `kinesis:<stream>:<shardId>`.
+pub fn kinesis_lane(stream: &str, shard_id: &str) -> LaneId {
+    LaneId::new(format!("kinesis:{stream}:{shard_id}"))
+}
+
+fn at_timestamp(ms: i64) -> Position {
+    Position::Sequence {
+        sequence: Arc::from(format!("{AT_TIMESTAMP}{ms}")),
+    }
+}
+
+/// A Kinesis lane position, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cursor {
+    /// `TRIM_HORIZON`.
+    Beginning,
+    /// `AT_TIMESTAMP` (ms).
+    AtTimestamp(i64),
+    /// `AFTER_SEQUENCE_NUMBER`.
+    After(SequenceNumber),
+    /// Closed and fully consumed.
+    End,
+}
+
+impl Cursor {
+    fn parse(lane: &LaneId, p: &Position) -> Result<Cursor> {
+        let bad = |reason: &str| Error::BadPosition {
+            lane: lane.clone(),
+            position: p.clone(),
+            reason: reason.to_owned(),
+        };
+        match p {
+            Position::Beginning => Ok(Cursor::Beginning),
+            Position::End => Ok(Cursor::End),
+            Position::Sequence { sequence } => {
+                if let Some(ms) = sequence.strip_prefix(AT_TIMESTAMP) {
+                    return ms
+                        .parse()
+                        .map(Cursor::AtTimestamp)
+                        .map_err(|_| bad("invalid at_timestamp milliseconds"));
+                }
+                SequenceNumber::parse(sequence)
+                    .map(Cursor::After)
+                    .ok_or_else(|| bad("a Kinesis sequence number is 1 to 128 decimal digits"))
+            }
+            _ => Err(bad(
+                "a Kinesis lane position is Beginning, Sequence (last consumed, or at_timestamp:<ms>) or End",
+            )),
+        }
+    }
+
+    fn position(&self) -> Position {
+        match self {
+            Cursor::Beginning => Position::Beginning,
+            Cursor::AtTimestamp(ms) => at_timestamp(*ms),
+            Cursor::After(s) => Position::Sequence {
+                sequence: s.clone().into_arc(),
+            },
+            Cursor::End => Position::End,
+        }
+    }
+}
+
+/// Shard leases shared by several workers (see [`ensure_lease_table`](crate::ensure_lease_table)).
+#[derive(Debug, Clone)]
+struct LeaseSettings {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    duration: Duration,
+}
+
+/// Configuration of a [`KinesisSource`].
+///
+/// ```
+/// use murmur_source_live::KinesisConfig;
+/// use std::time::Duration;
+/// let c = KinesisConfig::new("clicks")
+///     .worker_id("worker-a")
+///     .dead_letter_stream("clicks-dlq")
+///     .get_records_limit(1_000)
+///     .idle_wait(Duration::from_millis(500));
+/// # let _ = c;
+/// ```
+#[derive(Debug, Clone)]
+pub struct KinesisConfig {
+    stream: String,
+    worker_id: String,
+    leases: Option<LeaseSettings>,
+    get_records_limit: i32,
+    min_call_interval: Duration,
+    idle_wait: Duration,
+    shard_refresh: Duration,
+    dead_letter_stream: Option<String>,
+    cut_skew: Duration,
+    max_backoff: Duration,
+}
+
+impl KinesisConfig {
+    /// Reads `stream`; without [`leases`](Self::leases) this worker reads
+    /// every shard.
+    pub fn new(stream: &str) -> Self {
+        KinesisConfig {
+            stream: stream.to_owned(),
+            worker_id: format!("worker-{}", std::process::id()),
+            leases: None,
+            get_records_limit: 10_000,
+            min_call_interval: Duration::from_millis(200),
+            idle_wait: Duration::from_secs(1),
+            shard_refresh: Duration::from_secs(30),
+            dead_letter_stream: None,
+            cut_skew: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// This worker's name in the lease table (default `worker-<pid>`; make
+    /// it unique per process).
+    pub fn worker_id(mut self, id: &str) -> Self {
+        self.worker_id = id.to_owned();
+        self
+    }
+
+    /// Shares the stream with other workers through shard leases in this
+    /// DynamoDB table (create it with
+    /// [`ensure_lease_table`](crate::ensure_lease_table)). A lease not
+    /// renewed for `duration` may be taken by another worker; it is renewed
+    /// every third of that, and trusted by [`LeaseGuard::check`] for two
+    /// thirds of it after each renewal.
+    pub fn leases(
+        mut self,
+        client: aws_sdk_dynamodb::Client,
+        table: &str,
+        duration: Duration,
+    ) -> Self {
+        self.leases = Some(LeaseSettings {
+            client,
+            table: table.to_owned(),
+            duration,
+        });
+        self
+    }
+
+    /// `GetRecords` limit (default and maximum 10,000).
+    pub fn get_records_limit(mut self, limit: i32) -> Self {
+        self.get_records_limit = limit.clamp(1, 10_000);
+        self
+    }
+
+    /// Wait after an empty `GetRecords` (default 1 s; at least 200 ms).
+    pub fn idle_wait(mut self, wait: Duration) -> Self {
+        self.idle_wait = wait;
+        self
+    }
+
+    /// How often the shard list is refreshed (default 30 s; also after a
+    /// shard finishes).
+    pub fn shard_refresh(mut self, every: Duration) -> Self {
+        self.shard_refresh = every;
+        self
+    }
+
+    /// Undecodable records go to this stream as a JSON envelope
+    /// (`source_stream`, `shard_id`, `sequence_number`, `error`,
+    /// `payload_base64`), partition key = the source shard id.
+    pub fn dead_letter_stream(mut self, stream: &str) -> Self {
+        self.dead_letter_stream = Some(stream.to_owned());
+        self
+    }
+
+    /// How far before an event-time cut a token start reads (default 5 min).
+    pub fn event_time_cut_skew(mut self, skew: Duration) -> Self {
+        self.cut_skew = skew;
+        self
+    }
+
+    /// Longest backoff after throttling (default 5 s).
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+}
+
+/// A shard as listed.
+#[derive(Debug, Clone)]
+struct ShardInfo {
+    parents: Vec<String>,
+}
+
+/// What a failed call calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Expired,
+    Throttled,
+    Transient,
+    Fatal,
+}
+
+fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            Class::Transient
+        }
+        SdkError::ServiceError(se) => match se.err().code() {
+            Some("ExpiredIteratorException") => Class::Expired,
+            Some(
+                "ProvisionedThroughputExceededException"
+                | "LimitExceededException"
+                | "KMSThrottlingException"
+                | "ThrottlingException",
+            ) => Class::Throttled,
+            Some(
+                "InternalFailure"
+                | "InternalFailureException"
+                | "ServiceUnavailable"
+                | "InternalServerError",
+            ) => Class::Transient,
+            _ => Class::Fatal,
+        },
+        _ => Class::Fatal,
+    }
+}
+
+/// Exponential backoff with jitter.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    async fn wait(&mut self) {
+        use std::hash::BuildHasher;
+        let noise = std::collections::hash_map::RandomState::new().hash_one(Instant::now()) % 1_000;
+        // Between half and all of the current step.
+        let d = self.next.mul_f64(0.5 + noise as f64 / 2_000.0);
+        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(d).await;
+    }
+}
+
+struct LaneEntry {
+    guard: Arc<GuardState>,
+    epoch: u64,
+}
+
+struct Shared<T> {
+    config: KinesisConfig,
+    name: String,
+    decoder: Decoder<T>,
+    counters: Counters,
+    client: Client,
+    leases: Option<LeaseTable>,
+    lanes: Mutex<HashMap<String, LaneEntry>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl<T: Send + 'static> Shared<T> {
+    fn lane(&self, shard: &str) -> LaneId {
+        kinesis_lane(&self.config.stream, shard)
+    }
+
+    fn shard_of(&self, lane: &LaneId) -> Result<String> {
+        let prefix = format!("kinesis:{}:", self.config.stream);
+        match lane.as_str().strip_prefix(&prefix) {
+            Some(shard) if !shard.is_empty() && !shard.contains(':') => Ok(shard.to_owned()),
+            _ => Err(Error::UnknownLane {
+                lane: lane.clone(),
+                reason: format!("this source's lanes are {prefix}<shardId>"),
+            }),
+        }
+    }
+
+    fn kinesis_err<E, R>(
+        &self,
+        operation: &'static str,
+        shard: Option<&str>,
+        e: &SdkError<E, R>,
+    ) -> Error
+    where
+        E: std::error::Error + 'static,
+        R: fmt::Debug,
+    {
+        Error::Kinesis {
+            operation,
+            stream: self.config.stream.clone(),
+            shard: shard.map(str::to_owned),
+            message: DisplayErrorContext(e).to_string(),
+        }
+    }
+
+    async fn list_shards(&self) -> Result<BTreeMap<String, ShardInfo>> {
+        let mut shards = BTreeMap::new();
+        let mut token: Option<String> = None;
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        loop {
+            let mut req = self.client.list_shards();
+            req = match &token {
+                Some(t) => req.next_token(t),
+                None => req.stream_name(&self.config.stream),
+            };
+            let out = match req.send().await {
+                Ok(out) => out,
+                Err(e) if matches!(classify(&e), Class::Throttled | Class::Transient) => {
+                    Counters::add(&self.counters.throttled, 1);
+                    backoff.wait().await;
+                    continue;
+                }
+                Err(e) => return Err(self.kinesis_err("ListShards", None, &e)),
+            };
+            for s in out.shards() {
+                let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect();
+                shards.insert(s.shard_id().to_owned(), ShardInfo { parents });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(shards),
+            }
+        }
+    }
+
+    async fn iterator(
+        &self,
+        shard: &str,
+        cursor: &Cursor,
+    ) -> Result<String, SdkError<GetShardIteratorError, HttpResponse>> {
+        let req = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.config.stream)
+            .shard_id(shard);
+        let req = match cursor {
+            Cursor::Beginning | Cursor::End => {
+                req.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            Cursor::AtTimestamp(ms) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(*ms)),
+            Cursor::After(s) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(s.as_str()),
+        };
+        let out = req.send().await?;
+        Ok(out.shard_iterator().unwrap_or_default().to_owned())
+    }
+
+    /// Decodes one `GetRecords` page; records at or before `after` are
+    /// dropped (never delivered twice).
+    fn decode(
+        &self,
+        shard: &str,
+        after: Option<&SequenceNumber>,
+        records: &[aws_sdk_kinesis::types::Record],
+    ) -> (Vec<Record<T>>, Vec<DeadLetter>, Option<SequenceNumber>, u64) {
+        let mut out = Vec::with_capacity(records.len());
+        let mut dead = Vec::new();
+        let mut last = None;
+        let mut skipped = 0;
+        for r in records {
+            let Some(seq) = SequenceNumber::parse(r.sequence_number()) else {
+                dead.push(DeadLetter {
+                    shard: shard.to_owned(),
+                    sequence: r.sequence_number().to_owned(),
+                    reason: "invalid sequence number".into(),
+                    payload: r.data().as_ref().to_vec(),
+                });
+                continue;
+            };
+            if after.is_some_and(|a| seq <= *a) {
+                continue;
+            }
+            let arrival = r
+                .approximate_arrival_timestamp()
+                .and_then(|t| t.to_millis().ok());
+            let position = Position::Sequence {
+                sequence: Arc::from(seq.as_str()),
+            };
+            match self
+                .decoder
+                .decode_message(Some(r.data().as_ref()), arrival, position)
+            {
+                Outcome::Record(rec) => out.push(rec),
+                Outcome::BeforeCut => skipped += 1,
+                Outcome::Dead(reason) => dead.push(DeadLetter {
+                    shard: shard.to_owned(),
+                    sequence: seq.as_str().to_owned(),
+                    reason,
+                    payload: r.data().as_ref().to_vec(),
+                }),
+            }
+            last = Some(seq);
+        }
+        (out, dead, last, skipped)
+    }
+
+    async fn dead_letters(&self, dead: Vec<DeadLetter>) -> Result<()> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        Counters::add(&self.counters.dead_letters, dead.len() as u64);
+        let stream = &self.config.stream;
+        let Some(dlq) = &self.config.dead_letter_stream else {
+            for d in &dead {
+                tracing::error!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason,
+                    "undecodable record (no dead-letter stream configured)");
+            }
+            return Ok(());
+        };
+        for d in &dead {
+            let envelope = serde_json::json!({
+                "source_stream": stream,
+                "shard_id": d.shard,
+                "sequence_number": d.sequence,
+                "error": d.reason,
+                "payload_base64": base64(&d.payload),
+            });
+            tracing::warn!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason, dead_letter_stream = %dlq,
+                "undecodable record sent to the dead-letter stream");
+            self.client
+                .put_record()
+                .stream_name(dlq)
+                .partition_key(&d.shard)
+                .data(Blob::new(envelope.to_string()))
+                .send()
+                .await
+                .map_err(|e| Error::DeadLetter {
+                    origin: format!("{stream}/{}@{}", d.shard, d.sequence),
+                    destination: dlq.clone(),
+                    message: DisplayErrorContext(&e).to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(source = %self.name, %reason, "kinesis source stopped");
+        self.failure
+            .lock()
+            .expect("failure lock")
+            .get_or_insert(reason);
+    }
+
+    fn closed(&self) -> Error {
+        Error::Closed {
+            source_name: self.name.clone(),
+            reason: self
+                .failure
+                .lock()
+                .expect("failure lock")
+                .clone()
+                .unwrap_or_else(|| "shut down".into()),
+        }
+    }
+
+    /// Reads `[from, to)` of a shard again.
+    async fn read_range(
+        &self,
+        lane: &LaneId,
+        shard: &str,
+        from: Cursor,
+        to: Cursor,
+    ) -> Result<Vec<Record<T>>> {
+        let replay_err = |reason: String| Error::Replay {
+            lane: lane.clone(),
+            start: from.position(),
+            end: to.position(),
+            reason: reason.into(),
+        };
+        let last = match &to {
+            Cursor::End => None,
+            Cursor::After(s) => Some(s.clone()),
+            _ => {
+                return Err(replay_err(
+                    "a range ends at a sequence number or End".into(),
+                ));
+            }
+        };
+        if matches!(from, Cursor::End) {
+            return Ok(Vec::new());
+        }
+        if let (Cursor::After(a), Some(b)) = (&from, &last)
+            && a >= b
+        {
+            return Ok(Vec::new());
+        }
+        let mut records = Vec::new();
+        let mut after = match &from {
+            Cursor::After(s) => Some(s.clone()),
+            _ => None,
+        };
+        let mut iterator: Option<String> = None;
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        let mut empty_at_tip = 0;
+        let mut last_call: Option<Instant> = None;
+        loop {
+            let it = match iterator.take() {
+                Some(it) => it,
+                None => {
+                    let cursor = after
+                        .clone()
+                        .map(Cursor::After)
+                        .unwrap_or_else(|| from.clone());
+                    match self.iterator(shard, &cursor).await {
+                        Ok(it) => it,
+                        Err(e) if classify(&e) != Class::Fatal => {
+                            backoff.wait().await;
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(self.kinesis_err("GetShardIterator", Some(shard), &e));
+                        }
+                    }
+                }
+            };
+            pace(&mut last_call, self.config.min_call_interval).await;
+            let out = match self
+                .client
+                .get_records()
+                .shard_iterator(&it)
+                .limit(self.config.get_records_limit)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => match classify(&e) {
+                    Class::Expired => continue,
+                    Class::Throttled | Class::Transient => {
+                        Counters::add(&self.counters.throttled, 1);
+                        backoff.wait().await;
+                        iterator = Some(it);
+                        continue;
+                    }
+                    Class::Fatal => return Err(self.kinesis_err("GetRecords", Some(shard), &e)),
+                },
+            };
+            backoff.reset();
+            let page: Vec<_> = match &last {
+                Some(l) => out
+                    .records()
+                    .iter()
+                    .take_while(|r| {
+                        SequenceNumber::parse(r.sequence_number()).is_some_and(|s| s <= *l)
+                    })
+                    .cloned()
+                    .collect(),
+                None => out.records().to_vec(),
+            };
+            let reached_end = last.is_some() && page.len() < out.records().len();
+            let (mut got, dead, seen, _) = self.decode(shard, after.as_ref(), &page);
+            self.dead_letters(dead).await?;
+            records.append(&mut got);
+            if let Some(s) = seen {
+                after = Some(s);
+            }
+            if reached_end || (last.is_some() && after.as_ref() == last.as_ref()) {
+                return Ok(records);
+            }
+            match out.next_shard_iterator() {
+                None if last.is_none() => return Ok(records),
+                None => return Err(replay_err("the shard closed before the range end".into())),
+                Some(next) => iterator = Some(next.to_owned()),
+            }
+            if out.records().is_empty() {
+                empty_at_tip += 1;
+                if empty_at_tip >= 20 && out.millis_behind_latest() == Some(0) {
+                    return Err(replay_err(format!(
+                        "the shard holds nothing after {}",
+                        after
+                            .as_ref()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "the start".into())
+                    )));
+                }
+            } else {
+                empty_at_tip = 0;
+            }
+        }
+    }
+}
+
+/// Waits until at least `min` has passed since the previous call.
+async fn pace(last: &mut Option<Instant>, min: Duration) {
+    if let Some(t) = *last {
+        let due = t + min;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    *last = Some(Instant::now());
+}
+
+/// Standard base64 with padding (dead-letter envelopes).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct DeadLetter {
+    shard: String,
+    sequence: String,
+    reason: String,
+    payload: Vec<u8>,
+}
+
+struct KChunk<T> {
+    shard: String,
+    epoch: u64,
+    chunk: Chunk<T>,
+}
+
+enum Ctl<T> {
+    Event(SourceEvent<T>),
+    Failed(String),
+}
+
+enum Cmd {
+    Start {
+        shard: String,
+        at: Cursor,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Finish {
+        shard: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A Kinesis live source: see the [crate docs](crate) for the protocol.
+///
+/// Dropping it stops reading at once *without* releasing its leases (as a
+/// crash would: other workers take them over after the lease duration);
+/// [`shutdown`](KinesisSource::shutdown) releases them.
+pub struct KinesisSource<T> {
+    shared: Arc<Shared<T>>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    control: mpsc::UnboundedReceiver<Ctl<T>>,
+    chunks: mpsc::Receiver<KChunk<T>>,
+    coordinator: JoinHandle<()>,
+    failed: bool,
+}
+
+impl<T> fmt::Debug for KinesisSource<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KinesisSource")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl<T> Drop for KinesisSource<T> {
+    fn drop(&mut self) {
+        self.coordinator.abort();
+    }
+}
+
+impl<T: Send + 'static> KinesisSource<T> {
+    /// Starts the coordinator. Shards are offered through
+    /// [`SourceEvent::Assigned`] as they become eligible (and, with leases,
+    /// as their leases are taken).
+    pub async fn connect(
+        config: KinesisConfig,
+        client: Client,
+        decoder: Decoder<T>,
+    ) -> Result<Self> {
+        if config.stream.is_empty() || config.stream.contains(':') {
+            return Err(Error::Config {
+                reason: format!("invalid stream name {:?}", config.stream),
+            });
+        }
+        let leases = config.leases.as_ref().map(|l| LeaseTable {
+            client: l.client.clone(),
+            table: l.table.clone(),
+            worker: config.worker_id.clone(),
+            duration: l.duration,
+        });
+        let shared = Arc::new(Shared {
+            name: format!("kinesis:{}", config.stream),
+            decoder,
+            counters: Counters::default(),
+            client,
+            leases,
+            lanes: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            config,
+        });
+        // Fail early on a missing stream or bad credentials.
+        let shards = shared.list_shards().await?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(64);
+        let coordinator = Coordinator {
+            shared: shared.clone(),
+            cmds: cmd_rx,
+            control: ctl_tx,
+            chunks: chunk_tx,
+            shards,
+            listed_at: Instant::now(),
+            relist: false,
+            owned: BTreeMap::new(),
+            finished: HashSet::new(),
+            observed: HashMap::new(),
+        };
+        let coordinator = tokio::spawn(coordinator.run());
+        Ok(KinesisSource {
+            shared,
+            cmds: cmd_tx,
+            control: ctl_rx,
+            chunks: chunk_rx,
+            coordinator,
+            failed: false,
+        })
+    }
+
+    /// Stops reading and releases this worker's leases, so others can take
+    /// the shards at once.
+    pub async fn shutdown(self) {
+        let (reply, done) = oneshot::channel();
+        if self.cmds.send(Cmd::Shutdown { reply }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    async fn command(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Cmd) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.cmds
+            .send(make(reply))
+            .map_err(|_| self.shared.closed())?;
+        answer.await.map_err(|_| self.shared.closed())?
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    async fn resolve_start(&self, lane: &LaneId, start: &Start) -> Result<Position> {
+        let shard = self.shared.shard_of(lane)?;
+        Ok(match start {
+            Start::Earliest => Position::Beginning,
+            // LATEST has no position until a record arrives; "latest as of
+            // now" is AT_TIMESTAMP now, which re-reads identically.
+            Start::Latest => at_timestamp(murmur_core::store::now_ms()),
+            Start::Timestamp(ms) => at_timestamp(*ms),
+            Start::Token(HandoffToken::EventTimeCut { at_ms }) => {
+                let skew =
+                    i64::try_from(self.shared.config.cut_skew.as_millis()).unwrap_or(i64::MAX);
+                at_timestamp(at_ms.saturating_sub(skew))
+            }
+            Start::Token(HandoffToken::Kinesis {
+                stream,
+                sequence_numbers,
+            }) => {
+                if *stream != self.shared.config.stream {
+                    return Err(Error::Token {
+                        lane: lane.clone(),
+                        reason: format!(
+                            "the token is for stream {stream}, this source reads {}",
+                            self.shared.config.stream
+                        ),
+                    });
+                }
+                let shards = self.shared.list_shards().await?;
+                resolve_token(lane, &shard, &shards, sequence_numbers)?
+            }
+            Start::Token(other) => {
+                return Err(Error::Token {
+                    lane: lane.clone(),
+                    reason: format!(
+                        "a Kinesis source cannot start from token {}",
+                        other.to_json()
+                    ),
+                });
+            }
+        })
+    }
+
+    async fn start_lane(&self, lane: &LaneId, at: &Position) -> Result<Position> {
+        let shard = self.shared.shard_of(lane)?;
+        let cursor = Cursor::parse(lane, at)?;
+        self.command(|reply| Cmd::Start {
+            shard,
+            at: cursor,
+            reply,
+        })
+        .await?;
+        tracing::info!(%lane, position = %at, "lane started");
+        Ok(at.clone())
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent<T>> {
+        if self.failed {
+            return Err(self.shared.closed());
+        }
+        loop {
+            tokio::select! {
+                biased;
+                ctl = self.control.recv() => match ctl {
+                    Some(Ctl::Event(e)) => return Ok(e),
+                    Some(Ctl::Failed(reason)) => {
+                        self.failed = true;
+                        self.shared.fail(reason);
+                        return Err(self.shared.closed());
+                    }
+                    None => {
+                        self.failed = true;
+                        return Err(self.shared.closed());
+                    }
+                },
+                item = self.chunks.recv() => {
+                    let Some(item) = item else {
+                        self.failed = true;
+                        return Err(self.shared.closed());
+                    };
+                    let current = self.shared.lanes.lock().expect("lanes lock").get(&item.shard)
+                        .is_some_and(|l| l.epoch == item.epoch && !l.guard.is_lost());
+                    if current {
+                        Counters::add(&self.shared.counters.chunks, 1);
+                        Counters::add(&self.shared.counters.records, item.chunk.records.len() as u64);
+                        return Ok(SourceEvent::Chunk(item.chunk));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_range(
+        &self,
+        lane: &LaneId,
+        start: &Position,
+        end: &Position,
+    ) -> Result<Vec<Record<T>>> {
+        let shard = self.shared.shard_of(lane)?;
+        let (from, to) = (Cursor::parse(lane, start)?, Cursor::parse(lane, end)?);
+        let records = self.shared.read_range(lane, &shard, from, to).await?;
+        Counters::add(&self.shared.counters.replayed, records.len() as u64);
+        Ok(records)
+    }
+
+    async fn ack(&self, lane: &LaneId, end: &Position) -> Result<()> {
+        let shard = self.shared.shard_of(lane)?;
+        let cursor = Cursor::parse(lane, end)?;
+        Counters::add(&self.shared.counters.acks, 1);
+        if cursor == Cursor::End {
+            return self.command(|reply| Cmd::Finish { shard, reply }).await;
+        }
+        if let Some(leases) = &self.shared.leases
+            && !leases.checkpoint(lane.as_str(), end, false).await?
+        {
+            tracing::debug!(%lane, "lease checkpoint not recorded: the lease is no longer ours");
+        }
+        Ok(())
+    }
+
+    fn guard(&self, lane: &LaneId) -> Result<LeaseGuard> {
+        let shard = self.shared.shard_of(lane)?;
+        let lanes = self.shared.lanes.lock().expect("lanes lock");
+        let entry = lanes.get(&shard).ok_or_else(|| Error::LeaseLost {
+            lane: lane.clone(),
+            reason: "this worker does not hold the shard".into(),
+        })?;
+        Ok(LeaseGuard::new(lane.clone(), entry.guard.clone()))
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// Where a shard starts under a Kinesis handoff token: its sequence
+/// number; the beginning for shards born after the token's shards
+/// (descendants); the end for shards the token's shards descend from.
+fn resolve_token(
+    lane: &LaneId,
+    shard: &str,
+    shards: &BTreeMap<String, ShardInfo>,
+    token: &BTreeMap<String, String>,
+) -> Result<Position> {
+    if let Some(seq) = token.get(shard) {
+        let seq = SequenceNumber::parse(seq).ok_or_else(|| Error::Token {
+            lane: lane.clone(),
+            reason: format!("{seq:?} is not a sequence number"),
+        })?;
+        return Ok(Cursor::After(seq).position());
+    }
+    let related = |start: &str, up: bool| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![start.to_owned()];
+        while let Some(s) = todo.pop() {
+            let next: Vec<String> = if up {
+                shards
+                    .get(&s)
+                    .map(|i| i.parents.clone())
+                    .unwrap_or_default()
+            } else {
+                shards
+                    .iter()
+                    .filter(|(_, i)| i.parents.contains(&s))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for n in next {
+                if seen.insert(n.clone()) {
+                    todo.push(n);
+                }
+            }
+        }
+        seen
+    };
+    if related(shard, true).iter().any(|a| token.contains_key(a)) {
+        return Ok(Position::Beginning);
+    }
+    if related(shard, false).iter().any(|d| token.contains_key(d)) {
+        return Ok(Position::End);
+    }
+    Err(Error::Token {
+        lane: lane.clone(),
+        reason: format!(
+            "shard {shard} is neither in the token ({:?}) nor an ancestor or descendant of a shard in it",
+            token.keys().collect::<Vec<_>>()
+        ),
+    })
+}
+
+struct Owned {
+    counter: i64,
+    guard: Arc<GuardState>,
+    reader: Option<JoinHandle<()>>,
+}
+
+struct Coordinator<T> {
+    shared: Arc<Shared<T>>,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    control: mpsc::UnboundedSender<Ctl<T>>,
+    chunks: mpsc::Sender<KChunk<T>>,
+    shards: BTreeMap<String, ShardInfo>,
+    listed_at: Instant,
+    relist: bool,
+    owned: BTreeMap<String, Owned>,
+    finished: HashSet<String>,
+    /// Lease counters and when this worker first saw them.
+    observed: HashMap<String, (i64, Instant)>,
+}
+
+impl<T> Drop for Coordinator<T> {
+    fn drop(&mut self) {
+        for o in self.owned.values() {
+            o.guard.lose("the source stopped");
+            if let Some(r) = &o.reader {
+                r.abort();
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Coordinator<T> {
+    fn period(&self) -> Duration {
+        match &self.shared.config.leases {
+            Some(l) => l.duration / 3,
+            None => Duration::from_secs(1),
+        }
+    }
+
+    /// How long a lease is trusted after a renew was sent.
+    fn trusted(&self) -> Option<Duration> {
+        self.shared
+            .config
+            .leases
+            .as_ref()
+            .map(|l| l.duration * 2 / 3)
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let cmd = tokio::select! {
+                c = self.cmds.recv() => match c {
+                    Some(c) => Some(c),
+                    None => return,
+                },
+                _ = tick.tick() => None,
+            };
+            let run_tick = match cmd {
+                Some(Cmd::Shutdown { reply }) => {
+                    self.release_all().await;
+                    let _ = reply.send(());
+                    return;
+                }
+                Some(Cmd::Start { shard, at, reply }) => {
+                    let _ = reply.send(self.start(shard, at).await);
+                    false
+                }
+                Some(Cmd::Finish { shard, reply }) => {
+                    let _ = reply.send(self.finish(&shard).await);
+                    true
+                }
+                None => true,
+            };
+            if run_tick && let Err(e) = self.tick().await {
+                tracing::warn!(source = %self.shared.name, error = %e, "lease / shard maintenance failed; retrying");
+            }
+        }
+    }
+
+    fn eligible(&self, shard: &str) -> bool {
+        !self.finished.contains(shard)
+            && self.shards.get(shard).is_some_and(|i| {
+                i.parents
+                    .iter()
+                    .all(|p| self.finished.contains(p) || !self.shards.contains_key(p))
+            })
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        if self.relist || self.listed_at.elapsed() >= self.shared.config.shard_refresh {
+            self.shards = self.shared.list_shards().await?;
+            self.listed_at = Instant::now();
+            self.relist = false;
+        }
+        if self.shared.leases.is_some() {
+            self.tick_leases().await
+        } else {
+            let new: Vec<String> = self
+                .shards
+                .keys()
+                .filter(|s| self.eligible(s) && !self.owned.contains_key(*s))
+                .cloned()
+                .collect();
+            for s in &new {
+                self.own(s, 0, None);
+            }
+            self.announce(&new);
+            Ok(())
+        }
+    }
+
+    fn own(&mut self, shard: &str, counter: i64, deadline: Option<Instant>) {
+        let guard = GuardState::new(deadline);
+        self.shared.lanes.lock().expect("lanes lock").insert(
+            shard.to_owned(),
+            LaneEntry {
+                guard: guard.clone(),
+                epoch: 0,
+            },
+        );
+        self.owned.insert(
+            shard.to_owned(),
+            Owned {
+                counter,
+                guard,
+                reader: None,
+            },
+        );
+    }
+
+    fn announce(&self, shards: &[String]) {
+        if !shards.is_empty() {
+            let lanes = shards
+                .iter()
+                .map(|s| self.shared.lane(s))
+                .collect::<Vec<_>>();
+            tracing::info!(
+                ?lanes,
+                "shards assigned; waiting for the runner's start positions"
+            );
+            let _ = self.control.send(Ctl::Event(SourceEvent::Assigned(lanes)));
+        }
+    }
+
+    fn lose(&mut self, shard: &str, reason: &str) {
+        if let Some(o) = self.owned.remove(shard) {
+            o.guard.lose(reason);
+            if let Some(r) = o.reader {
+                r.abort();
+            }
+            self.shared.lanes.lock().expect("lanes lock").remove(shard);
+            Counters::add(&self.shared.counters.leases_lost, 1);
+            let lane = self.shared.lane(shard);
+            tracing::warn!(%lane, reason, "lease lost; lane stopped");
+            let _ = self
+                .control
+                .send(Ctl::Event(SourceEvent::Revoked(vec![lane])));
+        }
+    }
+
+    async fn tick_leases(&mut self) -> Result<()> {
+        let table = self.shared.leases.clone().expect("lease mode");
+        let prefix = format!("kinesis:{}:", self.shared.config.stream);
+        let rows = table.scan(&prefix).await?;
+        let now = Instant::now();
+        let by_shard: HashMap<String, _> = rows
+            .iter()
+            .filter_map(|r| {
+                r.key
+                    .strip_prefix(&prefix)
+                    .map(|s| (s.to_owned(), r.clone()))
+            })
+            .collect();
+        for (shard, row) in &by_shard {
+            if row.finished {
+                self.finished.insert(shard.clone());
+            }
+            match self.observed.get(shard) {
+                Some((c, _)) if *c == row.counter => {}
+                _ => {
+                    self.observed.insert(shard.clone(), (row.counter, now));
+                }
+            }
+        }
+        // Renew ours (or notice they were taken).
+        let mine: Vec<(String, i64)> = self
+            .owned
+            .iter()
+            .map(|(s, o)| (s.clone(), o.counter))
+            .collect();
+        for (shard, counter) in mine {
+            let ours = by_shard.get(&shard).is_some_and(|r| {
+                r.owner.as_deref() == Some(table.worker.as_str()) && r.counter == counter
+            });
+            if !ours {
+                self.lose(&shard, "another worker took the lease");
+                continue;
+            }
+            let sent = Instant::now();
+            match table.renew(&self.shared.lane(&shard).0, counter).await {
+                Ok(Some(c)) => {
+                    let trusted = self.trusted().expect("lease mode");
+                    if let Some(o) = self.owned.get_mut(&shard) {
+                        o.counter = c;
+                        o.guard.extend(sent + trusted);
+                    }
+                    self.observed.insert(shard.clone(), (c, Instant::now()));
+                }
+                Ok(None) => self.lose(
+                    &shard,
+                    "the lease renewal was refused (taken by another worker)",
+                ),
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "lease renewal failed; the guard expires unless the next one succeeds")
+                }
+            }
+        }
+        // Take one more if below a fair share.
+        let expired = |shard: &str, counter: i64| {
+            self.observed
+                .get(shard)
+                .is_some_and(|(c, t)| *c == counter && now.duration_since(*t) >= table.duration)
+        };
+        let mut workers: HashSet<&str> = by_shard
+            .iter()
+            .filter(|(s, r)| !r.finished && !expired(s, r.counter))
+            .filter_map(|(_, r)| r.owner.as_deref())
+            .collect();
+        workers.insert(table.worker.as_str());
+        let eligible: Vec<&String> = self.shards.keys().filter(|s| self.eligible(s)).collect();
+        let share = eligible.len().div_ceil(workers.len());
+        if self.owned.len() >= share {
+            return Ok(());
+        }
+        let candidate = eligible.into_iter().find_map(|s| {
+            if self.owned.contains_key(s) {
+                return None;
+            }
+            match by_shard.get(s) {
+                None => Some((s.clone(), None)),
+                Some(r) if r.finished => None,
+                Some(r) if r.owner.is_none() || expired(s, r.counter) => {
+                    Some((s.clone(), Some(r.counter)))
+                }
+                Some(_) => None,
+            }
+        });
+        if let Some((shard, seen)) = candidate {
+            let sent = Instant::now();
+            if let Some(c) = table.take(&self.shared.lane(&shard).0, seen).await? {
+                Counters::add(&self.shared.counters.leases_taken, 1);
+                tracing::info!(%shard, worker = %table.worker, previous_counter = ?seen, "lease taken");
+                let trusted = self.trusted().expect("lease mode");
+                self.own(&shard, c, Some(sent + trusted));
+                self.observed.insert(shard.clone(), (c, Instant::now()));
+                self.announce(&[shard]);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self, shard: String, at: Cursor) -> Result<()> {
+        let lane = self.shared.lane(&shard);
+        let Some(owned) = self.owned.get_mut(&shard) else {
+            return Err(Error::UnknownLane {
+                lane,
+                reason: "this worker does not hold the shard".into(),
+            });
+        };
+        if at == Cursor::End {
+            return self.finish(&shard).await;
+        }
+        if let Some(r) = owned.reader.take() {
+            r.abort();
+        }
+        let epoch = {
+            let mut lanes = self.shared.lanes.lock().expect("lanes lock");
+            let entry = lanes.get_mut(&shard).expect("owned lanes have an entry");
+            entry.epoch += 1;
+            entry.epoch
+        };
+        let reader = Reader {
+            shared: self.shared.clone(),
+            shard: shard.clone(),
+            epoch,
+            guard: owned.guard.clone(),
+            chunks: self.chunks.clone(),
+            control: self.control.clone(),
+        };
+        owned.reader = Some(tokio::spawn(reader.run(at)));
+        Ok(())
+    }
+
+    /// The shard's end is durable: record it, let its children start.
+    async fn finish(&mut self, shard: &str) -> Result<()> {
+        let lane = self.shared.lane(shard);
+        if let Some(table) = &self.shared.leases
+            && !table
+                .checkpoint(lane.as_str(), &Position::End, true)
+                .await?
+        {
+            tracing::info!(%lane, "shard finished but its lease is no longer ours; the holder records it");
+        }
+        if let Some(o) = self.owned.remove(shard) {
+            o.guard.lose("the shard is finished");
+            if let Some(r) = o.reader {
+                r.abort();
+            }
+        }
+        self.shared.lanes.lock().expect("lanes lock").remove(shard);
+        self.finished.insert(shard.to_owned());
+        self.relist = true;
+        tracing::info!(%lane, "shard finished");
+        Ok(())
+    }
+
+    async fn release_all(&mut self) {
+        let owned = std::mem::take(&mut self.owned);
+        for (shard, o) in owned {
+            o.guard.lose("the source shut down");
+            if let Some(r) = o.reader {
+                r.abort();
+            }
+            if let Some(table) = &self.shared.leases
+                && let Err(e) = table.release(&self.shared.lane(&shard).0, o.counter).await
+            {
+                tracing::warn!(%shard, error = %e, "lease release failed (it expires on its own)");
+            }
+        }
+        self.shared.lanes.lock().expect("lanes lock").clear();
+    }
+}
+
+/// Reads one shard from a position, chunk by chunk.
+struct Reader<T> {
+    shared: Arc<Shared<T>>,
+    shard: String,
+    epoch: u64,
+    guard: Arc<GuardState>,
+    chunks: mpsc::Sender<KChunk<T>>,
+    control: mpsc::UnboundedSender<Ctl<T>>,
+}
+
+impl<T: Send + 'static> Reader<T> {
+    async fn run(self, start: Cursor) {
+        if let Err(e) = self.read(start).await {
+            let _ = self.control.send(Ctl::Failed(e.to_string()));
+        }
+    }
+
+    async fn read(&self, start: Cursor) -> Result<()> {
+        let s = &self.shared;
+        let shard = self.shard.as_str();
+        let lane = s.lane(shard);
+        let mut pos = start;
+        let mut iterator: Option<String> = None;
+        let mut backoff = Backoff::new(s.config.max_backoff);
+        let mut last_call: Option<Instant> = None;
+        loop {
+            if self.guard.is_lost() {
+                return Ok(());
+            }
+            let it = match iterator.take() {
+                Some(it) => it,
+                None => match s.iterator(shard, &pos).await {
+                    Ok(it) => it,
+                    Err(e) if classify(&e) != Class::Fatal => {
+                        Counters::add(&s.counters.throttled, 1);
+                        backoff.wait().await;
+                        continue;
+                    }
+                    Err(e) => return Err(s.kinesis_err("GetShardIterator", Some(shard), &e)),
+                },
+            };
+            pace(&mut last_call, s.config.min_call_interval).await;
+            let out = match s
+                .client
+                .get_records()
+                .shard_iterator(&it)
+                .limit(s.config.get_records_limit)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => match classify(&e) {
+                    Class::Expired => {
+                        Counters::add(&s.counters.iterators_renewed, 1);
+                        tracing::debug!(%lane, position = %pos.position(), "shard iterator expired; renewing from the last position");
+                        continue;
+                    }
+                    Class::Throttled | Class::Transient => {
+                        Counters::add(&s.counters.throttled, 1);
+                        tracing::debug!(%lane, error = %DisplayErrorContext(&e), "GetRecords throttled or failed; backing off");
+                        backoff.wait().await;
+                        iterator = Some(it);
+                        continue;
+                    }
+                    Class::Fatal => return Err(s.kinesis_err("GetRecords", Some(shard), &e)),
+                },
+            };
+            backoff.reset();
+            let next = out.next_shard_iterator().map(str::to_owned);
+            if !out.records().is_empty() || next.is_none() {
+                let after = match &pos {
+                    Cursor::After(a) => Some(a),
+                    _ => None,
+                };
+                let (records, dead, last, skipped) = s.decode(shard, after, out.records());
+                s.dead_letters(dead).await?;
+                Counters::add(&s.counters.skipped_before_cut, skipped);
+                let end = match (&next, last) {
+                    (None, _) => Cursor::End,
+                    (Some(_), Some(l)) => Cursor::After(l),
+                    (Some(_), None) => pos.clone(),
+                };
+                if end != pos {
+                    let chunk = Chunk {
+                        lane: lane.clone(),
+                        records,
+                        start: pos.position(),
+                        end: end.position(),
+                    };
+                    let item = KChunk {
+                        shard: self.shard.clone(),
+                        epoch: self.epoch,
+                        chunk,
+                    };
+                    if self.chunks.send(item).await.is_err() {
+                        return Ok(());
+                    }
+                    pos = end;
+                }
+            }
+            match next {
+                None => {
+                    tracing::info!(%lane, "shard closed and fully read");
+                    return Ok(());
+                }
+                Some(n) => iterator = Some(n),
+            }
+            if out.records().is_empty() {
+                tokio::time::sleep(
+                    s.config
+                        .idle_wait
+                        .saturating_sub(s.config.min_call_interval),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards(spec: &[(&str, &[&str])]) -> BTreeMap<String, ShardInfo> {
+        spec.iter()
+            .map(|(s, p)| {
+                (
+                    s.to_string(),
+                    ShardInfo {
+                        parents: p.iter().map(|x| x.to_string()).collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn token_resolution_follows_the_shard_lineage() {
+        // 0 split into 1 and 2; 2 split into 3 and 4.
+        let graph = shards(&[
+            ("0", &[]),
+            ("1", &["0"]),
+            ("2", &["0"]),
+            ("3", &["2"]),
+            ("4", &["2"]),
+        ]);
+        let seq = "49590338271490256608559692538361571095921575989136588898";
+        let token = BTreeMap::from([
+            ("1".to_string(), seq.to_string()),
+            ("2".to_string(), seq.to_string()),
+        ]);
+        let lane = LaneId::new("kinesis:s:x");
+        let r = |s: &str| resolve_token(&lane, s, &graph, &token);
+        assert_eq!(
+            r("1").unwrap(),
+            Position::Sequence {
+                sequence: Arc::from(seq)
+            }
+        );
+        assert_eq!(r("0").unwrap(), Position::End);
+        assert_eq!(r("3").unwrap(), Position::Beginning);
+        assert_eq!(r("4").unwrap(), Position::Beginning);
+        let alone = shards(&[("9", &[])]);
+        let err = resolve_token(&lane, "9", &alone, &token).unwrap_err();
+        assert!(err.to_string().contains("neither in the token"), "{err}");
+    }
+
+    #[test]
+    fn positions_round_trip_through_cursors() {
+        let lane = LaneId::new("kinesis:s:x");
+        for p in [
+            Position::Beginning,
+            Position::End,
+            at_timestamp(1_716_200_000_000),
+            Position::Sequence {
+                sequence: Arc::from("49590338271490256608559692538361571095921575989136588898"),
+            },
+        ] {
+            assert_eq!(Cursor::parse(&lane, &p).unwrap().position(), p);
+        }
+        assert!(Cursor::parse(&lane, &Position::Offset { offset: 1 }).is_err());
+        assert!(
+            Cursor::parse(
+                &lane,
+                &Position::Sequence {
+                    sequence: Arc::from("at_timestamp:x")
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0x00, 0x10]), "/wAQ");
+    }
+}

@@ -1,0 +1,566 @@
+//! Snapshot read throughput on a Spark-shaped data set, against baselines
+//! run on the same files in the same run:
+//!
+//! | Murmur | baselines |
+//! |---|---|
+//! | Parquet scan + aggregation (`entity_id` x day Sum) into murmur-core's `Aggregator` and `MemoryStore` | (a) decode-only of the same three columns with the parquet crate, (b) DuckDB `GROUP BY entity_id, day` |
+//! | JSON Lines `.gz` scan + the same aggregation | (a) `gzip -dc \| wc -l`, (b) DuckDB `read_json` + `GROUP BY` |
+//!
+//! ```text
+//! cargo bench -p murmur-source-snapshot --bench snapshot
+//! ```
+//!
+//! Environment: `MURMUR_BENCH_ROWS` (default 20 000 000 rows in 720 hourly
+//! partitions, Snappy Parquet and gzipped JSON Lines), `MURMUR_BENCH_DIR`
+//! (where the data set is generated once and kept; default
+//! `$TMPDIR/murmur-bench-snapshot-<rows>`), `MURMUR_BENCH_THREADS` (default:
+//! all cores; used by Murmur, the decode baseline and DuckDB alike) and
+//! `MURMUR_PYTHON` (a python with `duckdb`, as `cargo xtask services`
+//! exports; without it the DuckDB baselines are skipped).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::Array as _;
+use arrow_array::cast::AsArray as _;
+use arrow_array::types::Int64Type;
+use futures::StreamExt as _;
+use murmur_core::monoid::Sum;
+use murmur_core::{
+    Aggregator, FlushPolicy, LaneId, MemoryStore, Pipeline, Position, StateStore, Window,
+    WriteBatch,
+};
+use murmur_source_snapshot::{
+    CountEvent, JsonLinesSource, LanePlan, ObjectListing, ParquetSource, SnapshotSource,
+};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const PARTITIONS: usize = 720; // 30 days x 24 hours
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Writes the data set unless a complete one is already there.
+fn generate(dir: &FsPath, rows: usize, threads: usize) -> u64 {
+    let stamp = dir.join("COMPLETE");
+    if let Ok(s) = std::fs::read_to_string(&stamp) {
+        eprintln!("data set: {} (reused)", dir.display());
+        return s.trim().parse().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let started = Instant::now();
+    let spec = common::Spec {
+        days: 30,
+        hours: 24,
+        rows: rows / PARTITIONS,
+        entities: 100_000,
+        row_group_rows: 1 << 20,
+    };
+    let parts: Vec<(u32, u32)> = (1..=30)
+        .flat_map(|d| (0..24).map(move |h| (d, h)))
+        .collect();
+    let total_rows: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let parts = &parts;
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    for &(day, hour) in parts.iter().skip(t).step_by(threads) {
+                        let data = common::partition_rows(&spec, day, hour);
+                        n += data.len() as u64;
+                        let pdir = dir.join(common::partition_dir("parquet", day, hour));
+                        std::fs::create_dir_all(&pdir).unwrap();
+                        let bytes = common::parquet_bytes(
+                            &data,
+                            parquet::basic::Compression::SNAPPY,
+                            spec.row_group_rows,
+                        );
+                        std::fs::write(pdir.join("part-00000.snappy.parquet"), bytes).unwrap();
+                        let jdir = dir.join(common::partition_dir("json", day, hour));
+                        std::fs::create_dir_all(&jdir).unwrap();
+                        let mut text = String::with_capacity(data.len() * 140);
+                        for (e, c, t) in &data {
+                            text += &common::json_line(e, *c, *t);
+                            text.push('\n');
+                        }
+                        std::fs::write(
+                            jdir.join("part-00000.json.gz"),
+                            common::gzip(text.as_bytes()),
+                        )
+                        .unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    std::fs::write(dir.join("parquet/_SUCCESS"), "").unwrap();
+    std::fs::write(dir.join("json/_SUCCESS"), "").unwrap();
+    std::fs::write(&stamp, total_rows.to_string()).unwrap();
+    eprintln!(
+        "data set: {} written in {:.1?}",
+        dir.display(),
+        started.elapsed()
+    );
+    total_rows
+}
+
+fn du(path: &FsPath) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            du(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+/// The result of one timed run: seconds, and (groups, sum of count) when
+/// the run aggregates.
+struct Run {
+    secs: f64,
+    groups: Option<u64>,
+    total: Option<i64>,
+}
+
+/// Murmur: lanes over the units, each lane folding its chunks into an
+/// `Aggregator` (Sum of `count` per `entity_id` x day) and applying a batch
+/// to the `MemoryStore` at `max_keys` and at the end of every unit, as the
+/// backfill runner does. With `apply == false` the batches are taken from
+/// the aggregator (encoded deltas) but not written, and the totals come from
+/// the deltas.
+async fn murmur<S>(source: S, lanes: u32, apply: bool) -> Run
+where
+    S: SnapshotSource<Item = CountEvent> + Clone + 'static,
+{
+    let pipeline = Pipeline::builder("bench", Sum)
+        .key_by(|e: &CountEvent| e.entity_id.clone())
+        .value(|e| e.count)
+        .window(Window::day())
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let started = Instant::now();
+    let units = source.list_units().await.unwrap();
+    let plan = LanePlan::new("bench", units, lanes).unwrap();
+    let mut tasks = Vec::new();
+    for lane in plan.lanes().iter().cloned() {
+        let (source, pipeline, store) = (source.clone(), pipeline.clone(), Arc::clone(&store));
+        tasks.push(tokio::spawn(async move {
+            let mut agg = Aggregator::new(pipeline.clone(), FlushPolicy::default());
+            let mut seq = 0;
+            let mut taken = (0u64, 0i64);
+            let mut flush = async |agg: &mut Aggregator<CountEvent, Sum>| {
+                if agg.is_empty() {
+                    return;
+                }
+                seq += 1;
+                let batch = WriteBatch {
+                    lane: LaneId::new(lane.lane.as_str()),
+                    seq,
+                    rows: agg.take(),
+                };
+                if apply {
+                    store.apply(pipeline.monoid(), &batch).await.unwrap();
+                } else {
+                    taken.0 += batch.rows.len() as u64;
+                    taken.1 += batch
+                        .rows
+                        .iter()
+                        .map(|r| r.delta.as_int().unwrap())
+                        .sum::<i64>();
+                }
+            };
+            for unit in &lane.units {
+                let mut chunks = source.read(unit, &Position::Beginning);
+                while let Some(chunk) = chunks.next().await {
+                    for record in &chunk.unwrap().records {
+                        agg.push(record, i64::MAX).unwrap();
+                    }
+                    if agg.should_flush() {
+                        flush(&mut agg).await;
+                    }
+                }
+                flush(&mut agg).await;
+            }
+            taken
+        }));
+    }
+    let mut deltas = (0, 0);
+    for t in tasks {
+        let (n, total) = t.await.unwrap();
+        deltas = (deltas.0 + n, deltas.1 + total);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if !apply {
+        eprintln!("aggregate only: {} row deltas", deltas.0);
+        return Run {
+            secs,
+            groups: None,
+            total: Some(deltas.1),
+        };
+    }
+    let rows = store.rows();
+    let total = rows
+        .iter()
+        .map(|(_, row)| row.value.as_int().expect("Sum cells are integers"))
+        .sum();
+    Run {
+        secs,
+        groups: Some(rows.len() as u64),
+        total: Some(total),
+    }
+}
+
+/// Murmur's read path alone: every unit through `scan` (concurrency =
+/// threads), records counted and their `count` summed, nothing aggregated.
+async fn murmur_scan_only<S>(source: S, threads: usize) -> Run
+where
+    S: SnapshotSource<Item = CountEvent>,
+{
+    let started = Instant::now();
+    let units: Vec<_> = source
+        .list_units()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u, Position::Beginning))
+        .collect();
+    let mut chunks = source.scan(&units, threads);
+    let mut total = 0;
+    while let Some(chunk) = chunks.next().await {
+        total += chunk
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.value.count)
+            .sum::<i64>();
+    }
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        groups: None,
+        total: Some(total),
+    }
+}
+
+/// Baseline (a) for Parquet: the parquet crate's synchronous reader decoding
+/// the same three columns of every file (threads split the files), touching
+/// every value.
+fn parquet_decode_only(dir: &FsPath, threads: usize) -> Run {
+    let mut files = Vec::new();
+    collect_files(&dir.join("parquet"), ".parquet", &mut files);
+    files.sort();
+    let started = Instant::now();
+    let (rows, total): (u64, i64) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let files = &files;
+                s.spawn(move || {
+                    let (mut rows, mut total, mut bytes, mut times) = (0u64, 0i64, 0usize, 0i64);
+                    for f in files.iter().skip(t).step_by(threads) {
+                        let builder = ParquetRecordBatchReaderBuilder::try_new(
+                            std::fs::File::open(f).unwrap(),
+                        )
+                        .unwrap();
+                        let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2]);
+                        for batch in builder
+                            .with_projection(mask)
+                            .with_batch_size(65_536)
+                            .build()
+                            .unwrap()
+                        {
+                            let batch = batch.unwrap();
+                            let ids = batch.column(0).as_string::<i32>();
+                            bytes += (0..ids.len()).map(|i| ids.value(i).len()).sum::<usize>();
+                            total += batch
+                                .column(1)
+                                .as_primitive::<Int64Type>()
+                                .values()
+                                .iter()
+                                .sum::<i64>();
+                            times = batch
+                                .column(2)
+                                .as_primitive::<Int64Type>()
+                                .values()
+                                .iter()
+                                .fold(times, |a, t| a.wrapping_add(*t));
+                            rows += batch.num_rows() as u64;
+                        }
+                    }
+                    std::hint::black_box((bytes, times));
+                    (rows, total)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    std::hint::black_box(rows);
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        groups: None,
+        total: Some(total),
+    }
+}
+
+fn collect_files(dir: &FsPath, suffix: &str, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            collect_files(&p, suffix, out);
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+}
+
+/// Baseline (a) for JSON Lines: `gzip -dc | wc -l` over all objects.
+fn gzip_wc(dir: &FsPath) -> Run {
+    let mut files = Vec::new();
+    collect_files(&dir.join("json"), ".json.gz", &mut files);
+    files.sort();
+    let list = dir.join("json-files.txt");
+    std::fs::write(
+        &list,
+        files
+            .iter()
+            .map(|f| f.to_string_lossy() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "xargs cat < '{}' | gzip -dc | wc -l",
+            list.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let secs = started.elapsed().as_secs_f64();
+    let lines: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    eprintln!("gzip -dc | wc -l: {lines} lines");
+    Run {
+        secs,
+        groups: None,
+        total: None,
+    }
+}
+
+const DUCKDB: &str = r#"
+import json, sys, time
+import duckdb
+con = duckdb.connect()
+con.execute("SET threads=" + sys.argv[2])
+query = sys.argv[1]
+t = time.time()
+groups, total = con.execute(
+    "SELECT count(*), sum(s) FROM (SELECT entity_id, day, sum(count) AS s FROM " + query + " GROUP BY entity_id, day)"
+).fetchone()
+print(json.dumps({"secs": time.time() - t, "groups": groups, "total": int(total)}))
+"#;
+
+/// Baseline (b): DuckDB running the same GROUP BY (timed inside Python,
+/// without interpreter start-up).
+fn duckdb(python: &FsPath, from: &str, threads: usize) -> Run {
+    let out = common::run_python(python, DUCKDB, &[from, &threads.to_string()]);
+    let last = out.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {out}"));
+    Run {
+        secs: v["secs"].as_f64().unwrap(),
+        groups: v["groups"].as_u64(),
+        total: v["total"].as_i64(),
+    }
+}
+
+/// One result line; with `murmur`, the ratio of Murmur's time to this one's.
+fn report(name: &str, run: &Run, rows: u64, bytes: u64, murmur: Option<&Run>) {
+    println!(
+        "{name:<44} {:>8.2} s {:>12.0} rows/s {:>8.1} MB/s{}",
+        run.secs,
+        rows as f64 / run.secs,
+        bytes as f64 / run.secs / 1e6,
+        match murmur {
+            Some(m) => format!("   murmur/this = {:.2}", m.secs / run.secs),
+            None => String::new(),
+        }
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; under `cargo test --benches` (no flag)
+    // do not generate 20M rows.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "snapshot bench: run it with `cargo bench -p murmur-source-snapshot --bench snapshot`"
+        );
+        return;
+    }
+    let rows = env_usize("MURMUR_BENCH_ROWS", 20_000_000);
+    let threads = env_usize(
+        "MURMUR_BENCH_THREADS",
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    );
+    let dir = std::env::var_os("MURMUR_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("murmur-bench-snapshot-{rows}")));
+    let total_rows = generate(&dir, rows, threads);
+    let parquet_bytes = du(&dir.join("parquet"));
+    let json_bytes = du(&dir.join("json"));
+    println!(
+        "data set: {total_rows} rows, {PARTITIONS} hourly partitions; Parquet (Snappy) {:.1} MB, JSON Lines (gzip) {:.1} MB; {threads} threads",
+        parquet_bytes as f64 / 1e6,
+        json_bytes as f64 / 1e6
+    );
+    let python = std::env::var_os("MURMUR_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if python.is_none() {
+        println!(
+            "MURMUR_PYTHON is not set: DuckDB baselines skipped (run `cargo xtask services` for one)"
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir).unwrap());
+
+    // Parquet.
+    let parquet = ParquetSource::new(
+        ObjectListing::new(Arc::clone(&store), Path::from("parquet")),
+        CountEvent::parquet(),
+    );
+    let s = runtime.block_on(murmur_scan_only(parquet.clone(), threads));
+    let a = runtime.block_on(murmur(parquet.clone(), threads as u32, false));
+    let m = runtime.block_on(murmur(parquet, threads as u32, true));
+    println!("\n== Parquet ==");
+    report(
+        "murmur scan only (records decoded, summed)",
+        &s,
+        total_rows,
+        parquet_bytes,
+        None,
+    );
+    report(
+        "murmur scan + Aggregator (batches not stored)",
+        &a,
+        total_rows,
+        parquet_bytes,
+        None,
+    );
+    assert_eq!((s.total, a.total), (m.total, m.total));
+    report(
+        "murmur scan + aggregate (Aggregator/MemoryStore)",
+        &m,
+        total_rows,
+        parquet_bytes,
+        None,
+    );
+    let d = parquet_decode_only(&dir, threads);
+    report(
+        "(a) parquet crate decode-only, same columns",
+        &d,
+        total_rows,
+        parquet_bytes,
+        Some(&m),
+    );
+    assert_eq!(d.total, m.total, "decode-only sum of count");
+    if let Some(py) = &python {
+        let from = format!(
+            "read_parquet('{}/parquet/**/*.parquet', hive_partitioning=true)",
+            dir.display()
+        );
+        let q = duckdb(py, &from, threads);
+        report(
+            "(b) DuckDB read_parquet GROUP BY entity_id, day",
+            &q,
+            total_rows,
+            parquet_bytes,
+            Some(&m),
+        );
+        assert_eq!(
+            (q.groups, q.total),
+            (m.groups, m.total),
+            "DuckDB and Murmur agree"
+        );
+    }
+
+    // JSON Lines.
+    let json = JsonLinesSource::new(
+        ObjectListing::new(Arc::clone(&store), Path::from("json")),
+        CountEvent::json(),
+    );
+    let s = runtime.block_on(murmur_scan_only(json.clone(), threads));
+    let a = runtime.block_on(murmur(json.clone(), threads as u32, false));
+    let m = runtime.block_on(murmur(json, threads as u32, true));
+    println!("\n== JSON Lines (gzip) ==");
+    report(
+        "murmur scan only (records decoded, summed)",
+        &s,
+        total_rows,
+        json_bytes,
+        None,
+    );
+    report(
+        "murmur scan + Aggregator (batches not stored)",
+        &a,
+        total_rows,
+        json_bytes,
+        None,
+    );
+    assert_eq!((s.total, a.total), (m.total, m.total));
+    report(
+        "murmur scan + aggregate (Aggregator/MemoryStore)",
+        &m,
+        total_rows,
+        json_bytes,
+        None,
+    );
+    let g = gzip_wc(&dir);
+    report("(a) gzip -dc | wc -l", &g, total_rows, json_bytes, Some(&m));
+    if let Some(py) = &python {
+        let from = format!(
+            "read_json('{}/json/**/*.json.gz', format='newline_delimited', hive_partitioning=false)",
+            dir.display()
+        );
+        let q = duckdb(py, &from, threads);
+        report(
+            "(b) DuckDB read_json GROUP BY entity_id, day",
+            &q,
+            total_rows,
+            json_bytes,
+            Some(&m),
+        );
+        assert_eq!(
+            (q.groups, q.total),
+            (m.groups, m.total),
+            "DuckDB and Murmur agree"
+        );
+    }
+    println!(
+        "\n(murmur/this: Murmur's time divided by the baseline's; below 1 means Murmur is faster)"
+    );
+}

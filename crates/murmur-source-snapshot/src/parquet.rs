@@ -1,0 +1,884 @@
+//! Parquet snapshots over object_store: ranged reads of only the decoded
+//! columns, row-group pruning by event-time statistics, a columnar decoder.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray as _;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
+    UInt32Type,
+};
+use arrow_array::{
+    Array, ArrayRef, Float32Array, Float64Array, LargeStringArray, PrimitiveArray, RecordBatch,
+    StringArray, StringViewArray,
+};
+use arrow_schema::{DataType, TimeUnit};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, TryStreamExt as _};
+use murmur_core::{HandoffToken, Position, Record};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use tracing::Instrument as _;
+
+use crate::bad::{BadRecord, BadRecordPolicy, BadRecordSink, RecordLocation};
+use crate::error::{Error, Result};
+use crate::listing::ObjectListing;
+use crate::source::{Chunk, ChunkSender, ChunkStream, SnapshotSource, WorkUnit, spawn_reader};
+use crate::{object_start, unit_position};
+
+/// A schema problem found while resolving a column: missing, or of a type
+/// the accessor cannot read. The source adds the object key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnError {
+    /// The column.
+    pub column: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ColumnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "column `{}`: {}", self.column, self.reason)
+    }
+}
+
+impl std::error::Error for ColumnError {}
+
+/// Maps Arrow record batches to records, by column name.
+///
+/// The source reads only [`columns`](Self::columns) (a Parquet projection),
+/// calls [`decode`](Self::decode) once per batch — resolve the columns
+/// there, once, with the typed accessors of [`Batch`] — and turns each
+/// row's `Err` into a bad record. Before reading any data the decoder is
+/// run once on an empty batch of the object's schema, so a missing column
+/// or a wrong type fails the object up front as one [`Error::Schema`].
+///
+/// ```
+/// use murmur_core::Record;
+/// use murmur_source_snapshot::{Batch, BatchDecoder, ColumnError};
+///
+/// struct Purchase { user: String, cents: i64 }
+/// struct Purchases;
+/// impl BatchDecoder for Purchases {
+///     type Item = Purchase;
+///     fn columns(&self) -> Vec<String> { vec!["user".into(), "cents".into(), "ts".into()] }
+///     fn event_time_column(&self) -> Option<String> { Some("ts".into()) }
+///     fn decode(&self, batch: &Batch<'_>, out: &mut Vec<Result<Record<Purchase>, String>>) -> Result<(), ColumnError> {
+///         let (user, cents, ts) = (batch.strings("user")?, batch.i64s("cents")?, batch.timestamps_ms("ts")?);
+///         for row in 0..batch.num_rows() {
+///             out.push((|| {
+///                 let purchase = Purchase { user: user.require(row)?.to_owned(), cents: cents.require(row)? };
+///                 Ok(Record::new(purchase, ts.require(row)?))
+///             })());
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait BatchDecoder: Send + Sync + 'static {
+    /// The decoded event type.
+    type Item: Send + 'static;
+
+    /// The (top-level) columns to read.
+    fn columns(&self) -> Vec<String>;
+
+    /// The event-time column (Int64 milliseconds or an Arrow timestamp),
+    /// whose row-group statistics let [`ParquetOptions::event_time_range`]
+    /// skip row groups without reading them.
+    fn event_time_column(&self) -> Option<String> {
+        None
+    }
+
+    /// Appends exactly one result per row of `batch` to `out`: the record
+    /// (its position is filled in by the source) or why the row is bad.
+    fn decode(
+        &self,
+        batch: &Batch<'_>,
+        out: &mut Vec<Result<Record<Self::Item>, String>>,
+    ) -> Result<(), ColumnError>;
+}
+
+/// A record batch being decoded, with typed column access by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    batch: &'a RecordBatch,
+    unit: &'a WorkUnit,
+}
+
+impl<'a> Batch<'a> {
+    /// Wraps a record batch read from `unit` (for tests of a decoder).
+    pub fn new(batch: &'a RecordBatch, unit: &'a WorkUnit) -> Self {
+        Batch { batch, unit }
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// The Arrow record batch.
+    pub fn record_batch(&self) -> &'a RecordBatch {
+        self.batch
+    }
+
+    /// The unit (object) the batch comes from, with its Hive partitions
+    /// (Spark leaves partition columns out of the files).
+    pub fn unit(&self) -> &'a WorkUnit {
+        self.unit
+    }
+
+    /// A column by name.
+    pub fn column(&self, name: &str) -> Result<&'a ArrayRef, ColumnError> {
+        self.batch.column_by_name(name).ok_or_else(|| ColumnError {
+            column: name.to_string(),
+            reason: "missing".into(),
+        })
+    }
+
+    fn wrong_type(name: &str, expected: &str, found: &DataType) -> ColumnError {
+        ColumnError {
+            column: name.to_string(),
+            reason: format!("expected {expected}, found {found}"),
+        }
+    }
+
+    /// A string column (Utf8, LargeUtf8 or Utf8View).
+    pub fn strings(&self, name: &str) -> Result<StrColumn<'a>, ColumnError> {
+        let col = self.column(name)?;
+        let inner = match col.data_type() {
+            DataType::Utf8 => StrInner::Utf8(col.as_string::<i32>()),
+            DataType::LargeUtf8 => StrInner::Large(col.as_string::<i64>()),
+            DataType::Utf8View => StrInner::View(col.as_string_view()),
+            other => return Err(Self::wrong_type(name, "a string column (Utf8)", other)),
+        };
+        Ok(StrColumn {
+            name: name.to_string(),
+            inner,
+        })
+    }
+
+    /// An integer column (Int8..Int64, UInt8..UInt32), read as `i64`.
+    pub fn i64s(&self, name: &str) -> Result<IntColumn<'a>, ColumnError> {
+        let col = self.column(name)?;
+        let inner = match col.data_type() {
+            DataType::Int64 => IntInner::I64(col.as_primitive::<Int64Type>()),
+            DataType::Int32 => IntInner::I32(col.as_primitive::<Int32Type>()),
+            DataType::Int16 => IntInner::I16(col.as_primitive::<Int16Type>()),
+            DataType::Int8 => IntInner::I8(col.as_primitive::<Int8Type>()),
+            DataType::UInt32 => IntInner::U32(col.as_primitive::<UInt32Type>()),
+            DataType::UInt16 => IntInner::U16(col.as_primitive::<UInt16Type>()),
+            DataType::UInt8 => IntInner::U8(col.as_primitive::<UInt8Type>()),
+            other => return Err(Self::wrong_type(name, "an integer column (Int64)", other)),
+        };
+        Ok(IntColumn {
+            name: name.to_string(),
+            inner,
+        })
+    }
+
+    /// A floating-point column (Float64 or Float32), read as `f64`.
+    pub fn f64s(&self, name: &str) -> Result<FloatColumn<'a>, ColumnError> {
+        let col = self.column(name)?;
+        let inner = match col.data_type() {
+            DataType::Float64 => FloatInner::F64(col.as_primitive::<Float64Type>()),
+            DataType::Float32 => FloatInner::F32(col.as_primitive::<Float32Type>()),
+            other => return Err(Self::wrong_type(name, "a float column (Float64)", other)),
+        };
+        Ok(FloatColumn {
+            name: name.to_string(),
+            inner,
+        })
+    }
+
+    /// An event-time column read as milliseconds since the Unix epoch: Int64
+    /// (taken as milliseconds) or a timestamp of any unit (sub-millisecond
+    /// precision is floored).
+    pub fn timestamps_ms(&self, name: &str) -> Result<TimeColumn<'a>, ColumnError> {
+        let col = self.column(name)?;
+        let (values, unit) = match col.data_type() {
+            DataType::Int64 => (
+                col.as_primitive::<Int64Type>().values().as_ref(),
+                TimeUnit::Millisecond,
+            ),
+            DataType::Timestamp(TimeUnit::Second, _) => (
+                col.as_primitive::<TimestampSecondType>().values().as_ref(),
+                TimeUnit::Second,
+            ),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => (
+                col.as_primitive::<TimestampMillisecondType>()
+                    .values()
+                    .as_ref(),
+                TimeUnit::Millisecond,
+            ),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => (
+                col.as_primitive::<TimestampMicrosecondType>()
+                    .values()
+                    .as_ref(),
+                TimeUnit::Microsecond,
+            ),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => (
+                col.as_primitive::<TimestampNanosecondType>()
+                    .values()
+                    .as_ref(),
+                TimeUnit::Nanosecond,
+            ),
+            other => {
+                return Err(Self::wrong_type(
+                    name,
+                    "Int64 milliseconds or a timestamp column",
+                    other,
+                ));
+            }
+        };
+        Ok(TimeColumn {
+            name: name.to_string(),
+            values,
+            array: col.as_ref(),
+            unit,
+        })
+    }
+}
+
+fn null_reason(name: &str) -> String {
+    format!("column `{name}` is null")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StrInner<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a LargeStringArray),
+    View(&'a StringViewArray),
+}
+
+/// A string column of a [`Batch`].
+#[derive(Debug, Clone)]
+pub struct StrColumn<'a> {
+    name: String,
+    inner: StrInner<'a>,
+}
+
+impl<'a> StrColumn<'a> {
+    /// The value at `row`; `None` if null.
+    pub fn get(&self, row: usize) -> Option<&'a str> {
+        match self.inner {
+            StrInner::Utf8(a) => a.is_valid(row).then(|| a.value(row)),
+            StrInner::Large(a) => a.is_valid(row).then(|| a.value(row)),
+            StrInner::View(a) => a.is_valid(row).then(|| a.value(row)),
+        }
+    }
+
+    /// The value at `row`; a null is an error naming the column.
+    pub fn require(&self, row: usize) -> Result<&'a str, String> {
+        self.get(row).ok_or_else(|| null_reason(&self.name))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum IntInner<'a> {
+    I64(&'a PrimitiveArray<Int64Type>),
+    I32(&'a PrimitiveArray<Int32Type>),
+    I16(&'a PrimitiveArray<Int16Type>),
+    I8(&'a PrimitiveArray<Int8Type>),
+    U32(&'a PrimitiveArray<UInt32Type>),
+    U16(&'a PrimitiveArray<UInt16Type>),
+    U8(&'a PrimitiveArray<UInt8Type>),
+}
+
+/// An integer column of a [`Batch`], read as `i64`.
+#[derive(Debug, Clone)]
+pub struct IntColumn<'a> {
+    name: String,
+    inner: IntInner<'a>,
+}
+
+impl IntColumn<'_> {
+    /// The value at `row`; `None` if null.
+    pub fn get(&self, row: usize) -> Option<i64> {
+        macro_rules! at {
+            ($a:expr) => {
+                $a.is_valid(row).then(|| i64::from($a.value(row)))
+            };
+        }
+        match self.inner {
+            IntInner::I64(a) => at!(a),
+            IntInner::I32(a) => at!(a),
+            IntInner::I16(a) => at!(a),
+            IntInner::I8(a) => at!(a),
+            IntInner::U32(a) => at!(a),
+            IntInner::U16(a) => at!(a),
+            IntInner::U8(a) => at!(a),
+        }
+    }
+
+    /// The value at `row`; a null is an error naming the column.
+    pub fn require(&self, row: usize) -> Result<i64, String> {
+        self.get(row).ok_or_else(|| null_reason(&self.name))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FloatInner<'a> {
+    F64(&'a Float64Array),
+    F32(&'a Float32Array),
+}
+
+/// A floating-point column of a [`Batch`], read as `f64`.
+#[derive(Debug, Clone)]
+pub struct FloatColumn<'a> {
+    name: String,
+    inner: FloatInner<'a>,
+}
+
+impl FloatColumn<'_> {
+    /// The value at `row`; `None` if null.
+    pub fn get(&self, row: usize) -> Option<f64> {
+        match self.inner {
+            FloatInner::F64(a) => a.is_valid(row).then(|| a.value(row)),
+            FloatInner::F32(a) => a.is_valid(row).then(|| f64::from(a.value(row))),
+        }
+    }
+
+    /// The value at `row`; a null is an error naming the column.
+    pub fn require(&self, row: usize) -> Result<f64, String> {
+        self.get(row).ok_or_else(|| null_reason(&self.name))
+    }
+}
+
+/// An event-time column of a [`Batch`], read as Unix milliseconds.
+#[derive(Debug, Clone)]
+pub struct TimeColumn<'a> {
+    name: String,
+    values: &'a [i64],
+    array: &'a dyn Array,
+    unit: TimeUnit,
+}
+
+/// Converts a time value of `unit` to milliseconds (floored); `None` on overflow.
+fn to_ms(value: i64, unit: TimeUnit) -> Option<i64> {
+    match unit {
+        TimeUnit::Second => value.checked_mul(1000),
+        TimeUnit::Millisecond => Some(value),
+        TimeUnit::Microsecond => Some(value.div_euclid(1000)),
+        TimeUnit::Nanosecond => Some(value.div_euclid(1_000_000)),
+    }
+}
+
+impl TimeColumn<'_> {
+    /// The value at `row` in milliseconds; `None` if null (or out of range).
+    pub fn get(&self, row: usize) -> Option<i64> {
+        if self.array.is_null(row) {
+            return None;
+        }
+        to_ms(self.values[row], self.unit)
+    }
+
+    /// The value at `row` in milliseconds; a null is an error naming the column.
+    pub fn require(&self, row: usize) -> Result<i64, String> {
+        self.get(row).ok_or_else(|| null_reason(&self.name))
+    }
+}
+
+/// Options of a [`ParquetSource`].
+#[derive(Debug, Clone)]
+pub struct ParquetOptions {
+    /// Maximum rows per chunk (default 65 536). Chunks never cross a row
+    /// group; inside one they start at the row group's first row plus
+    /// multiples of this. Changing it between a run and its replay changes
+    /// the chunks.
+    pub chunk_rows: usize,
+    /// Keeps only records with an event time in this half-open range; row
+    /// groups whose [`BatchDecoder::event_time_column`] statistics cannot
+    /// overlap it are not read at all.
+    pub event_time_range: Option<Range<i64>>,
+    /// Bytes fetched from the end of an object in the first request, to get
+    /// the footer in one round trip (default 64 KiB).
+    pub footer_prefetch: usize,
+}
+
+impl Default for ParquetOptions {
+    fn default() -> Self {
+        ParquetOptions {
+            chunk_rows: 65_536,
+            event_time_range: None,
+            footer_prefetch: 64 * 1024,
+        }
+    }
+}
+
+/// A snapshot of Parquet objects under a prefix.
+///
+/// Each object is one [`WorkUnit`]. Objects are read with ranged requests:
+/// the footer, then per row group only the column chunks of the decoder's
+/// [`columns`](BatchDecoder::columns). Positions are 0-based row indexes in
+/// the object; a row group's first row is always a chunk boundary, so
+/// resuming from a row group is resuming from its first row. Resuming
+/// skips whole row groups before the position without fetching them.
+/// Snappy, gzip, zstd and LZ4 compressed files are read transparently.
+pub struct ParquetSource<D> {
+    inner: Arc<Inner<D>>,
+}
+
+struct Inner<D> {
+    listing: ObjectListing,
+    decoder: D,
+    options: ParquetOptions,
+    sink: Arc<BadRecordSink>,
+}
+
+impl<D> Clone for ParquetSource<D> {
+    fn clone(&self) -> Self {
+        ParquetSource {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<D> fmt::Debug for ParquetSource<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParquetSource")
+            .field("listing", &self.inner.listing)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: BatchDecoder> ParquetSource<D> {
+    /// A source reading the objects of `listing` with `decoder`, default
+    /// options and the default [`BadRecordPolicy`] (no bad record allowed).
+    pub fn new(listing: ObjectListing, decoder: D) -> Self {
+        Self::with_options(
+            listing,
+            decoder,
+            ParquetOptions::default(),
+            BadRecordPolicy::default(),
+        )
+        .expect("default options are valid")
+    }
+
+    /// A source with explicit options and bad-record policy.
+    pub fn with_options(
+        listing: ObjectListing,
+        decoder: D,
+        options: ParquetOptions,
+        bad_records: BadRecordPolicy,
+    ) -> Result<Self> {
+        if options.chunk_rows == 0 {
+            return Err(Error::Config {
+                reason: "chunk_rows must be positive".into(),
+            });
+        }
+        Ok(ParquetSource {
+            inner: Arc::new(Inner {
+                listing,
+                decoder,
+                options,
+                sink: Arc::new(BadRecordSink::new(bad_records)),
+            }),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
+    type Item = D::Item;
+
+    async fn list_units(&self) -> Result<Vec<WorkUnit>> {
+        self.inner.listing.list().await
+    }
+
+    fn read(&self, unit: &WorkUnit, from: &Position) -> ChunkStream<D::Item> {
+        let inner = Arc::clone(&self.inner);
+        let unit = unit.clone();
+        let from = from.clone();
+        let span = tracing::debug_span!("parquet_object", object = %unit.key, from = %from);
+        spawn_reader(Arc::clone(&unit.key), move |tx| {
+            async move { inner.produce(unit, from, tx).await }.instrument(span)
+        })
+    }
+
+    async fn handoff(&self) -> Result<Option<HandoffToken>> {
+        self.inner.listing.handoff().await
+    }
+
+    fn bad_records(&self) -> &Arc<BadRecordSink> {
+        &self.inner.sink
+    }
+}
+
+/// Reads byte ranges of one object for the Parquet reader.
+#[derive(Clone)]
+struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+    prefetch: usize,
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(self.prefetch))
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// A Parquet error while reading `object`: a store failure or a bad file.
+fn parquet_error(object: &str, what: &str, e: ParquetError) -> Error {
+    match e {
+        ParquetError::External(inner) if inner.is::<object_store::Error>() => Error::Read {
+            object: object.to_string(),
+            source: *inner.downcast::<object_store::Error>().expect("checked"),
+        },
+        other => Error::Corrupt {
+            object: object.to_string(),
+            reason: format!("{what}: {other}"),
+        },
+    }
+}
+
+impl<D: BatchDecoder> Inner<D> {
+    async fn produce(
+        &self,
+        unit: WorkUnit,
+        from: Position,
+        tx: ChunkSender<D::Item>,
+    ) -> Result<()> {
+        let Some(start) = object_start(&unit, &from)? else {
+            tx.send(Chunk {
+                start: Position::End,
+                end: Position::End,
+                last: true,
+                records: Vec::new(),
+            })
+            .await;
+            return Ok(());
+        };
+        let object = &*unit.key;
+        let path = Path::parse(object).map_err(|e| Error::Read {
+            object: object.to_string(),
+            source: e.into(),
+        })?;
+        let mut reader = ObjectReader {
+            store: Arc::clone(self.listing.store()),
+            path,
+            size: unit.size,
+            prefetch: self.options.footer_prefetch,
+        };
+        let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| parquet_error(object, "not a readable Parquet file", e))?;
+        let mask = self.projection(&unit, &meta)?;
+        let keep = self.row_groups_to_read(&meta);
+
+        let row_groups = meta.metadata().row_groups();
+        let mut bounds = Vec::with_capacity(row_groups.len());
+        let mut total: u64 = 0;
+        for rg in row_groups {
+            let rows = u64::try_from(rg.num_rows()).unwrap_or(0);
+            bounds.push((total, total + rows));
+            total += rows;
+        }
+        if start > total {
+            return Err(Error::Position {
+                unit: object.to_string(),
+                position: from.to_string(),
+                reason: format!("the object has only {total} rows"),
+            });
+        }
+        if start == total {
+            tx.send(Chunk {
+                start: unit_position(&unit, total),
+                end: unit_position(&unit, total),
+                last: true,
+                records: Vec::new(),
+            })
+            .await;
+            return Ok(());
+        }
+
+        let n = self.options.chunk_rows as u64;
+        for (g, &(rg_start, rg_end)) in bounds.iter().enumerate() {
+            if rg_end <= start || rg_end == rg_start {
+                continue;
+            }
+            let first = rg_start.max(start);
+            if !keep[g] {
+                tracing::debug!(
+                    object,
+                    row_group = g,
+                    "row group pruned by event-time statistics"
+                );
+                self.sink.check()?;
+                let chunk = Chunk {
+                    start: unit_position(&unit, first),
+                    end: unit_position(&unit, rg_end),
+                    last: rg_end == total,
+                    records: Vec::new(),
+                };
+                if !tx.send(chunk).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader.clone(), meta.clone())
+                    .with_projection(mask.clone())
+                    .with_row_groups(vec![g])
+                    .with_batch_size(self.options.chunk_rows);
+            if first > rg_start {
+                let skip = (first - rg_start) as usize;
+                let select = (rg_end - first) as usize;
+                builder = builder.with_row_selection(RowSelection::from(vec![
+                    RowSelector::skip(skip),
+                    RowSelector::select(select),
+                ]));
+            }
+            let mut batches = builder
+                .build()
+                .map_err(|e| parquet_error(object, "cannot read", e))?;
+            let mut row = first;
+            let mut chunk_start = first;
+            let mut records = Vec::new();
+            let mut results = Vec::new();
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .map_err(|e| parquet_error(object, &format!("cannot read row group {g}"), e))?
+            {
+                let mut offset = 0;
+                while offset < batch.num_rows() {
+                    let boundary = (rg_start + ((row - rg_start) / n + 1) * n).min(rg_end);
+                    let take = ((boundary - row) as usize).min(batch.num_rows() - offset);
+                    let piece = batch.slice(offset, take);
+                    self.decode(&unit, &piece, row, &mut results, &mut records)
+                        .await?;
+                    row += take as u64;
+                    offset += take;
+                    if row == boundary {
+                        self.sink.check()?;
+                        let chunk = Chunk {
+                            start: unit_position(&unit, chunk_start),
+                            end: unit_position(&unit, row),
+                            last: row == total,
+                            records: std::mem::take(&mut records),
+                        };
+                        if !tx.send(chunk).await {
+                            return Ok(());
+                        }
+                        chunk_start = row;
+                    }
+                }
+            }
+            if row != rg_end {
+                return Err(Error::Corrupt {
+                    object: object.to_string(),
+                    reason: format!(
+                        "row group {g} yielded {} rows, its metadata says {}",
+                        row - rg_start,
+                        rg_end - rg_start
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the decoder's columns to a projection and checks their types
+    /// by decoding an empty batch of the object's schema.
+    fn projection(&self, unit: &WorkUnit, meta: &ArrowReaderMetadata) -> Result<ProjectionMask> {
+        let schema = meta.schema();
+        let mut indices = Vec::new();
+        for column in self.decoder.columns() {
+            match schema.index_of(&column) {
+                Ok(i) => indices.push(i),
+                Err(_) => {
+                    let present: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    return Err(Error::Schema {
+                        object: unit.key.to_string(),
+                        column,
+                        reason: format!("missing (the file has: {})", present.join(", ")),
+                    });
+                }
+            }
+        }
+        indices.sort_unstable();
+        indices.dedup();
+        let projected = schema.project(&indices).map_err(|e| Error::Corrupt {
+            object: unit.key.to_string(),
+            reason: format!("cannot project schema: {e}"),
+        })?;
+        let empty = RecordBatch::new_empty(Arc::new(projected));
+        self.decoder
+            .decode(&Batch::new(&empty, unit), &mut Vec::new())
+            .map_err(|e| Error::Schema {
+                object: unit.key.to_string(),
+                column: e.column,
+                reason: e.reason,
+            })?;
+        Ok(ProjectionMask::roots(meta.parquet_schema(), indices))
+    }
+
+    /// Which row groups may hold rows in the event-time range (all, without
+    /// a range, a time column or statistics).
+    fn row_groups_to_read(&self, meta: &ArrowReaderMetadata) -> Vec<bool> {
+        let row_groups = meta.metadata().row_groups();
+        let all = vec![true; row_groups.len()];
+        let (Some(range), Some(column)) = (
+            &self.options.event_time_range,
+            self.decoder.event_time_column(),
+        ) else {
+            return all;
+        };
+        let Ok(converter) =
+            StatisticsConverter::try_new(&column, meta.schema(), meta.parquet_schema())
+        else {
+            return all;
+        };
+        let (Ok(mins), Ok(maxes)) = (
+            converter.row_group_mins(row_groups.iter()),
+            converter.row_group_maxes(row_groups.iter()),
+        ) else {
+            return all;
+        };
+        (0..row_groups.len())
+            .map(|g| match (stat_ms(&mins, g), stat_ms(&maxes, g)) {
+                (Some(min), Some(max)) => max >= range.start && min < range.end,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Decodes one piece of a batch starting at object row `first_row`.
+    async fn decode(
+        &self,
+        unit: &WorkUnit,
+        piece: &RecordBatch,
+        first_row: u64,
+        results: &mut Vec<Result<Record<D::Item>, String>>,
+        records: &mut Vec<Record<D::Item>>,
+    ) -> Result<()> {
+        results.clear();
+        self.decoder
+            .decode(&Batch::new(piece, unit), results)
+            .map_err(|e| Error::Schema {
+                object: unit.key.to_string(),
+                column: e.column,
+                reason: e.reason,
+            })?;
+        if results.len() != piece.num_rows() {
+            return Err(Error::Config {
+                reason: format!(
+                    "the batch decoder returned {} results for {} rows of `{}`",
+                    results.len(),
+                    piece.num_rows(),
+                    unit.key
+                ),
+            });
+        }
+        records.reserve(results.len());
+        for (i, result) in results.drain(..).enumerate() {
+            let row = first_row + i as u64;
+            match result {
+                Ok(mut record) => {
+                    let in_range = self
+                        .options
+                        .event_time_range
+                        .as_ref()
+                        .is_none_or(|r| r.contains(&record.event_time_ms));
+                    if in_range {
+                        record.position = unit_position(unit, row);
+                        records.push(record);
+                    }
+                }
+                Err(reason) => {
+                    self.sink
+                        .report(BadRecord {
+                            object: unit.key.to_string(),
+                            location: RecordLocation::Row(row + 1),
+                            reason,
+                            raw: None,
+                        })
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A row-group statistic as Unix milliseconds.
+fn stat_ms(array: &ArrayRef, i: usize) -> Option<i64> {
+    if i >= array.len() || array.is_null(i) {
+        return None;
+    }
+    let (value, unit) = match array.data_type() {
+        DataType::Int64 => (
+            array.as_primitive::<Int64Type>().value(i),
+            TimeUnit::Millisecond,
+        ),
+        DataType::Timestamp(TimeUnit::Second, _) => (
+            array.as_primitive::<TimestampSecondType>().value(i),
+            TimeUnit::Second,
+        ),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => (
+            array.as_primitive::<TimestampMillisecondType>().value(i),
+            TimeUnit::Millisecond,
+        ),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => (
+            array.as_primitive::<TimestampMicrosecondType>().value(i),
+            TimeUnit::Microsecond,
+        ),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => (
+            array.as_primitive::<TimestampNanosecondType>().value(i),
+            TimeUnit::Nanosecond,
+        ),
+        _ => return None,
+    };
+    to_ms(value, unit)
+}

@@ -1,0 +1,252 @@
+//! The snapshot source contract: work units, chunks, positions.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use murmur_core::{HandoffToken, Position, Record};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::bad::BadRecordSink;
+use crate::error::{Error, Result};
+
+/// Hive partition values parsed from an object key
+/// (`events/year=2026/month=05/day=08/part-0.parquet` gives
+/// `year=2026, month=05, day=08`).
+///
+/// Values are kept as written (percent-decoded), so `05` stays `05`;
+/// [`get_i64`](Self::get_i64) compares numerically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Partitions(BTreeMap<String, String>);
+
+impl Partitions {
+    /// The value of a partition column, as written in the key.
+    pub fn get(&self, column: &str) -> Option<&str> {
+        self.0.get(column).map(String::as_str)
+    }
+
+    /// The value of a partition column parsed as an integer (`day=08` is 8).
+    pub fn get_i64(&self, column: &str) -> Option<i64> {
+        self.get(column)?.parse().ok()
+    }
+
+    /// All partition columns and values, ordered by column name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether there are no partition values.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn insert(&mut self, column: String, value: String) {
+        self.0.insert(column, value);
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Partitions {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Partitions(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// One independently readable piece of a snapshot: an object (JSON Lines,
+/// Parquet) or a DynamoDB scan segment.
+///
+/// Units are listed in a deterministic order (objects: lexicographic by key)
+/// and numbered from 0 in that order, so the same listing always yields the
+/// same units, lane plan ([`LanePlan`](crate::LanePlan)) and positions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// Position of the unit in the source's listing (after filtering).
+    pub index: u64,
+    /// Object key, or `<table>#segment-<s>-of-<n>` for a DynamoDB segment.
+    pub key: Arc<str>,
+    /// Size in bytes (objects); 0 when unknown (scan segments).
+    pub size: u64,
+    /// Hive partition values parsed from the key (empty for scan segments).
+    pub partitions: Partitions,
+}
+
+/// A run of consecutive records of one unit, cut at a resumable boundary.
+///
+/// Chunk positions (see the crate docs, "Positions"):
+///
+/// * objects: [`Position::Object`] whose `unit` is the 0-based index of the
+///   first line (JSON Lines) or row (Parquet) of the chunk; `end` is the
+///   index after the chunk's last line/row, i.e. the next chunk's `start`;
+/// * DynamoDB: [`Position::Scan`] with the last evaluated key *before* the
+///   page; the last page of a segment ends at `last_key: Some("{}")`.
+///
+/// The chunks of one read are contiguous (`end` of one is `start` of the
+/// next) and the last one has `last == true`; every read yields at least
+/// one chunk. A chunk may hold no records (a Parquet row group pruned by
+/// statistics, lines that were all bad or filtered). Reading the same unit
+/// again from a chunk's `start` reproduces the identical chunk (same `end`,
+/// same records) as long as the data and the chunk size settings are
+/// unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk<T> {
+    /// Where the chunk starts (inclusive).
+    pub start: Position,
+    /// Where the chunk ends (exclusive): the position to resume from.
+    pub end: Position,
+    /// Whether this is the unit's final chunk.
+    pub last: bool,
+    /// The decoded records, in source order. Each record's
+    /// [`position`](Record::position) is its own line/row (objects) or its
+    /// page's start (DynamoDB).
+    pub records: Vec<Record<T>>,
+}
+
+/// A stream of chunks of one unit (or of many, see [`SnapshotSource::scan`]).
+pub type ChunkStream<T> = BoxStream<'static, Result<Chunk<T>>>;
+
+/// A snapshot source: lists its units and reads each from a position.
+///
+/// Implemented by [`JsonLinesSource`](crate::JsonLinesSource),
+/// [`ParquetSource`](crate::ParquetSource) and (feature `dynamodb`)
+/// `DynamoDbScanSource`. Sources are cheap to clone and share their
+/// [`BadRecordSink`].
+#[async_trait::async_trait]
+pub trait SnapshotSource: Send + Sync {
+    /// The decoded event type.
+    type Item: Send + 'static;
+
+    /// Lists the units to read, deterministically (same data, same list).
+    async fn list_units(&self) -> Result<Vec<WorkUnit>>;
+
+    /// Reads `unit` from `from`: [`Position::Beginning`], a chunk's `start`
+    /// or `end` (for objects any line/row index), or [`Position::End`]
+    /// (yields one empty last chunk).
+    ///
+    /// The stream is lazy: nothing is fetched until it is first polled. It
+    /// then decodes on its own tokio task, one chunk ahead of the consumer,
+    /// and stops when dropped. It must be polled inside a tokio runtime.
+    fn read(&self, unit: &WorkUnit, from: &Position) -> ChunkStream<Self::Item>;
+
+    /// The handoff token for the live stage, if the source carries one (an
+    /// explicit token, or the `_murmur_handoff.json` manifest beside the
+    /// data).
+    async fn handoff(&self) -> Result<Option<HandoffToken>>;
+
+    /// Where undecodable records go; shared by all reads of this source.
+    fn bad_records(&self) -> &Arc<BadRecordSink>;
+
+    /// Reads many units with at most `concurrency` of them in flight at
+    /// once. Chunks of one unit arrive in order; chunks of different units
+    /// interleave (tell them apart by `start`). An error ends only the
+    /// stream of the unit it came from.
+    fn scan(&self, units: &[(WorkUnit, Position)], concurrency: usize) -> ChunkStream<Self::Item> {
+        let reads: Vec<_> = units.iter().map(|(u, p)| self.read(u, p)).collect();
+        stream::iter(reads)
+            .flatten_unordered(concurrency.max(1))
+            .boxed()
+    }
+}
+
+/// The sending half given to a reader task.
+pub(crate) struct ChunkSender<T>(mpsc::Sender<Result<Chunk<T>>>);
+
+impl<T> ChunkSender<T> {
+    /// Sends a chunk; `false` when the consumer is gone (stop reading).
+    pub(crate) async fn send(&self, chunk: Chunk<T>) -> bool {
+        self.0.send(Ok(chunk)).await.is_ok()
+    }
+}
+
+/// Aborts the reader task when the stream is dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Runs `produce` on its own task once the returned stream is first polled,
+/// forwarding its chunks (one chunk of lookahead). An error returned by
+/// `produce` is the stream's last item; a task that ends without a last
+/// chunk or an error (a panic) is reported as [`Error::Reader`].
+pub(crate) fn spawn_reader<T, F, Fut>(unit: Arc<str>, produce: F) -> ChunkStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(ChunkSender<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    struct State<T> {
+        rx: mpsc::Receiver<Result<Chunk<T>>>,
+        task: AbortOnDrop,
+        unit: Arc<str>,
+        done: bool,
+    }
+    stream::once(async move {
+        let handle = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h,
+            Err(e) => {
+                let err = Error::Reader {
+                    unit: unit.to_string(),
+                    reason: format!("must be polled inside a tokio runtime: {e}"),
+                };
+                return stream::once(async move { Err(err) }).boxed();
+            }
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let task = handle.spawn(async move {
+            let errors = tx.clone();
+            if let Err(e) = produce(ChunkSender(tx)).await {
+                let _ = errors.send(Err(e)).await;
+            }
+        });
+        let state = State {
+            rx,
+            task: AbortOnDrop(Some(task)),
+            unit,
+            done: false,
+        };
+        stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(item) => {
+                    st.done = match &item {
+                        Ok(chunk) => chunk.last,
+                        Err(_) => true,
+                    };
+                    Some((item, st))
+                }
+                None => {
+                    // The task ended without a last chunk or an error.
+                    st.done = true;
+                    let reason = match st.task.0.take() {
+                        Some(handle) => match handle.await {
+                            Err(e) if e.is_panic() => format!("reader task panicked: {e}"),
+                            Err(e) => format!("reader task failed: {e}"),
+                            Ok(()) => "reader task ended before the last chunk".to_string(),
+                        },
+                        None => "reader task ended before the last chunk".to_string(),
+                    };
+                    let err = Error::Reader {
+                        unit: st.unit.to_string(),
+                        reason,
+                    };
+                    Some((Err(err), st))
+                }
+            }
+        })
+        .boxed()
+    })
+    .flatten()
+    .boxed()
+}

@@ -1,0 +1,611 @@
+//! JSON Lines and Parquet sources over a local directory, memory and S3
+//! (moto), on data sets written by this crate's own helper.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use common::*;
+use futures::{StreamExt as _, TryStreamExt as _};
+use murmur_core::{HandoffToken, Position, Record};
+use murmur_source_snapshot::{
+    BadRecordPolicy, Chunk, CountEvent, Error, JsonLinesOptions, JsonLinesSource, LanePlan,
+    ObjectListing, ParquetOptions, ParquetSource, SnapshotSource, WorkUnit,
+};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+
+const SPEC: Spec = Spec {
+    days: 3,
+    hours: 4,
+    rows: 1000,
+    entities: 50,
+    row_group_rows: 300,
+};
+
+fn local_store() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    (dir, Arc::new(store))
+}
+
+fn json_source(
+    listing: ObjectListing,
+) -> JsonLinesSource<murmur_source_snapshot::SerdeLines<CountEvent>> {
+    let options = JsonLinesOptions {
+        chunk_lines: 100,
+        ..Default::default()
+    };
+    JsonLinesSource::with_options(
+        listing,
+        CountEvent::json(),
+        options,
+        BadRecordPolicy::default(),
+    )
+    .unwrap()
+}
+
+fn parquet_source(
+    listing: ObjectListing,
+) -> ParquetSource<murmur_source_snapshot::CountEventColumns> {
+    let options = ParquetOptions {
+        chunk_rows: 128,
+        ..Default::default()
+    };
+    ParquetSource::with_options(
+        listing,
+        CountEvent::parquet(),
+        options,
+        BadRecordPolicy::default(),
+    )
+    .unwrap()
+}
+
+fn values(records: Vec<Record<CountEvent>>) -> Vec<CountEvent> {
+    records.into_iter().map(|r| r.value).collect()
+}
+
+/// Writes the data set, lists it, reads it all, compares with ground truth.
+async fn totals_match(store: Arc<dyn ObjectStore>, format: Format) {
+    let truth = write_dataset(&store, "events", &SPEC, format).await;
+    let listing = ObjectListing::new(Arc::clone(&store), Path::from("events"));
+    let units = listing.list().await.unwrap();
+    // 12 partitions; `_SUCCESS` and the `.crc` files are skipped.
+    assert_eq!(units.len(), 12);
+    assert!(
+        units.windows(2).all(|w| w[0].key < w[1].key),
+        "lexicographic"
+    );
+    assert!(units.iter().enumerate().all(|(i, u)| u.index == i as u64));
+    assert_eq!(units[0].partitions.get("day"), Some("01"));
+    assert_eq!(units[0].partitions.get_i64("hour"), Some(0));
+    let records = match format {
+        Format::Parquet => values(read_all(&parquet_source(listing), &units, 3).await),
+        Format::JsonLines => values(read_all(&json_source(listing), &units, 3).await),
+    };
+    assert_eq!(truth.rows, 12_000);
+    assert_eq!(Truth::of_events(&records), truth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_parquet_totals_match_ground_truth() {
+    let (_dir, store) = local_store();
+    totals_match(store, Format::Parquet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_jsonl_totals_match_ground_truth() {
+    let (_dir, store) = local_store();
+    totals_match(store, Format::JsonLines).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_parquet_totals_match_ground_truth() {
+    let Some((store, _bucket)) = s3_store("the S3 Parquet test") else {
+        return;
+    };
+    totals_match(store, Format::Parquet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_jsonl_totals_match_ground_truth() {
+    let Some((store, _bucket)) = s3_store("the S3 JSON Lines test") else {
+        return;
+    };
+    totals_match(store, Format::JsonLines).await;
+}
+
+/// A filter on day=02 opens exactly the day=02 objects and nothing else.
+async fn pruning_opens_only_matching_objects(inner: Arc<dyn ObjectStore>, format: Format) {
+    let truth = write_dataset(&inner, "events", &SPEC, format).await;
+    let counting = CountingStore::new(inner);
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let listing = ObjectListing::new(store, Path::from("events"))
+        .partition_filter(|p| p.get_i64("day") == Some(2));
+    let units = listing.list().await.unwrap();
+    assert_eq!(units.len(), 4);
+    let records = match format {
+        Format::Parquet => values(read_all(&parquet_source(listing), &units, 2).await),
+        Format::JsonLines => values(read_all(&json_source(listing), &units, 2).await),
+    };
+    assert_eq!(records.len() as u64, truth.per_day[&2].0);
+    assert_eq!(
+        records.iter().map(|e| e.count).sum::<i64>(),
+        truth.per_day[&2].1
+    );
+
+    let touched: BTreeSet<String> = counting.requests_per_path().into_keys().collect();
+    let expected: BTreeSet<String> = units.iter().map(|u| u.key.to_string()).collect();
+    assert_eq!(touched, expected, "only day=02 objects were requested");
+    match format {
+        Format::Parquet => {
+            assert!(
+                counting.of(Op::Get).is_empty(),
+                "Parquet is read with ranged requests only"
+            );
+            assert!(
+                counting.of(Op::Head).is_empty(),
+                "sizes come from the listing"
+            );
+        }
+        Format::JsonLines => {
+            assert!(
+                counting.of(Op::Get).values().all(|&n| n == 1),
+                "one streaming GET per object"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_partition_pruning_parquet() {
+    let (_dir, store) = local_store();
+    pruning_opens_only_matching_objects(store, Format::Parquet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_partition_pruning_jsonl() {
+    let (_dir, store) = local_store();
+    pruning_opens_only_matching_objects(store, Format::JsonLines).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_partition_pruning_parquet_and_jsonl() {
+    let Some((store, _)) = s3_store("the S3 pruning test") else {
+        return;
+    };
+    let Some((store2, _)) = s3_store("the S3 pruning test") else {
+        return;
+    };
+    pruning_opens_only_matching_objects(store, Format::Parquet).await;
+    pruning_opens_only_matching_objects(store2, Format::JsonLines).await;
+}
+
+/// Reads lanes in order, stops after `stop_after` chunks, then resumes from
+/// the saved checkpoints: every row is delivered exactly once in total.
+async fn resume_delivers_exactly_once<S>(source: S, stop_after: usize, truth: &Truth)
+where
+    S: SnapshotSource<Item = CountEvent>,
+{
+    let units = source.list_units().await.unwrap();
+    let plan = LanePlan::new("test", units, 3).unwrap();
+    // Per lane checkpoint: (unit position in lane, position to resume from).
+    let mut checkpoints: HashMap<String, (usize, Position)> = HashMap::new();
+    let mut delivered: Vec<(String, u64, CountEvent)> = Vec::new();
+    let deliver = |chunk: Chunk<CountEvent>, delivered: &mut Vec<_>| {
+        for r in chunk.records {
+            let Position::Object { key, unit, .. } = &r.position else {
+                panic!("object position")
+            };
+            delivered.push((key.to_string(), *unit, r.value));
+        }
+    };
+
+    // Run 1: chunks round-robin over lanes until `stop_after` chunks, then "crash".
+    let mut taken = 0;
+    'run1: for lane in plan.lanes() {
+        for (i, unit) in lane.units.iter().enumerate() {
+            let mut chunks = source.read(unit, &Position::Beginning);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.unwrap();
+                let end = chunk.end.clone();
+                let last = chunk.last;
+                deliver(chunk, &mut delivered);
+                let next = if last {
+                    (i + 1, Position::Beginning)
+                } else {
+                    (i, end)
+                };
+                checkpoints.insert(lane.lane.to_string(), next);
+                taken += 1;
+                if taken == stop_after {
+                    break 'run1;
+                }
+            }
+        }
+    }
+    let first_run = delivered.len();
+    assert!(first_run > 0 && (first_run as u64) < truth.rows);
+
+    // Run 2: resume every lane from its checkpoint.
+    for lane in plan.lanes() {
+        let (start_unit, from) = checkpoints
+            .get(lane.lane.as_str())
+            .cloned()
+            .unwrap_or((0, Position::Beginning));
+        for (i, unit) in lane.units.iter().enumerate().skip(start_unit) {
+            let from = if i == start_unit {
+                from.clone()
+            } else {
+                Position::Beginning
+            };
+            let chunks: Vec<_> = source.read(unit, &from).try_collect().await.unwrap();
+            for chunk in chunks {
+                deliver(chunk, &mut delivered);
+            }
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (key, row, _) in &delivered {
+        *seen.entry((key.clone(), *row)).or_insert(0) += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "no row delivered twice");
+    assert_eq!(seen.len() as u64, truth.rows, "no row lost");
+    let events: Vec<CountEvent> = delivered.into_iter().map(|d| d.2).collect();
+    assert_eq!(&Truth::of_events(&events), truth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_crash_delivers_every_record_once() {
+    for (format, stop_after) in [
+        (Format::Parquet, 1),
+        (Format::Parquet, 23),
+        (Format::JsonLines, 7),
+        (Format::JsonLines, 61),
+    ] {
+        let (_dir, store) = local_store();
+        let truth = write_dataset(&store, "events", &SPEC, format).await;
+        let listing = ObjectListing::new(store, Path::from("events"));
+        match format {
+            Format::Parquet => {
+                resume_delivers_exactly_once(parquet_source(listing), stop_after, &truth).await
+            }
+            Format::JsonLines => {
+                resume_delivers_exactly_once(json_source(listing), stop_after, &truth).await
+            }
+        }
+    }
+}
+
+/// Reading from any chunk's start reproduces that chunk exactly; chunk
+/// boundaries follow row groups (Parquet) and multiples of the chunk size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_a_chunk_start_reproduces_the_chunk() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    write_dataset(&store, "p", &SPEC, Format::Parquet).await;
+    write_dataset(&store, "j", &SPEC, Format::JsonLines).await;
+    let parquet = parquet_source(ObjectListing::new(Arc::clone(&store), Path::from("p")));
+    let json = json_source(ObjectListing::new(Arc::clone(&store), Path::from("j")));
+
+    async fn check<S: SnapshotSource<Item = CountEvent>>(source: &S, expected_bounds: &[u64]) {
+        let unit = &source.list_units().await.unwrap()[5];
+        let chunks: Vec<_> = source
+            .read(unit, &Position::Beginning)
+            .try_collect()
+            .await
+            .unwrap();
+        let bounds: Vec<u64> = chunks
+            .iter()
+            .map(|c| match c.end {
+                Position::Object { unit, .. } => unit,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(bounds, expected_bounds);
+        for chunk in &chunks {
+            let again: Vec<_> = source.read(unit, &chunk.start).try_collect().await.unwrap();
+            assert_eq!(&again[0], chunk, "replay of {}", chunk.start);
+        }
+        // Resuming mid-chunk: the first chunk ends at the next boundary.
+        let from = Position::Object {
+            index: unit.index,
+            key: unit.key.clone(),
+            unit: 200,
+        };
+        let partial: Vec<_> = source.read(unit, &from).try_collect().await.unwrap();
+        assert_eq!(partial[0].start, from);
+        assert_eq!(
+            partial[0].records.len(),
+            (chunks_end_after(&bounds, 200) - 200) as usize
+        );
+        // Past the end: an error naming the object; at the end: one empty last chunk.
+        let end_pos = Position::Object {
+            index: unit.index,
+            key: unit.key.clone(),
+            unit: 1000,
+        };
+        let at_end: Vec<_> = source.read(unit, &end_pos).try_collect().await.unwrap();
+        assert_eq!(at_end.len(), 1);
+        assert!(at_end[0].last && at_end[0].records.is_empty());
+        let past = Position::Object {
+            index: unit.index,
+            key: unit.key.clone(),
+            unit: 1001,
+        };
+        let err = source
+            .read(unit, &past)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Position { .. }), "{err}");
+        let wrong = Position::Object {
+            index: 0,
+            key: "elsewhere".into(),
+            unit: 0,
+        };
+        let err = source
+            .read(unit, &wrong)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to object `elsewhere`"),
+            "{err}"
+        );
+    }
+    fn chunks_end_after(bounds: &[u64], row: u64) -> u64 {
+        *bounds.iter().find(|&&b| b > row).unwrap()
+    }
+    // Row groups of 300 rows, chunks of at most 128 rows inside them.
+    check(
+        &parquet,
+        &[128, 256, 300, 428, 556, 600, 728, 856, 900, 1000],
+    )
+    .await;
+    // Chunks of 100 lines.
+    check(&json, &[100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]).await;
+}
+
+/// Only the decoder's columns are fetched: a wide payload column is never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_reads_only_the_projected_columns() {
+    use arrow_array::{Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let n = 5000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("entity_id", DataType::Utf8, false),
+        Field::new("payload", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("occurred_at_unix_ms", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("e{}", i % 10)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("{i:0>400}")),
+            )),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|_| 1))),
+            Arc::new(Int64Array::from_iter_values(
+                (0..n).map(|i| MAY_1_2026_MS + i),
+            )),
+        ],
+    )
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+        .build();
+    let mut bytes = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let size = bytes.len() as u64;
+    put(&inner, "wide/part-0.parquet", bytes).await;
+
+    let counting = CountingStore::new(inner);
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let source = ParquetSource::new(
+        ObjectListing::new(store, Path::from("wide")),
+        CountEvent::parquet(),
+    );
+    let units = source.list_units().await.unwrap();
+    let records = read_all(&source, &units, 1).await;
+    assert_eq!(records.len(), 5000);
+    let fetched = counting.bytes_of("wide/part-0.parquet");
+    assert!(
+        size > 2_000_000,
+        "the payload column dominates the file ({size} bytes)"
+    );
+    assert!(fetched * 10 < size, "fetched {fetched} of {size} bytes");
+}
+
+/// Row groups whose event-time statistics miss the range are not fetched;
+/// rows outside the range are dropped from the kept ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_event_time_range_skips_row_groups_by_statistics() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    // 1000 rows with increasing times, 10 row groups of 100.
+    let rows: Vec<(String, i64, i64)> = (0..1000)
+        .map(|i| (format!("e{}", i % 7), 1, MAY_1_2026_MS + i * 1000))
+        .collect();
+    put(
+        &inner,
+        "t/part-0.parquet",
+        parquet_bytes(&rows, parquet::basic::Compression::SNAPPY, 100),
+    )
+    .await;
+    let counting = CountingStore::new(inner);
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let range = MAY_1_2026_MS + 250_000..MAY_1_2026_MS + 420_000; // rows 250..420
+    let options = ParquetOptions {
+        event_time_range: Some(range.clone()),
+        ..Default::default()
+    };
+    let source = ParquetSource::with_options(
+        ObjectListing::new(store, Path::from("t")),
+        CountEvent::parquet(),
+        options,
+        BadRecordPolicy::default(),
+    )
+    .unwrap();
+    let unit = source.list_units().await.unwrap().remove(0);
+    let chunks: Vec<_> = source
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        chunks.len(),
+        10,
+        "one chunk per row group, pruned ones empty"
+    );
+    let non_empty: Vec<usize> = (0..10).filter(|&g| !chunks[g].records.is_empty()).collect();
+    assert_eq!(non_empty, vec![2, 3, 4]);
+    let n: usize = chunks.iter().map(|c| c.records.len()).sum();
+    assert_eq!(n, 170);
+    assert!(
+        chunks
+            .iter()
+            .flat_map(|c| &c.records)
+            .all(|r| range.contains(&r.event_time_ms))
+    );
+    // Footer fetch + one fetch per kept row group (3), not 10.
+    let fetches = counting.of(Op::GetRange)["t/part-0.parquet"];
+    assert_eq!(fetches, 1 + 3, "pruned row groups are not fetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_comes_from_the_manifest_or_an_explicit_token() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    put(&store, "events/day=01/a.json", b"{}\n".to_vec()).await;
+    let listing = ObjectListing::new(Arc::clone(&store), Path::from("events"));
+    assert_eq!(json_source(listing.clone()).handoff().await.unwrap(), None);
+
+    let token = HandoffToken::Kafka {
+        topic: "events".into(),
+        offsets: [(0, 42), (1, 17)].into(),
+    };
+    put(
+        &store,
+        "events/_murmur_handoff.json",
+        token.to_json().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        json_source(listing.clone()).handoff().await.unwrap(),
+        Some(token.clone())
+    );
+    // The manifest is not data.
+    assert_eq!(listing.list().await.unwrap().len(), 1);
+
+    let explicit = HandoffToken::EventTimeCut { at_ms: 5 };
+    let source = json_source(listing.clone().with_handoff(explicit.clone()));
+    assert_eq!(source.handoff().await.unwrap(), Some(explicit));
+
+    put(
+        &store,
+        "events/_murmur_handoff.json",
+        b"{\"kind\":\"kafka\"}".to_vec(),
+    )
+    .await;
+    let err = json_source(listing).handoff().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "handoff manifest `events/_murmur_handoff.json`: not a handoff token: missing field `topic`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let good = json_line("a", 2, MAY_1_2026_MS);
+    let text = format!("{good}\r\nnot json\n\n{good}\n{{\"entity_id\":\"b\"}}\n{good}");
+    put(&store, "in/day=01/x.json", text.into_bytes()).await;
+    let policy = BadRecordPolicy::max_bad_records(2)
+        .with_dead_letter(Arc::clone(&store), Path::from("dlq/bad.jsonl"));
+    let source = JsonLinesSource::with_options(
+        ObjectListing::new(Arc::clone(&store), Path::from("in")),
+        CountEvent::json(),
+        JsonLinesOptions::default(),
+        policy,
+    )
+    .unwrap();
+    let units = source.list_units().await.unwrap();
+    let records = read_all(&source, &units, 1).await;
+    // CRLF stripped, blank line skipped, last line without newline read.
+    assert_eq!(records.len(), 3);
+    let lines: Vec<u64> = records
+        .iter()
+        .map(|r| match r.position {
+            Position::Object { unit, .. } => unit,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(lines, vec![0, 3, 5]);
+    assert_eq!(source.bad_records().finish().await.unwrap(), 2);
+    let dlq = store
+        .get(&Path::from("dlq/bad.jsonl"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let dlq: Vec<serde_json::Value> = std::str::from_utf8(&dlq)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0]["object"], "in/day=01/x.json");
+    assert_eq!(dlq[0]["location"]["line"], 2);
+    assert_eq!(dlq[0]["reason"], "expected ident at line 1 column 2");
+    assert_eq!(dlq[0]["raw"], "not json");
+    assert_eq!(dlq[1]["location"]["line"], 5);
+    assert_eq!(
+        dlq[1]["reason"],
+        "missing field `count` at line 1 column 17"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_bounds_concurrency_and_keeps_order_within_objects() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    write_dataset(&store, "events", &SPEC, Format::JsonLines).await;
+    let source = json_source(ObjectListing::new(store, Path::from("events")));
+    let units: Vec<(WorkUnit, Position)> = source
+        .list_units()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u, Position::Beginning))
+        .collect();
+    // With concurrency 2, at most 2 units are ever in progress at once.
+    let mut in_progress = BTreeSet::new();
+    let mut max_in_progress = 0;
+    let mut last_line: HashMap<String, u64> = HashMap::new();
+    let mut chunks = source.scan(&units, 2);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap();
+        let key = unit_key(&chunk.start);
+        in_progress.insert(key.clone());
+        max_in_progress = max_in_progress.max(in_progress.len());
+        for r in &chunk.records {
+            let Position::Object { unit, .. } = r.position else {
+                panic!()
+            };
+            let prev = last_line.insert(key.clone(), unit);
+            assert!(prev.is_none_or(|p| p < unit), "order within an object");
+        }
+        if chunk.last {
+            in_progress.remove(&key);
+        }
+    }
+    assert_eq!(max_in_progress, 2);
+    assert_eq!(last_line.len(), 12);
+}
