@@ -2,7 +2,8 @@
 //! fenced batches; then the run's completion record with its handoff token.
 
 use crate::error::{Error, Result};
-use crate::lane::{LaneWriter, Resume};
+use crate::lane::{Dedup, LaneWriter, Resume};
+use crate::progress::Progress;
 use futures::StreamExt;
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
@@ -10,7 +11,7 @@ use murmur_core::{
 };
 use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use tokio_util::sync::CancellationToken;
 
 /// How to run a backfill.
 #[derive(Debug, Clone)]
@@ -32,6 +33,14 @@ pub struct BackfillOptions {
     /// The handoff token; `None` takes the source's (a manifest object
     /// beside the data), else [`HandoffToken::None`].
     pub token: Option<HandoffToken>,
+    /// Per-event deduplication, for sources that overlap each other.
+    pub dedup: Option<Dedup>,
+    /// Counters updated as the run goes (read them for a progress bar).
+    pub progress: Arc<Progress>,
+    /// Cancel to stop early: every lane flushes and commits its open batch
+    /// and the call returns [`BackfillOutcome::Stopped`]; a later call
+    /// resumes where it stopped.
+    pub stop: CancellationToken,
 }
 
 impl BackfillOptions {
@@ -45,12 +54,16 @@ impl BackfillOptions {
             concurrency: 4,
             flush: FlushPolicy::default(),
             token: None,
+            dedup: None,
+            progress: Arc::new(Progress::new()),
+            stop: CancellationToken::new(),
         }
     }
 }
 
 /// What a backfill call did.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum BackfillOutcome {
     /// The run was already completed; nothing was read.
     AlreadyCompleted {
@@ -72,6 +85,12 @@ pub enum BackfillOutcome {
         /// Counters of this call.
         stats: BackfillStats,
     },
+    /// [`BackfillOptions::stop`] was cancelled: open batches were committed
+    /// and the run is resumable.
+    Stopped {
+        /// Counters of this call.
+        stats: BackfillStats,
+    },
 }
 
 impl BackfillOutcome {
@@ -80,7 +99,9 @@ impl BackfillOutcome {
         match self {
             BackfillOutcome::AlreadyCompleted { token }
             | BackfillOutcome::Completed { token, .. } => Some(token),
-            BackfillOutcome::WaitingForOtherWorkers { .. } => None,
+            BackfillOutcome::WaitingForOtherWorkers { .. } | BackfillOutcome::Stopped { .. } => {
+                None
+            }
         }
     }
 }
@@ -100,23 +121,14 @@ pub struct BackfillStats {
     pub rows: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    records: AtomicU64,
-    after_cut: AtomicU64,
-    batches: AtomicU64,
-    replayed: AtomicU64,
-    rows: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> BackfillStats {
+impl BackfillStats {
+    fn since(now: crate::ProgressSnapshot, start: crate::ProgressSnapshot) -> Self {
         BackfillStats {
-            records: self.records.load(Ordering::Relaxed),
-            after_cut: self.after_cut.load(Ordering::Relaxed),
-            batches: self.batches.load(Ordering::Relaxed),
-            replayed: self.replayed.load(Ordering::Relaxed),
-            rows: self.rows.load(Ordering::Relaxed),
+            records: now.records - start.records,
+            after_cut: now.skipped - start.skipped,
+            batches: now.batches - start.batches,
+            replayed: now.replayed - start.replayed,
+            rows: now.rows - start.rows,
         }
     }
 }
@@ -173,36 +185,39 @@ where
         .map_err(|e| Error::source(run_id, e))?;
     tracing::info!(run = run_id, lanes = mine.len(), token = %token.to_json(), "backfill starting");
 
-    let counters = Arc::new(Counters::default());
+    let progress = options.progress.clone();
+    let start = progress.snapshot();
+    for a in &mine {
+        progress.planned(a.units.len() as u64, a.units.iter().map(|u| u.size).sum());
+    }
     let lanes = futures::stream::iter(mine.into_iter().cloned().map(|assignment| {
-        let (pipeline, source, state, checkpoints, counters) = (
-            pipeline.clone(),
-            source.clone(),
-            state.clone(),
-            checkpoints.clone(),
-            counters.clone(),
-        );
-        let flush = options.flush;
-        async move {
-            run_lane(
-                pipeline,
-                source,
-                state,
-                checkpoints,
-                assignment,
-                flush,
-                cut,
-                &counters,
-            )
-            .await
-        }
+        let lane = LaneRun {
+            pipeline: pipeline.clone(),
+            source: source.clone(),
+            state: state.clone(),
+            checkpoints: checkpoints.clone(),
+            flush: options.flush,
+            dedup: options.dedup.clone(),
+            cut,
+            progress: progress.clone(),
+            stop: options.stop.clone(),
+        };
+        async move { lane.run(assignment).await }
     }))
     .buffer_unordered(options.concurrency.max(1));
     futures::pin_mut!(lanes);
     while let Some(done) = lanes.next().await {
         done?;
     }
-    let stats = counters.snapshot();
+    let stats = BackfillStats::since(progress.snapshot(), start);
+    if options.stop.is_cancelled() {
+        tracing::info!(
+            run = run_id,
+            records = stats.records,
+            "backfill stopped; resumable"
+        );
+        return Ok(BackfillOutcome::Stopped { stats });
+    }
 
     let mut unfinished = Vec::new();
     for lane in plan.lanes() {
@@ -233,123 +248,144 @@ where
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_lane<S, M>(
+/// One lane of a backfill and what it needs.
+struct LaneRun<S: SnapshotSource, M: Monoid> {
     pipeline: Pipeline<S::Item, M>,
     source: S,
     state: Arc<dyn StateStore>,
     checkpoints: Arc<dyn CheckpointStore>,
-    assignment: LaneAssignment,
-    flush: murmur_core::FlushPolicy,
+    flush: FlushPolicy,
+    dedup: Option<Dedup>,
     cut: Option<i64>,
-    counters: &Counters,
-) -> Result<()>
-where
-    S: SnapshotSource,
-    M: Monoid,
-{
-    let lane = assignment.lane.clone();
-    let span = tracing::info_span!("lane", lane = %lane);
-    let _enter = span.enter();
-    let (mut writer, resume) = LaneWriter::open(
-        pipeline,
-        state,
-        checkpoints,
-        lane.clone(),
-        Position::Beginning,
-        flush,
-    )
-    .await?;
-    let keep = |records: Vec<Record<S::Item>>| -> Vec<Record<S::Item>> {
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+}
+
+impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
+    /// The backfill side of an event-time cut: keep `event_time < cut`.
+    fn keep(&self, records: Vec<Record<S::Item>>) -> Vec<Record<S::Item>> {
         let before = records.len();
-        let kept: Vec<_> = match cut {
+        let kept: Vec<_> = match self.cut {
             Some(at) => records
                 .into_iter()
                 .filter(|r| r.event_time_ms < at)
                 .collect(),
             None => records,
         };
-        counters
-            .after_cut
-            .fetch_add((before - kept.len()) as u64, Ordering::Relaxed);
-        counters
-            .records
-            .fetch_add(kept.len() as u64, Ordering::Relaxed);
+        self.progress
+            .read(kept.len() as u64, (before - kept.len()) as u64);
         kept
-    };
+    }
 
-    let mut position = match resume {
-        Resume::From(p) => p,
-        Resume::Pending(intent) => {
-            // Batches never span units: the pending range lies in one unit.
-            let mut records = Vec::new();
-            if let Some(unit) = unit_at(&assignment.units, &intent.start) {
-                let mut chunks = source.read(unit, &intent.start);
-                while let Some(chunk) = chunks.next().await {
-                    let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-                    records.extend(keep(chunk.records));
-                    if chunk.end == intent.end || chunk.last {
-                        break;
+    async fn run(self, assignment: LaneAssignment) -> Result<()> {
+        let lane = assignment.lane.clone();
+        let span = tracing::info_span!("lane", lane = %lane);
+        let _enter = span.enter();
+        let (writer, resume) = LaneWriter::open(
+            self.pipeline.clone(),
+            self.state.clone(),
+            self.checkpoints.clone(),
+            lane.clone(),
+            Position::Beginning,
+            self.flush,
+        )
+        .await?;
+        let mut writer = writer.with_dedup(self.dedup.clone());
+        let mut position = match resume {
+            Resume::From(p) => p,
+            Resume::Pending(intent) => {
+                // Batches never span units: the pending range lies in one unit.
+                let mut records = Vec::new();
+                if let Some(unit) = unit_at(&assignment.units, &intent.start) {
+                    let mut chunks = self.source.read(unit, &intent.start);
+                    while let Some(chunk) = chunks.next().await {
+                        let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
+                        records.extend(self.keep(chunk.records));
+                        if chunk.end == intent.end || chunk.last {
+                            break;
+                        }
                     }
                 }
+                let report = writer.replay(&records).await?;
+                self.progress.batch(&report, true);
+                intent.end
             }
-            let report = writer.replay(&records).await?;
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            counters.replayed.fetch_add(1, Ordering::Relaxed);
-            counters.rows.fetch_add(report.rows, Ordering::Relaxed);
-            intent.end
-        }
-    };
-    if position == Position::End {
-        return Ok(());
-    }
-    let first = match &position {
-        Position::Object { index, .. } => assignment
-            .units
-            .iter()
-            .position(|u| u.index == *index)
-            .unwrap_or(0),
-        _ => 0,
-    };
-    for unit in &assignment.units[first..] {
-        let from = match &position {
-            Position::Object { index, .. } if *index == unit.index => position.clone(),
-            _ => Position::Beginning,
         };
-        let mut chunks = source.read(unit, &from);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-            let last = chunk.last;
-            let records = keep(chunk.records);
-            if let Some(r) = writer
-                .push_chunk(&records, &chunk.start, &chunk.end)
-                .await?
-            {
-                counters.batches.fetch_add(1, Ordering::Relaxed);
-                counters.rows.fetch_add(r.rows, Ordering::Relaxed);
+        if position == Position::End {
+            return Ok(());
+        }
+        let first = unit_index(&position)
+            .and_then(|i| assignment.units.iter().position(|u| u.index == i))
+            .unwrap_or(0);
+        for unit in &assignment.units[first..] {
+            let from = match unit_index(&position) {
+                Some(i) if i == unit.index => position.clone(),
+                _ => Position::Beginning,
+            };
+            let span = tracing::debug_span!("unit", key = %unit.key);
+            let _enter = span.enter();
+            let mut chunks = self.source.read(unit, &from);
+            let mut finished = false;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
+                let last = chunk.last;
+                let records = self.keep(chunk.records);
+                if let Some(r) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
+                    self.progress.batch(&r, false);
+                }
+                position = chunk.end;
+                if last {
+                    finished = true;
+                    break;
+                }
+                if self.stop.is_cancelled() {
+                    break;
+                }
             }
-            position = chunk.end;
-            if last {
-                break;
+            // End of unit (or stop): a batch never spans two units.
+            if let Some(r) = writer.flush().await? {
+                self.progress.batch(&r, false);
+            }
+            if !finished {
+                if self.stop.is_cancelled() {
+                    tracing::info!(at = %position, "lane stopped");
+                    return Ok(());
+                }
+                return Err(Error::Protocol {
+                    lane,
+                    reason: format!("the read of {} ended before its last chunk", unit.key),
+                });
+            }
+            self.progress.unit_done(unit.size);
+            if self.stop.is_cancelled() {
+                tracing::info!(at = %position, "lane stopped");
+                return Ok(());
             }
         }
-        // End of unit: a batch never spans two units.
+        // Mark the lane finished with an empty batch ending at `End`.
+        writer
+            .push_chunk(Vec::new(), &position, &Position::End)
+            .await?;
         if let Some(r) = writer.flush().await? {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            counters.rows.fetch_add(r.rows, Ordering::Relaxed);
+            self.progress.batch(&r, false);
         }
+        Ok(())
     }
-    // Mark the lane finished with an empty batch ending at `End`.
-    writer.push_chunk(&[], &position, &Position::End).await?;
-    writer.flush().await?;
-    counters.batches.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+}
+
+/// The unit a position lies in: an object's listing index or a scan
+/// segment.
+fn unit_index(p: &Position) -> Option<u64> {
+    match p {
+        Position::Object { index, .. } => Some(*index),
+        Position::Scan { segment, .. } => Some(u64::from(*segment)),
+        _ => None,
+    }
 }
 
 fn unit_at<'a>(units: &'a [WorkUnit], p: &Position) -> Option<&'a WorkUnit> {
     match p {
-        Position::Object { index, .. } => units.iter().find(|u| u.index == *index),
         Position::Beginning => units.first(),
-        _ => None,
+        p => unit_index(p).and_then(|i| units.iter().find(|u| u.index == i)),
     }
 }

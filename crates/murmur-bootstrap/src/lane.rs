@@ -3,10 +3,33 @@
 use crate::error::{Error, Result};
 use murmur_core::store::now_ms;
 use murmur_core::{
-    Aggregator, ApplyReport, BatchIntent, CheckpointStore, FlushPolicy, LaneId, LaneState, Monoid,
-    Pipeline, Position, Record, StateStore, WriteBatch,
+    Aggregator, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, FlushPolicy, LaneId,
+    LaneState, Monoid, Pipeline, Position, Record, StateStore, WriteBatch,
 };
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-event deduplication for sources that overlap each other (two exports
+/// of the same history): every record with an event id is claimed for its
+/// batch `(lane, seq)` after the batch's intent is stored and before its
+/// rows are written; records another batch claimed first are skipped.
+/// Records without an event id are always applied.
+#[derive(Clone)]
+pub struct Dedup {
+    /// Where claims are kept.
+    pub deduper: Arc<dyn Deduper>,
+    /// How long a claim is kept (from the write); `None` keeps it forever.
+    /// Must outlive the overlap between the sources.
+    pub ttl: Option<Duration>,
+}
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedup")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Where a lane resumes after [`LaneWriter::open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +55,9 @@ pub struct BatchReport {
     pub apply: ApplyReport,
     /// The lane's position after the batch.
     pub end: Position,
+    /// Records skipped because another batch claimed their event id first
+    /// (only with [`Dedup`]).
+    pub duplicates: u64,
 }
 
 /// Turns one lane's records into fenced batches.
@@ -57,6 +83,11 @@ pub struct LaneWriter<T, M: Monoid> {
     state: LaneState,
     agg: Aggregator<T, M>,
     open_batch: Option<(Position, Position, u64)>,
+    dedup: Option<Dedup>,
+    flush_policy: FlushPolicy,
+    /// With dedup, the open batch's records wait here for their claims.
+    held: Vec<Record<T>>,
+    held_since: Option<Instant>,
 }
 
 impl<T, M: Monoid> LaneWriter<T, M> {
@@ -91,9 +122,21 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 state,
                 agg,
                 open_batch: None,
+                dedup: None,
+                flush_policy: flush,
+                held: Vec::new(),
+                held_since: None,
             },
             resume,
         ))
+    }
+
+    /// Turns on per-event deduplication (see [`Dedup`]). The open batch's
+    /// records are then held until its flush, where they are claimed before
+    /// being folded; `max_keys` of the flush policy bounds the held records.
+    pub fn with_dedup(mut self, dedup: Option<Dedup>) -> Self {
+        self.dedup = dedup;
+        self
     }
 
     /// The lane.
@@ -122,30 +165,33 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         if self.open_batch.is_some() {
             return Err(self.protocol("replay called while a new batch is open"));
         }
-        let mut n = 0;
-        for r in records {
-            self.fold(r)?;
-            n += 1;
-        }
+        let records: Vec<&Record<T>> = records.into_iter().collect();
+        let n = records.len() as u64;
         tracing::info!(lane = %self.lane, seq = intent.seq, records = n, "replaying pending batch");
-        self.write(intent, n).await
+        let duplicates = self.fold_claimed(intent.seq, &records).await?;
+        self.write(intent, n, duplicates).await
     }
 
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
     /// Returns a report when the chunk completed a batch.
     pub async fn push_chunk(
         &mut self,
-        records: &[Record<T>],
+        records: Vec<Record<T>>,
         start: &Position,
         end: &Position,
     ) -> Result<Option<BatchReport>> {
         if self.state.pending.is_some() {
             return Err(self.protocol("a pending batch must be replayed before new records"));
         }
-        for r in records {
-            self.fold(r)?;
-        }
         let n = records.len() as u64;
+        if self.dedup.is_some() {
+            self.held_since.get_or_insert_with(Instant::now);
+            self.held.extend(records);
+        } else {
+            for r in &records {
+                self.fold(r)?;
+            }
+        }
         match &mut self.open_batch {
             Some((_, batch_end, count)) => {
                 *batch_end = end.clone();
@@ -153,7 +199,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             }
             None => self.open_batch = Some((start.clone(), end.clone(), n)),
         }
-        if self.agg.should_flush() {
+        if self.due() {
             self.flush().await
         } else {
             Ok(None)
@@ -163,7 +209,18 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     /// Whether the open batch should be flushed now (max keys or max age):
     /// live drivers call this on idle ticks.
     pub fn should_flush(&self) -> bool {
-        self.open_batch.is_some() && self.agg.should_flush()
+        self.open_batch.is_some() && self.due()
+    }
+
+    fn due(&self) -> bool {
+        if self.dedup.is_some() {
+            self.held.len() >= self.flush_policy.max_keys
+                || self
+                    .held_since
+                    .is_some_and(|t| t.elapsed() >= self.flush_policy.max_age)
+        } else {
+            self.agg.should_flush()
+        }
     }
 
     /// Flushes the open batch, if any.
@@ -182,7 +239,58 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             .await
             .map_err(|source| self.store_err(source))?;
         self.state.pending = Some(intent.clone());
-        self.write(intent, records).await.map(Some)
+        let held = std::mem::take(&mut self.held);
+        self.held_since = None;
+        let refs: Vec<&Record<T>> = held.iter().collect();
+        let duplicates = self.fold_claimed(intent.seq, &refs).await?;
+        self.write(intent, records, duplicates).await.map(Some)
+    }
+
+    /// With dedup, claims the event ids of `records` for batch `seq` and
+    /// folds the records it owns (and those without an id); returns the
+    /// number of duplicates skipped. Without dedup every record is folded
+    /// (new records were folded on arrival and are not passed here).
+    async fn fold_claimed(&mut self, seq: u64, records: &[&Record<T>]) -> Result<u64> {
+        let Some(dedup) = self.dedup.clone() else {
+            // Without dedup nothing is held: `records` is a replayed range.
+            for r in records {
+                self.fold(r)?;
+            }
+            return Ok(0);
+        };
+        let ids: Vec<&str> = records
+            .iter()
+            .filter_map(|r| r.event_id.as_deref())
+            .collect();
+        let claims = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let expires_at = dedup
+                .ttl
+                .map(|ttl| (now_ms() + ttl.as_millis() as i64).div_euclid(1000));
+            dedup
+                .deduper
+                .claim(&self.lane, seq, &ids, expires_at)
+                .await
+                .map_err(|source| self.store_err(source))?
+        };
+        let mut claims = claims.into_iter();
+        let mut duplicates = 0;
+        for r in records {
+            let owned = match r.event_id {
+                Some(_) => claims.next() == Some(Claim::Owned),
+                None => true,
+            };
+            if owned {
+                self.fold(r)?;
+            } else {
+                duplicates += 1;
+            }
+        }
+        if duplicates > 0 {
+            tracing::debug!(lane = %self.lane, seq, duplicates, "duplicate events skipped");
+        }
+        Ok(duplicates)
     }
 
     fn fold(&mut self, r: &Record<T>) -> Result<()> {
@@ -195,7 +303,12 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             })
     }
 
-    async fn write(&mut self, intent: BatchIntent, records: u64) -> Result<BatchReport> {
+    async fn write(
+        &mut self,
+        intent: BatchIntent,
+        records: u64,
+        duplicates: u64,
+    ) -> Result<BatchReport> {
         let rows = self.agg.take();
         let batch = WriteBatch {
             lane: self.lane.clone(),
@@ -219,6 +332,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             rows: batch.rows.len() as u64,
             apply,
             end: intent.end,
+            duplicates,
         })
     }
 

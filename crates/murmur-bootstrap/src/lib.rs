@@ -7,15 +7,20 @@
 //! into fenced batches — intent, rows, commit — so every effect lands exactly
 //! once, through crashes and replays.
 //!
-//! Still to come here: the backfill and live drivers over the snapshot and
-//! live sources, the handoff, and the reference `murmur-worker` binary.
+//! [`backfill`] drives a snapshot source's units through lane writers and
+//! stores the run's completion record with its handoff token; [`live`]
+//! drives a live source's lanes from that token (or their checkpoints).
+//! Both update a shared [`Progress`]; both take an optional [`Dedup`] for
+//! sources that overlap. The reference binary is `murmur-worker`.
 
 mod backfill;
 mod error;
 mod lane;
 mod live;
+mod progress;
 
 pub use backfill::{BackfillOptions, BackfillOutcome, BackfillStats, backfill};
 pub use error::{Error, Result};
-pub use lane::{BatchReport, LaneWriter, Resume};
+pub use lane::{BatchReport, Dedup, LaneWriter, Resume};
 pub use live::{LiveOptions, LiveStats, live};
+pub use progress::{Progress, ProgressSnapshot};

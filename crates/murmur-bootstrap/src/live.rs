@@ -2,7 +2,8 @@
 //! only once durable.
 
 use crate::error::{Error, Result};
-use crate::lane::{LaneWriter, Resume};
+use crate::lane::{Dedup, LaneWriter, Resume};
+use crate::progress::Progress;
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Record, StateStore,
 };
@@ -22,6 +23,10 @@ pub struct LiveOptions {
     pub flush: FlushPolicy,
     /// How often idle lanes are checked for an aged batch.
     pub tick: Duration,
+    /// Per-event deduplication, for sources that overlap each other.
+    pub dedup: Option<Dedup>,
+    /// Counters updated as the run goes (events in, batches, rows, lag).
+    pub progress: Arc<Progress>,
 }
 
 impl LiveOptions {
@@ -31,6 +36,8 @@ impl LiveOptions {
             start: Start::Token(token),
             flush: FlushPolicy::default(),
             tick: Duration::from_millis(200),
+            dedup: None,
+            progress: Arc::new(Progress::new()),
         }
     }
 
@@ -156,14 +163,17 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                         reason: "chunk for a lane that was never started".into(),
                     });
                 };
-                let records = keep_after(self.options.cut(), chunk.records, &mut self.stats);
+                if let Some(newest) = chunk.records.iter().map(|r| r.event_time_ms).max() {
+                    self.options
+                        .progress
+                        .lag(murmur_core::store::now_ms() - newest);
+                }
+                let records = keep_after(self.options, chunk.records, &mut self.stats);
                 check_guard(source, &chunk.lane)?;
-                if let Some(report) = writer
-                    .push_chunk(&records, &chunk.start, &chunk.end)
-                    .await?
-                {
+                if let Some(report) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
                     self.stats.batches += 1;
                     self.stats.rows += report.rows;
+                    self.options.progress.batch(&report, false);
                     source
                         .ack(&chunk.lane, &report.end)
                         .await
@@ -192,7 +202,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                 .await
                 .map_err(|e| Error::source(lane.as_str(), e))?,
         };
-        let (mut writer, resume) = LaneWriter::open(
+        let (writer, resume) = LaneWriter::open(
             self.pipeline.clone(),
             self.state.clone(),
             self.checkpoints.clone(),
@@ -201,6 +211,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
             self.options.flush,
         )
         .await?;
+        let mut writer = writer.with_dedup(self.options.dedup.clone());
         let at = match resume {
             Resume::From(p) => p,
             Resume::Pending(intent) => {
@@ -208,12 +219,13 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                     .read_range(&lane, &intent.start, &intent.end)
                     .await
                     .map_err(|e| Error::source(lane.as_str(), e))?;
-                let records = keep_after(self.options.cut(), records, &mut self.stats);
+                let records = keep_after(self.options, records, &mut self.stats);
                 check_guard(source, &lane)?;
                 let report = writer.replay(&records).await?;
                 self.stats.replayed += 1;
                 self.stats.batches += 1;
                 self.stats.rows += report.rows;
+                self.options.progress.batch(&report, true);
                 source
                     .ack(&lane, &report.end)
                     .await
@@ -251,6 +263,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
         if let Some(report) = writer.flush().await? {
             self.stats.batches += 1;
             self.stats.rows += report.rows;
+            self.options.progress.batch(&report, false);
             source
                 .ack(lane, &report.end)
                 .await
@@ -269,19 +282,21 @@ fn check_guard<T: Send + 'static, L: LiveSource<T>>(source: &L, lane: &LaneId) -
 
 /// The live side of an event-time cut: keep `event_time >= cut`.
 fn keep_after<T>(
-    cut: Option<i64>,
+    options: &LiveOptions,
     records: Vec<Record<T>>,
     stats: &mut LiveStats,
 ) -> Vec<Record<T>> {
     let before = records.len();
-    let kept: Vec<_> = match cut {
+    let kept: Vec<_> = match options.cut() {
         Some(at) => records
             .into_iter()
             .filter(|r| r.event_time_ms >= at)
             .collect(),
         None => records,
     };
-    stats.before_cut += (before - kept.len()) as u64;
+    let skipped = (before - kept.len()) as u64;
+    stats.before_cut += skipped;
     stats.records += kept.len() as u64;
+    options.progress.read(kept.len() as u64, skipped);
     kept
 }

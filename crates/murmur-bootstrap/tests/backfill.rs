@@ -6,12 +6,10 @@ use murmur_bootstrap::{BackfillOptions, BackfillOutcome, backfill};
 use murmur_core::monoid::{DynMonoid, Sum};
 use murmur_core::store::{ApplyReport, RowKey, StateStore, StoredValue, WriteBatch};
 use murmur_core::{
-    CheckpointStore, EmbeddedStore, FlushPolicy, HandoffToken, MemoryStore, Pipeline, StoreError,
-    Window,
+    CheckpointStore, CountEvent, EmbeddedStore, FlushPolicy, HandoffToken, MemoryStore, Pipeline,
+    StoreError, Window,
 };
-use murmur_source_snapshot::{
-    CountEvent, JsonLinesOptions, JsonLinesSource, ObjectListing, SerdeLines,
-};
+use murmur_source_snapshot::{CountEventLines, JsonLinesOptions, JsonLinesSource, ObjectListing};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use std::collections::BTreeMap;
@@ -90,7 +88,7 @@ fn write_data(events: usize) -> Data {
     }
 }
 
-fn source(d: &Data) -> JsonLinesSource<SerdeLines<CountEvent>> {
+fn source(d: &Data) -> JsonLinesSource<CountEventLines> {
     let fs = Arc::new(LocalFileSystem::new_with_prefix(&d.root).unwrap());
     let options = JsonLinesOptions {
         chunk_lines: 64,
@@ -98,7 +96,7 @@ fn source(d: &Data) -> JsonLinesSource<SerdeLines<CountEvent>> {
     };
     JsonLinesSource::with_options(
         ObjectListing::new(fs, Path::from("events")),
-        CountEvent::json(),
+        CountEventLines,
         options,
         Default::default(),
     )

@@ -100,7 +100,7 @@ async fn run_lane(
     };
     for chunk in records[from as usize..].chunks(7) {
         let (s, e) = (chunk[0].value.1, chunk.last().unwrap().value.1 + 1);
-        w.push_chunk(chunk, &off(s), &off(e)).await?;
+        w.push_chunk(chunk.to_vec(), &off(s), &off(e)).await?;
     }
     w.flush().await?;
     Ok(())
@@ -186,7 +186,7 @@ async fn new_records_before_replay_are_refused() {
     .unwrap();
     assert!(matches!(resume, Resume::Pending(_)));
     let err = w
-        .push_chunk(&recs[..1], &off(0), &off(1))
+        .push_chunk(recs[..1].to_vec(), &off(0), &off(1))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("must be replayed"), "{err}");

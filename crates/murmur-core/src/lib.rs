@@ -6,6 +6,8 @@
 //!
 //! * [`Record`]: what sources produce — value, event time, optional event id,
 //!   source [`Position`].
+//! * [`CountEvent`]: the canonical counting event, one type for backfill and
+//!   live sources.
 //! * [`monoid`]: identity + associative combine with a canonical, versioned
 //!   encoding: Sum, Count, Min, Max, First, Last, Set, HyperLogLog, Top-K,
 //!   Bloom, Map, Tuple, DecayedSum.
@@ -52,6 +54,7 @@
 pub mod aggregate;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod count_event;
 pub mod embedded;
 pub mod error;
 pub mod handoff;
@@ -64,6 +67,7 @@ pub mod store;
 pub mod window;
 
 pub use aggregate::{Aggregator, AggregatorStats, FlushPolicy, Pushed};
+pub use count_event::CountEvent;
 pub use embedded::EmbeddedStore;
 pub use error::{MonoidError, PipelineError, StoreError};
 pub use handoff::HandoffToken;

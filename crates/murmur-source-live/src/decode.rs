@@ -1,10 +1,9 @@
 //! Turning message payloads into [`Record`]s: the user's decoder, event-time
-//! and event-id extractors, and the canonical [`CountEvent`].
+//! and event-id extractors, and the ready decoder of the canonical
+//! [`CountEvent`].
 
-use murmur_core::{Position, Record};
+use murmur_core::{CountEvent, Position, Record};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -185,151 +184,6 @@ pub(crate) enum Outcome<T> {
     BeforeCut,
 }
 
-/// The canonical counting event: `count` occurrences of `entity_id` at
-/// `occurred_at_ms`, with an optional `event_id`.
-///
-/// JSON: `{"entity_id": "...", "count": 3, "occurred_at": "<RFC 3339>"}`, or
-/// `"occurred_at_unix_ms": <integer>` instead of `occurred_at` (both given:
-/// the integer wins); `"event_id"` is optional. Other fields are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct CountEvent {
-    /// The entity counted.
-    pub entity_id: String,
-    /// How many occurrences the event stands for.
-    pub count: i64,
-    /// When it happened, milliseconds since the Unix epoch.
-    pub occurred_at_ms: i64,
-    /// A unique event id, if the producer set one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CountEventWire<'a> {
-    entity_id: String,
-    count: i64,
-    #[serde(default, borrow)]
-    occurred_at: Option<Cow<'a, str>>,
-    #[serde(default)]
-    occurred_at_unix_ms: Option<i64>,
-    #[serde(default)]
-    event_id: Option<String>,
-}
-
-impl CountEvent {
-    /// Parses one JSON payload (see the type docs).
-    pub fn from_json(bytes: &[u8]) -> Result<CountEvent, String> {
-        // One UTF-8 check of the whole payload is cheaper than serde_json's
-        // check of every string in it.
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| format!("invalid CountEvent JSON: not UTF-8: {e}"))?;
-        let w: CountEventWire =
-            serde_json::from_str(text).map_err(|e| format!("invalid CountEvent JSON: {e}"))?;
-        let occurred_at_ms = match (w.occurred_at_unix_ms, w.occurred_at) {
-            (Some(ms), _) => ms,
-            (None, Some(s)) => rfc3339_ms(&s)
-                .map_err(|e| format!("invalid RFC 3339 timestamp {s:?} in occurred_at: {e}"))?,
-            (None, None) => {
-                return Err("CountEvent has neither occurred_at nor occurred_at_unix_ms".to_owned());
-            }
-        };
-        Ok(CountEvent {
-            entity_id: w.entity_id,
-            count: w.count,
-            occurred_at_ms,
-            event_id: w.event_id,
-        })
-    }
-}
-
-/// Milliseconds since the epoch of an RFC 3339 timestamp (sub-millisecond
-/// digits floored), exactly as `chrono::DateTime::parse_from_rfc3339` and
-/// `timestamp_millis` compute it. The common shape
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` is parsed directly (it is
-/// most of the decoding cost otherwise); anything else, leap seconds
-/// included, goes to chrono.
-fn rfc3339_ms(s: &str) -> Result<i64, chrono::ParseError> {
-    match rfc3339_fast(s.as_bytes()) {
-        Some(ms) => Ok(ms),
-        None => chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()),
-    }
-}
-
-fn rfc3339_fast(b: &[u8]) -> Option<i64> {
-    fn num(b: &[u8]) -> Option<i64> {
-        b.iter().try_fold(0i64, |n, c| {
-            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
-        })
-    }
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
-    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
-    let mut rest = &b[19..];
-    let mut millis = 0;
-    if let [b'.', frac @ ..] = rest {
-        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        for (i, c) in frac[..digits.min(3)].iter().enumerate() {
-            millis += i64::from(c - b'0') * [100, 10, 1][i];
-        }
-        rest = &frac[digits..];
-    }
-    let offset_s = match rest {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let (h, m) = (num(&[*h1, *h2])?, num(&[*m1, *m2])?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            (h * 3600 + m * 60) * if *sign == b'-' { -1 } else { 1 }
-        }
-        _ => return None,
-    };
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > month_days[(month - 1) as usize]
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset_s) * 1000 + millis)
-}
-
 impl Decoder<CountEvent> {
     /// The ready JSON decoder of [`CountEvent`]: event time from
     /// `occurred_at` / `occurred_at_unix_ms`, event id from `event_id`.
@@ -343,6 +197,7 @@ impl Decoder<CountEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[test]
     fn count_event_decoding_and_poison() {
@@ -397,70 +252,6 @@ mod tests {
             ),
             Outcome::Record(_)
         ));
-    }
-
-    #[test]
-    fn fast_rfc3339_agrees_with_chrono() {
-        let chrono_ms = |s: &str| {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.timestamp_millis())
-                .ok()
-        };
-        let mut cases: Vec<String> = [
-            "2026-05-08T14:00:00Z",
-            "2026-05-08t14:00:00.250+02:00",
-            "2026-05-08 14:00:00.999999999-11:30",
-            "1969-12-31T23:59:59.9995Z",
-            "0000-01-01T00:00:00Z",
-            "9999-12-31T23:59:59.999Z",
-            "2024-02-29T12:00:00Z",
-            "2023-02-29T12:00:00Z",
-            "2026-13-01T00:00:00Z",
-            "2026-05-08T24:00:00Z",
-            "2016-12-31T23:59:60Z",
-            "2026-05-08T14:00:00.Z",
-            "2026-05-08T14:00:00+0200",
-            "2026-05-08T14:00:00",
-            "2026-05-08T14:00:00+24:00",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let f = |m: u64| (x >> (m % 48)) % (m.max(1));
-            let frac = match f(5) {
-                0 => String::new(),
-                n => format!(
-                    ".{}",
-                    &format!("{:09}", f(1_000_000_000))[..(n as usize * 2).min(9)]
-                ),
-            };
-            let zone = match f(3) {
-                0 => "Z".to_string(),
-                _ => format!(
-                    "{}{:02}:{:02}",
-                    if f(2) == 0 { '+' } else { '-' },
-                    f(24),
-                    f(60)
-                ),
-            };
-            cases.push(format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}{zone}",
-                f(10_000),
-                1 + f(12),
-                1 + f(31),
-                f(24),
-                f(60),
-                f(60)
-            ));
-        }
-        for c in &cases {
-            assert_eq!(rfc3339_ms(c).ok(), chrono_ms(c), "{c}");
-        }
     }
 
     #[test]

@@ -138,7 +138,9 @@ mod lease;
 mod sequence;
 mod source;
 
-pub use decode::{CountEvent, Decoder};
+pub use decode::Decoder;
+// The canonical counting event lives in murmur-core (one type for backfill
+// and live); re-exported for `Decoder::count_events` users.
 pub use error::{Error, Result};
 pub use kafka::{
     HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, KafkaConfig,
@@ -146,5 +148,6 @@ pub use kafka::{
 };
 pub use kinesis::{KinesisConfig, KinesisSource, kinesis_lane};
 pub use lease::ensure_lease_table;
+pub use murmur_core::CountEvent;
 pub use sequence::SequenceNumber;
 pub use source::{Chunk, LeaseGuard, LiveSource, Metrics, OnExpired, SourceEvent, Start};

@@ -1,44 +1,62 @@
-//! The canonical counting event and its ready decoders.
+//! Ready decoders of the canonical [`CountEvent`], and the RFC 3339 serde
+//! helper.
 
-use murmur_core::Record;
-use serde::{Deserialize, Deserializer};
+use std::sync::Arc;
 
-use crate::jsonl::SerdeLines;
+use murmur_core::{CountEvent, Position, Record};
+use serde::Deserializer;
+
+use crate::jsonl::LineDecoder;
 use crate::parquet::{Batch, BatchDecoder, ColumnError};
 
-/// The canonical event of a Murmur backfill seed: `count` occurrences for
-/// `entity_id` at `occurred_at_ms`.
+/// The [`LineDecoder`] of the canonical [`CountEvent`]: each line is parsed
+/// with [`CountEvent::from_json`] (the same parser as the live sources), the
+/// event time is `occurred_at_ms` and the event id is `event_id` when the
+/// line has one.
 ///
-/// | format | columns / fields |
+/// | field | JSON |
 /// |---|---|
-/// | Parquet | `entity_id: string`, `count: int64`, `occurred_at_unix_ms: int64` (or a timestamp) |
-/// | JSON Lines | `entity_id` (string), `count` (integer), `occurred_at` (RFC 3339 string) |
+/// | `entity_id` | string |
+/// | `count` | integer |
+/// | `occurred_at` or `occurred_at_unix_ms` | RFC 3339 string, or integer milliseconds since the epoch (both given: the integer wins) |
+/// | `event_id` | optional string |
 ///
-/// Other columns or fields (the Hive `year/month/day/hour`) are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-pub struct CountEvent {
-    /// The entity counted.
-    pub entity_id: String,
-    /// How many occurrences the event stands for.
-    pub count: i64,
-    /// When it happened, milliseconds since the Unix epoch.
-    #[serde(rename = "occurred_at", deserialize_with = "rfc3339_ms")]
-    pub occurred_at_ms: i64,
+/// Other fields (the Hive `year/month/day/hour`) are ignored. A line that
+/// does not decode is a bad record whose reason is `from_json`'s error.
+///
+/// ```
+/// use murmur_source_snapshot::{CountEventLines, LineDecoder};
+/// let r = CountEventLines
+///     .decode(br#"{"entity_id":"a","count":2,"occurred_at":"2026-05-08T14:00:00Z","event_id":"e1"}"#)
+///     .unwrap();
+/// assert_eq!((r.value.count, r.event_time_ms), (2, 1_778_248_800_000));
+/// assert_eq!(r.event_id.as_deref(), Some("e1"));
+/// assert_eq!(
+///     CountEventLines.decode(br#"{"entity_id":"a","occurred_at_unix_ms":5}"#).unwrap_err(),
+///     "invalid CountEvent JSON: missing field `count` at line 1 column 41"
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountEventLines;
+
+impl LineDecoder for CountEventLines {
+    type Item = CountEvent;
+
+    fn decode(&self, line: &[u8]) -> Result<Record<CountEvent>, String> {
+        let value = CountEvent::from_json(line)?;
+        Ok(Record {
+            event_time_ms: value.occurred_at_ms,
+            event_id: value.event_id.as_deref().map(Arc::from),
+            value,
+            position: Position::Unknown,
+        })
+    }
 }
 
-impl CountEvent {
-    /// The JSON Lines decoder of the canonical schema (no event id).
-    pub fn json() -> SerdeLines<CountEvent> {
-        SerdeLines::new(|e: &CountEvent| e.occurred_at_ms)
-    }
-
-    /// The Parquet decoder of the canonical schema (no event id).
-    pub fn parquet() -> CountEventColumns {
-        CountEventColumns
-    }
-}
-
-/// The [`BatchDecoder`] of [`CountEvent`] (see [`CountEvent::parquet`]).
+/// The [`BatchDecoder`] of the canonical [`CountEvent`]: columns
+/// `entity_id: string`, `count: int64` and `occurred_at_unix_ms: int64` (or
+/// an Arrow timestamp), which is also the event time. Other columns are
+/// ignored; records have no event id.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CountEventColumns;
 
@@ -71,6 +89,7 @@ impl BatchDecoder for CountEventColumns {
                 entity_id: ids.require(row)?.to_owned(),
                 count: counts.require(row)?,
                 occurred_at_ms,
+                event_id: None,
             };
             Ok(Record::new(event, occurred_at_ms))
         }));
@@ -81,7 +100,8 @@ impl BatchDecoder for CountEventColumns {
 /// Deserializes an RFC 3339 timestamp string (`2026-05-08T14:03:07.250Z`,
 /// `2026-05-08T16:03:07+02:00`) into milliseconds since the Unix epoch
 /// (sub-millisecond digits are floored). For
-/// `#[serde(deserialize_with = "murmur_source_snapshot::rfc3339_ms")]`.
+/// `#[serde(deserialize_with = "murmur_source_snapshot::rfc3339_ms")]` in
+/// your own event types.
 ///
 /// Parsed with `chrono` (already in the dependency tree through Arrow and
 /// object_store), which accepts exactly RFC 3339: a `T` or space separator,
@@ -105,29 +125,52 @@ pub fn rfc3339_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonl::LineDecoder as _;
 
     #[test]
     fn json_decoding() {
-        let d = CountEvent::json();
+        let d = CountEventLines;
         let r = d
             .decode(br#"{"entity_id":"a","count":3,"occurred_at":"2026-05-08T14:00:00.250+02:00","year":2026}"#)
             .unwrap();
         assert_eq!(r.value.count, 3);
         assert_eq!(r.event_time_ms, 1_778_241_600_250);
         assert_eq!(r.value.occurred_at_ms, r.event_time_ms);
+        assert_eq!(r.event_id, None);
         let before_1970 = d
             .decode(br#"{"entity_id":"a","count":1,"occurred_at":"1969-12-31T23:59:59.9995Z"}"#)
             .unwrap();
         assert_eq!(before_1970.event_time_ms, -1);
+        let with_id = d
+            .decode(br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":7,"event_id":"e7"}"#)
+            .unwrap();
+        assert_eq!(with_id.event_time_ms, 7);
+        assert_eq!(with_id.event_id.as_deref(), Some("e7"));
+        assert_eq!(with_id.value.event_id.as_deref(), Some("e7"));
         let err = d
             .decode(br#"{"entity_id":"a","count":1,"occurred_at":"2026-05-08 25:00:00Z"}"#)
             .unwrap_err();
-        assert!(
-            err.starts_with(
-                "invalid RFC 3339 timestamp \"2026-05-08 25:00:00Z\": input is out of range"
-            ),
-            "{err}"
+        assert_eq!(
+            err,
+            r#"invalid RFC 3339 timestamp "2026-05-08 25:00:00Z" in occurred_at: input is out of range"#
+        );
+    }
+
+    #[test]
+    fn rfc3339_serde_helper() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "rfc3339_ms")]
+            at: i64,
+        }
+        let t: T = serde_json::from_str(r#"{"at":"2026-05-08T14:00:00.250+02:00"}"#).unwrap();
+        assert_eq!(t.at, 1_778_241_600_250);
+        let err = serde_json::from_str::<T>(r#"{"at":"2026-05-08 25:00:00Z"}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"invalid RFC 3339 timestamp "2026-05-08 25:00:00Z": input is out of range at line 1 column 28"#
         );
     }
 }

@@ -148,14 +148,14 @@ impl Default for JsonLinesOptions {
 /// use futures::TryStreamExt as _;
 /// use murmur_core::Position;
 /// use object_store::{memory::InMemory, path::Path, ObjectStoreExt as _};
-/// use murmur_source_snapshot::{CountEvent, JsonLinesSource, ObjectListing, SnapshotSource};
+/// use murmur_source_snapshot::{CountEventLines, JsonLinesSource, ObjectListing, SnapshotSource};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store = Arc::new(InMemory::new());
 /// let line = r#"{"entity_id":"a","count":2,"occurred_at":"2026-05-08T14:00:00Z"}"#;
 /// store.put(&Path::from("events/day=08/part-0.json"), format!("{line}\n{line}\n").into()).await.unwrap();
 ///
-/// let source = JsonLinesSource::new(ObjectListing::new(store, Path::from("events")), CountEvent::json());
+/// let source = JsonLinesSource::new(ObjectListing::new(store, Path::from("events")), CountEventLines);
 /// let units = source.list_units().await.unwrap();
 /// let chunks: Vec<_> = source.read(&units[0], &Position::Beginning).try_collect().await.unwrap();
 /// assert_eq!(chunks.len(), 1);

@@ -25,12 +25,20 @@
 //!    one or the [`HANDOFF_MANIFEST`] object beside the data. The DynamoDB
 //!    source can also *capture* a DynamoDB Streams position before the scan.
 //!
+//! ## The canonical event
+//!
+//! [`CountEventLines`] (JSON Lines) and [`CountEventColumns`] (Parquet)
+//! decode the canonical [`CountEvent`] of `murmur-core`, the type the live
+//! sources produce too, so one `Pipeline<CountEvent, _>` serves backfill and
+//! live. For other types, use [`SerdeLines`] or implement [`LineDecoder`] /
+//! [`BatchDecoder`].
+//!
 //! ## Positions
 //!
 //! | source | position | chunk |
 //! |---|---|---|
 //! | JSON Lines | `Object { index, key, unit: line }`, 0-based line index | [`JsonLinesOptions::chunk_lines`] lines (8192), boundaries at multiples of it |
-//! | Parquet | `Object { index, key, unit: row }`, 0-based row index in the object | at most [`ParquetOptions::chunk_rows`] rows (65 536), never crossing a row group; a row group's first row is always a boundary |
+//! | Parquet | `Object { index, key, unit: row }`, 0-based row index in the object | at most [`ParquetOptions::chunk_rows`] rows (8192), never crossing a row group; a row group's first row is always a boundary |
 //! | DynamoDB | `Scan { segment, last_key }`, the last evaluated key as DynamoDB JSON | one scan page; the segment's last page ends at `last_key: Some("{}")` |
 //!
 //! `index` is [`WorkUnit::index`] and `key` the object key. A chunk's `end`
@@ -71,7 +79,7 @@
 //! use futures::TryStreamExt as _;
 //! use murmur_core::Position;
 //! use object_store::{memory::InMemory, path::Path, ObjectStoreExt as _};
-//! use murmur_source_snapshot::{CountEvent, JsonLinesOptions, JsonLinesSource, LanePlan,
+//! use murmur_source_snapshot::{CountEventLines, JsonLinesOptions, JsonLinesSource, LanePlan,
 //!     ObjectListing, SnapshotSource, BadRecordPolicy};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -89,7 +97,7 @@
 //!
 //! let options = JsonLinesOptions { chunk_lines: 2, ..Default::default() };
 //! let source = JsonLinesSource::with_options(
-//!     ObjectListing::new(store, Path::from("events")), CountEvent::json(), options,
+//!     ObjectListing::new(store, Path::from("events")), CountEventLines, options,
 //!     BadRecordPolicy::default())?;
 //! assert!(source.handoff().await?.is_some());
 //!
@@ -128,13 +136,16 @@ mod source;
 use std::sync::Arc;
 
 pub use bad::{BadRecord, BadRecordPolicy, BadRecordSink, DeadLetter, RecordLocation};
-pub use count_event::{CountEvent, CountEventColumns, rfc3339_ms};
+pub use count_event::{CountEventColumns, CountEventLines, rfc3339_ms};
+// The canonical counting event lives in murmur-core (one type for backfill
+// and live); re-exported for the ready decoders' users.
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::DynamoDbScanSource;
 pub use error::{BoxError, Error, Result};
 pub use jsonl::{JsonLinesOptions, JsonLinesSource, LineDecoder, SerdeLines};
 pub use lanes::{LaneAssignment, LanePlan};
 pub use listing::{HANDOFF_MANIFEST, ObjectListing, default_key_filter, hive_partitions};
+pub use murmur_core::CountEvent;
 pub use parquet::{
     Batch, BatchDecoder, ColumnError, FloatColumn, IntColumn, ParquetOptions, ParquetSource,
     StrColumn, TimeColumn,

@@ -393,7 +393,7 @@ impl TimeColumn<'_> {
 /// Options of a [`ParquetSource`].
 #[derive(Debug, Clone)]
 pub struct ParquetOptions {
-    /// Maximum rows per chunk (default 65 536). Chunks never cross a row
+    /// Maximum rows per chunk (default 8192). Chunks never cross a row
     /// group; inside one they start at the row group's first row plus
     /// multiples of this. Changing it between a run and its replay changes
     /// the chunks.
@@ -410,7 +410,7 @@ pub struct ParquetOptions {
 impl Default for ParquetOptions {
     fn default() -> Self {
         ParquetOptions {
-            chunk_rows: 65_536,
+            chunk_rows: 8192,
             event_time_range: None,
             footer_prefetch: 64 * 1024,
         }

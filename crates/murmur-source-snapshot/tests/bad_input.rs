@@ -11,8 +11,8 @@ use common::*;
 use futures::TryStreamExt as _;
 use murmur_core::Position;
 use murmur_source_snapshot::{
-    BadRecordPolicy, CountEvent, Error, JsonLinesOptions, JsonLinesSource, ObjectListing,
-    ParquetSource, SnapshotSource,
+    BadRecordPolicy, CountEventColumns, CountEventLines, Error, JsonLinesOptions, JsonLinesSource,
+    ObjectListing, ParquetSource, SnapshotSource,
 };
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
@@ -33,7 +33,7 @@ async fn read_json(name: &str, bytes: Vec<u8>, max: u64) -> (Result<usize, Error
     };
     let source = JsonLinesSource::with_options(
         ObjectListing::new(store, Path::from("in")),
-        CountEvent::json(),
+        CountEventLines,
         options,
         BadRecordPolicy::max_bad_records(max),
     )
@@ -58,7 +58,7 @@ async fn read_parquet(bytes: Vec<u8>) -> (Result<usize, Error>, Vec<String>) {
     put(&store, "in/part-0.parquet", bytes).await;
     let source = ParquetSource::with_options(
         ObjectListing::new(store, Path::from("in")),
-        CountEvent::parquet(),
+        CountEventColumns,
         Default::default(),
         BadRecordPolicy::max_bad_records(10),
     )
@@ -95,7 +95,9 @@ async fn json_bad_syntax_is_a_bad_record() {
     assert_eq!(ok.unwrap(), 2);
     assert_eq!(
         bad,
-        ["`in/a.json`: line 2: EOF while parsing a value at line 1 column 30"]
+        [
+            "`in/a.json`: line 2: invalid CountEvent JSON: EOF while parsing a value at line 1 column 30"
+        ]
     );
 }
 
@@ -106,7 +108,9 @@ async fn json_wrong_type_is_a_bad_record() {
     assert_eq!(ok.unwrap(), 1);
     assert_eq!(
         bad,
-        [r#"`in/a.json`: line 1: invalid type: string "three", expected i64 at line 1 column 32"#]
+        [
+            r#"`in/a.json`: line 1: invalid CountEvent JSON: invalid type: string "three", expected i64 at line 1 column 32"#
+        ]
     );
 }
 
@@ -117,7 +121,7 @@ async fn json_missing_field_is_a_bad_record() {
     assert_eq!(ok.unwrap(), 2);
     assert_eq!(
         bad,
-        ["`in/a.json`: line 3: missing field `count` at line 1 column 54"]
+        ["`in/a.json`: line 3: invalid CountEvent JSON: missing field `count` at line 1 column 54"]
     );
 }
 
@@ -129,7 +133,7 @@ async fn json_bad_timestamp_is_a_bad_record() {
     assert_eq!(
         bad,
         [
-            r#"`in/a.json`: line 1: invalid RFC 3339 timestamp "2026-05-01 25:00:00": input is out of range at line 1 column 62"#
+            r#"`in/a.json`: line 1: invalid RFC 3339 timestamp "2026-05-01 25:00:00" in occurred_at: input is out of range"#
         ]
     );
 }
@@ -213,7 +217,7 @@ async fn too_many_bad_records_fails_the_scan() {
     assert_eq!(bad.len(), 3);
     assert_eq!(
         err.unwrap_err().to_string(),
-        "too many bad records: 3 > max_bad_records 2; the last one: `in/a.json`: line 5: expected value at line 1 column 1"
+        "too many bad records: 3 > max_bad_records 2; the last one: `in/a.json`: line 5: invalid CountEvent JSON: expected value at line 1 column 1"
     );
 }
 

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use common::*;
 use futures::{StreamExt as _, TryStreamExt as _};
-use murmur_core::{HandoffToken, Position, Record};
+use murmur_core::{CountEvent, HandoffToken, Position, Record};
 use murmur_source_snapshot::{
-    BadRecordPolicy, Chunk, CountEvent, Error, JsonLinesOptions, JsonLinesSource, LanePlan,
-    ObjectListing, ParquetOptions, ParquetSource, SnapshotSource, WorkUnit,
+    BadRecordPolicy, Chunk, CountEventColumns, CountEventLines, Error, JsonLinesOptions,
+    JsonLinesSource, LanePlan, ObjectListing, ParquetOptions, ParquetSource, SnapshotSource,
+    WorkUnit,
 };
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -32,32 +33,28 @@ fn local_store() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
     (dir, Arc::new(store))
 }
 
-fn json_source(
-    listing: ObjectListing,
-) -> JsonLinesSource<murmur_source_snapshot::SerdeLines<CountEvent>> {
+fn json_source(listing: ObjectListing) -> JsonLinesSource<CountEventLines> {
     let options = JsonLinesOptions {
         chunk_lines: 100,
         ..Default::default()
     };
     JsonLinesSource::with_options(
         listing,
-        CountEvent::json(),
+        CountEventLines,
         options,
         BadRecordPolicy::default(),
     )
     .unwrap()
 }
 
-fn parquet_source(
-    listing: ObjectListing,
-) -> ParquetSource<murmur_source_snapshot::CountEventColumns> {
+fn parquet_source(listing: ObjectListing) -> ParquetSource<CountEventColumns> {
     let options = ParquetOptions {
         chunk_rows: 128,
         ..Default::default()
     };
     ParquetSource::with_options(
         listing,
-        CountEvent::parquet(),
+        CountEventColumns,
         options,
         BadRecordPolicy::default(),
     )
@@ -412,7 +409,7 @@ async fn parquet_reads_only_the_projected_columns() {
     let store: Arc<dyn ObjectStore> = counting.clone();
     let source = ParquetSource::new(
         ObjectListing::new(store, Path::from("wide")),
-        CountEvent::parquet(),
+        CountEventColumns,
     );
     let units = source.list_units().await.unwrap();
     let records = read_all(&source, &units, 1).await;
@@ -449,7 +446,7 @@ async fn parquet_event_time_range_skips_row_groups_by_statistics() {
     };
     let source = ParquetSource::with_options(
         ObjectListing::new(store, Path::from("t")),
-        CountEvent::parquet(),
+        CountEventColumns,
         options,
         BadRecordPolicy::default(),
     )
@@ -531,7 +528,7 @@ async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
         .with_dead_letter(Arc::clone(&store), Path::from("dlq/bad.jsonl"));
     let source = JsonLinesSource::with_options(
         ObjectListing::new(Arc::clone(&store), Path::from("in")),
-        CountEvent::json(),
+        CountEventLines,
         JsonLinesOptions::default(),
         policy,
     )
@@ -564,12 +561,15 @@ async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
     assert_eq!(dlq.len(), 2);
     assert_eq!(dlq[0]["object"], "in/day=01/x.json");
     assert_eq!(dlq[0]["location"]["line"], 2);
-    assert_eq!(dlq[0]["reason"], "expected ident at line 1 column 2");
+    assert_eq!(
+        dlq[0]["reason"],
+        "invalid CountEvent JSON: expected ident at line 1 column 2"
+    );
     assert_eq!(dlq[0]["raw"], "not json");
     assert_eq!(dlq[1]["location"]["line"], 5);
     assert_eq!(
         dlq[1]["reason"],
-        "missing field `count` at line 1 column 17"
+        "invalid CountEvent JSON: missing field `count` at line 1 column 17"
     );
 }
 

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
+use murmur_core::CountEvent;
 use murmur_source_snapshot::{
-    CountEvent, JsonLinesSource, ObjectListing, ParquetSource, SnapshotSource,
+    CountEventColumns, CountEventLines, JsonLinesSource, ObjectListing, ParquetSource,
+    SnapshotSource,
 };
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
@@ -133,8 +135,8 @@ async fn check(store: Arc<dyn ObjectStore>, truth: &(u64, i64, BTreeMap<u32, (u6
                 None => l,
             }
         };
-        let parquet = ParquetSource::new(listing("parquet"), CountEvent::parquet());
-        let json = JsonLinesSource::new(listing("json"), CountEvent::json());
+        let parquet = ParquetSource::new(listing("parquet"), CountEventColumns);
+        let json = JsonLinesSource::new(listing("json"), CountEventLines);
         let p_units = parquet.list_units().await.unwrap();
         let j_units = json.list_units().await.unwrap();
         let expected_units = if day_filter.is_some() { 4 } else { 12 };

@@ -139,7 +139,7 @@ async fn main() -> Result<(), Err> {
                             offset: (s + chunk.len()) as i64,
                         },
                     );
-                    w.push_chunk(&recs, &start, &end).await?;
+                    w.push_chunk(recs, &start, &end).await?;
                 }
                 w.flush().await?;
                 Ok::<_, Err>(())
@@ -187,7 +187,7 @@ async fn main() -> Result<(), Err> {
         let recs: Vec<_> = (s..e).map(|i| live(&i)).filter(after_cut).collect();
         applied += recs.len() as u64;
         w.push_chunk(
-            &recs,
+            recs,
             &Position::Offset { offset: s as i64 },
             &Position::Offset { offset: e as i64 },
         )

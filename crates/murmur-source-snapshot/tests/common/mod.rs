@@ -15,8 +15,8 @@ use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use futures::stream::BoxStream;
-use murmur_core::Position;
-use murmur_source_snapshot::{Chunk, CountEvent, SnapshotSource, WorkUnit};
+use murmur_core::{CountEvent, Position};
+use murmur_source_snapshot::{Chunk, SnapshotSource, WorkUnit};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,

@@ -1,0 +1,106 @@
+//! [`Progress`]: live counters of a backfill or live run, for progress bars,
+//! periodic log lines and metrics endpoints.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Counters a run updates as it goes; share one with whatever displays
+/// them (the worker's progress bar, a metrics endpoint) and read them with
+/// [`snapshot`](Progress::snapshot). All counters only grow, except
+/// `lag_ms`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    units_total: AtomicU64,
+    units_done: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+    records: AtomicU64,
+    skipped: AtomicU64,
+    duplicates: AtomicU64,
+    batches: AtomicU64,
+    replayed: AtomicU64,
+    rows: AtomicU64,
+    lag_ms: AtomicI64,
+}
+
+/// A copy of a [`Progress`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    /// Work units (objects, scan segments) of this process's lanes.
+    pub units_total: u64,
+    /// Units read to their end.
+    pub units_done: u64,
+    /// Bytes of this process's units (objects; scan segments estimate).
+    pub bytes_total: u64,
+    /// Bytes of the units read to their end.
+    pub bytes_done: u64,
+    /// Records folded (events in).
+    pub records: u64,
+    /// Records dropped by the event-time cut (backfill: at or after it;
+    /// live: before it).
+    pub skipped: u64,
+    /// Records skipped as duplicates by the deduper.
+    pub duplicates: u64,
+    /// Batches committed, replays included.
+    pub batches: u64,
+    /// Batches replayed from a pending intent after a crash or takeover.
+    pub replayed: u64,
+    /// Row deltas written (one per distinct entity and bucket per batch).
+    pub rows: u64,
+    /// Live only: wall-clock time minus the newest event time of the last
+    /// chunk, in milliseconds (0 before the first chunk).
+    pub lag_ms: i64,
+}
+
+impl Progress {
+    /// New, all zero.
+    pub fn new() -> Self {
+        Progress::default()
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProgressSnapshot {
+            units_total: get(&self.units_total),
+            units_done: get(&self.units_done),
+            bytes_total: get(&self.bytes_total),
+            bytes_done: get(&self.bytes_done),
+            records: get(&self.records),
+            skipped: get(&self.skipped),
+            duplicates: get(&self.duplicates),
+            batches: get(&self.batches),
+            replayed: get(&self.replayed),
+            rows: get(&self.rows),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn planned(&self, units: u64, bytes: u64) {
+        self.units_total.fetch_add(units, Ordering::Relaxed);
+        self.bytes_total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unit_done(&self, bytes: u64) {
+        self.units_done.fetch_add(1, Ordering::Relaxed);
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self, kept: u64, skipped: u64) {
+        self.records.fetch_add(kept, Ordering::Relaxed);
+        self.skipped.fetch_add(skipped, Ordering::Relaxed);
+    }
+
+    pub(crate) fn batch(&self, report: &crate::BatchReport, replayed: bool) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(report.rows, Ordering::Relaxed);
+        self.duplicates
+            .fetch_add(report.duplicates, Ordering::Relaxed);
+        if replayed {
+            self.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn lag(&self, lag_ms: i64) {
+        self.lag_ms.store(lag_ms, Ordering::Relaxed);
+    }
+}

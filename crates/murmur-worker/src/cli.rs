@@ -1,0 +1,612 @@
+//! Command line and config file.
+//!
+//! Every option is a flag; `--config FILE` reads a TOML file whose keys are
+//! the long flag names of the same subcommand (`kafka-brokers = "..."`,
+//! `lanes = 8`, `dedup = true`, a list for a repeatable flag). The file's
+//! settings are inserted before the command line's, so a flag given on the
+//! command line wins.
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The reference Murmur worker: exact, windowed counters and sketches —
+/// backfill from history, hand off through a token, go on live.
+#[derive(Debug, Parser)]
+#[command(name = "murmur-worker", version, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Backfill (unless none is configured or it already completed), then
+    /// run live from the handoff token until stopped (SIGINT/SIGTERM: the
+    /// open batches are flushed and checkpointed, exit status 0).
+    Run(Box<RunArgs>),
+    /// Self-contained demo on the embedded store, no services needed:
+    /// generates a Spark-shaped Parquet export and a Kafka topic (an
+    /// in-process broker), backfills, hands off, runs live and checks the
+    /// stored windows against an independent count. Run it again: the
+    /// backfill is not redone.
+    Demo(DemoArgs),
+    /// The value of one bucket (or the all-time value of an unwindowed
+    /// pipeline) per entity.
+    Get(GetArgs),
+    /// The fold of the last N buckets per entity.
+    Window(WindowArgs),
+    /// The fold of the buckets overlapping an inclusive time range per
+    /// entity.
+    Range(RangeArgs),
+}
+
+/// Logging options (any subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log as JSON lines on stderr (for log shippers) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log filter in `tracing` syntax, e.g. `info`, `murmur_bootstrap=debug`.
+    #[arg(long, global = true, env = "MURMUR_LOG", default_value = "info")]
+    pub log: String,
+    /// Progress bar on stderr: `auto` draws it when stderr is a terminal
+    /// (otherwise a progress log line every 10 s).
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// When to draw the progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never; log lines instead.
+    Never,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// State, checkpoint and dedup store.
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    /// Embedded store: the directory of its database file
+    /// (`<data-dir>/murmur.redb`; one namespace per pipeline).
+    #[arg(long, default_value = "murmur-data")]
+    pub data_dir: PathBuf,
+    /// DynamoDB: the state table [default: murmur-<pipeline>].
+    #[arg(long)]
+    pub table: Option<String>,
+    /// DynamoDB: the checkpoint table [default: murmur-<pipeline>-checkpoints].
+    #[arg(long)]
+    pub checkpoint_table: Option<String>,
+    /// DynamoDB: the dedup claim table [default: murmur-<pipeline>-dedup].
+    #[arg(long)]
+    pub dedup_table: Option<String>,
+    /// DynamoDB: create missing tables (on-demand billing, TTL on), and
+    /// check the key schema of existing ones.
+    #[arg(long)]
+    pub create_tables: bool,
+    /// DynamoDB: row writes in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub store_concurrency: usize,
+}
+
+/// The state store kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// A local redb file (no cloud).
+    Embedded,
+    /// DynamoDB (`AWS_*` environment and credential chain; `AWS_ENDPOINT_URL`
+    /// for LocalStack or moto).
+    Dynamodb,
+}
+
+/// The reference pipeline over `CountEvent`.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Pipeline name (names the embedded namespace, default tables and run).
+    #[arg(long, default_value = "events")]
+    pub pipeline: String,
+    /// What is kept per bucket: `sum` of `count` per entity, `count` of
+    /// events per entity, or over all entities (key `*`): `distinct`
+    /// entities (HyperLogLog), `top` entities by events (Top-K), `seen`
+    /// entities (Bloom filter).
+    #[arg(long, value_enum, default_value_t = Aggregate::Sum)]
+    pub aggregate: Aggregate,
+    /// Bucket granularity; `none` keeps one all-time value per key.
+    #[arg(long, value_enum, default_value_t = WindowKind::Hour)]
+    pub window: WindowKind,
+    /// Keep buckets this many days after their end (DynamoDB TTL); events
+    /// of buckets already past it are dropped and counted.
+    #[arg(long)]
+    pub retention_days: Option<u64>,
+    /// `distinct`: HyperLogLog precision (4..=18; error ≈ 1.04/√2^p).
+    #[arg(long, default_value_t = 14)]
+    pub hll_precision: u8,
+    /// `top`: items reported.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: u32,
+    /// `top`: items tracked (exact while distinct items stay within it).
+    #[arg(long, default_value_t = 1024)]
+    pub top_capacity: u32,
+    /// `seen`: expected distinct items per bucket.
+    #[arg(long, default_value_t = 100_000)]
+    pub bloom_items: u64,
+    /// `seen`: false-positive rate at `bloom-items`.
+    #[arg(long, default_value_t = 0.01)]
+    pub bloom_fpr: f64,
+}
+
+/// `--aggregate` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Aggregate {
+    /// Sum of `count` per entity.
+    Sum,
+    /// Number of events per entity.
+    Count,
+    /// Distinct entities (HyperLogLog), key `*`.
+    Distinct,
+    /// Most frequent entities (Top-K), key `*`.
+    Top,
+    /// Entities seen (Bloom filter), key `*`.
+    Seen,
+}
+
+/// `--window` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WindowKind {
+    /// No window: one all-time value per key.
+    None,
+    /// Minute buckets.
+    Minute,
+    /// Hour buckets.
+    Hour,
+    /// Day buckets.
+    Day,
+}
+
+/// `murmur-worker run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Read settings from this TOML file (keys = long flag names); flags
+    /// on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store.
+    #[command(flatten, next_help_heading = "Store")]
+    pub store: StoreArgs,
+    /// Pipeline.
+    #[command(flatten, next_help_heading = "Pipeline")]
+    pub pipeline: PipelineArgs,
+
+    /// Backfill source format (`none`: live only).
+    #[arg(long, value_enum, default_value_t = BackfillKind::None, help_heading = "Backfill")]
+    pub backfill: BackfillKind,
+    /// Parquet / JSON Lines: where the export is — `s3://bucket/prefix` or a
+    /// local directory. Hive `k=v` directories are parsed; `_SUCCESS`,
+    /// `_committed_*`, `.crc` and hidden files are skipped; a
+    /// `_murmur_handoff.json` manifest beside the data gives the token.
+    #[arg(long, value_name = "URI", help_heading = "Backfill")]
+    pub from: Option<String>,
+    /// DynamoDB scan: the table to scan (items decode as CountEvent:
+    /// `entity_id`, `count`, `occurred_at` or `occurred_at_unix_ms`).
+    #[arg(long, help_heading = "Backfill")]
+    pub scan_table: Option<String>,
+    /// DynamoDB scan: parallel segments.
+    #[arg(long, default_value_t = 4, help_heading = "Backfill")]
+    pub scan_segments: u32,
+    /// DynamoDB scan: items per page.
+    #[arg(long, help_heading = "Backfill")]
+    pub scan_page_size: Option<i32>,
+    /// DynamoDB scan: consumed read capacity units per second, at most.
+    #[arg(long, help_heading = "Backfill")]
+    pub scan_rcu: Option<f64>,
+    /// The backfill run id [default: <pipeline>-backfill]. A completed run
+    /// is never run again; an interrupted one resumes.
+    #[arg(long, help_heading = "Backfill")]
+    pub run_id: Option<String>,
+    /// Lanes the export is spread over (fixed for the life of a run).
+    #[arg(long, default_value_t = 4, help_heading = "Backfill")]
+    pub lanes: u32,
+    /// This process's index among `worker-count` processes sharing the run.
+    #[arg(long, default_value_t = 0, help_heading = "Backfill")]
+    pub worker_index: u32,
+    /// Processes sharing the backfill.
+    #[arg(long, default_value_t = 1, help_heading = "Backfill")]
+    pub worker_count: u32,
+    /// Lanes of this process read at once.
+    #[arg(long, default_value_t = 4, help_heading = "Backfill")]
+    pub concurrency: usize,
+    /// Rows (Parquet) or lines (JSON Lines) per chunk: the unit a crash
+    /// replays. Fixed for the life of a run.
+    #[arg(long, default_value_t = 8192, help_heading = "Backfill")]
+    pub chunk_rows: u64,
+    /// Undecodable rows tolerated before the backfill fails.
+    #[arg(long, default_value_t = 0, help_heading = "Backfill")]
+    pub max_bad_records: u64,
+    /// Bad rows are also written as JSON Lines to this object key (under
+    /// the export's store), naming object, line/row and reason.
+    #[arg(long, value_name = "KEY", help_heading = "Backfill")]
+    pub dead_letter: Option<String>,
+    /// The handoff token as JSON, e.g.
+    /// `{"kind":"kafka","topic":"events","offsets":{"0":42}}` or
+    /// `{"kind":"event_time_cut","at_ms":1778198400000}`; overrides the
+    /// manifest. Without a backfill: where live starts.
+    #[arg(long, value_name = "JSON", help_heading = "Handoff")]
+    pub token: Option<String>,
+    /// Per-event dedup by `event_id` (for overlapping sources, e.g. two
+    /// exports of the same history).
+    #[arg(long, help_heading = "Handoff")]
+    pub dedup: bool,
+    /// How long dedup claims are kept.
+    #[arg(long, value_parser = parse_duration, default_value = "30d", help_heading = "Handoff")]
+    pub dedup_ttl: Duration,
+
+    /// Live source (`none`: stop after the backfill).
+    #[arg(long, value_enum, default_value_t = LiveKind::None, help_heading = "Live")]
+    pub live: LiveKind,
+    /// Where live starts when there is no backfill and no `--token`
+    /// (lanes with a checkpoint always resume from it).
+    #[arg(long, value_enum, default_value_t = StartKind::Earliest, help_heading = "Live")]
+    pub start: StartKind,
+    /// Kafka bootstrap servers.
+    #[arg(long, help_heading = "Live")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic.
+    #[arg(long, help_heading = "Live")]
+    pub kafka_topic: Option<String>,
+    /// Kafka consumer group: partitions are shared with other workers of
+    /// the group. Without it every partition is assigned to this worker.
+    #[arg(long, help_heading = "Live")]
+    pub kafka_group: Option<String>,
+    /// Kafka: undecodable messages go to this topic (with source topic,
+    /// partition, offset and error headers).
+    #[arg(long, help_heading = "Live")]
+    pub kafka_dead_letter_topic: Option<String>,
+    /// Kafka: extra librdkafka properties, `key=value` (repeatable).
+    #[arg(
+        long = "kafka-property",
+        value_name = "KEY=VALUE",
+        help_heading = "Live"
+    )]
+    pub kafka_properties: Vec<String>,
+    /// Kinesis stream.
+    #[arg(long, help_heading = "Live")]
+    pub kinesis_stream: Option<String>,
+    /// Kinesis: share shards with other workers through leases in this
+    /// DynamoDB table (created if missing).
+    #[arg(long, help_heading = "Live")]
+    pub kinesis_lease_table: Option<String>,
+    /// Kinesis: undecodable records go to this stream.
+    #[arg(long, help_heading = "Live")]
+    pub kinesis_dead_letter_stream: Option<String>,
+    /// Event-time-cut handoff: live starts at the broker position for
+    /// the cut minus this (late events), dropping events before the cut.
+    #[arg(long, value_parser = parse_duration, default_value = "5m", help_heading = "Live")]
+    pub cut_skew: Duration,
+    /// A batch is flushed when it holds this many distinct rows...
+    #[arg(long, default_value_t = 100_000, help_heading = "Batching")]
+    pub flush_max_keys: usize,
+    /// ...or is this old (the latency bound of a live update).
+    #[arg(long, value_parser = parse_duration, default_value = "5s", help_heading = "Batching")]
+    pub flush_max_age: Duration,
+    /// Stop (exit 0) once every lane named in this token has committed at
+    /// or past its position — a bounded live run, e.g.
+    /// `{"kind":"kafka","topic":"events","offsets":{"0":1000,"1":1000}}`.
+    #[arg(long, value_name = "JSON", help_heading = "Live")]
+    pub until: Option<String>,
+    /// Stop (exit 0) once no record arrived for this long.
+    #[arg(long, value_parser = parse_duration, help_heading = "Live")]
+    pub stop_after_idle: Option<Duration>,
+}
+
+/// `--backfill` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackfillKind {
+    /// No backfill.
+    None,
+    /// Parquet objects (`entity_id`, `count`, `occurred_at_unix_ms`).
+    Parquet,
+    /// JSON Lines objects, plain, gzip or zstd.
+    Jsonl,
+    /// A DynamoDB table, parallel scan.
+    Dynamodb,
+}
+
+/// `--live` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LiveKind {
+    /// No live stage.
+    None,
+    /// Kafka.
+    Kafka,
+    /// Kinesis.
+    Kinesis,
+}
+
+/// `--start` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartKind {
+    /// The oldest retained record.
+    Earliest,
+    /// Records written from now on.
+    Latest,
+}
+
+/// `murmur-worker demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its generated export and its embedded store.
+    #[arg(long, default_value = "murmur-demo")]
+    pub data_dir: PathBuf,
+    /// Events in the historical export.
+    #[arg(long, default_value_t = 200_000)]
+    pub history_events: u64,
+    /// New events produced to the topic by each run of the demo.
+    #[arg(long, default_value_t = 20_000)]
+    pub live_events: u64,
+}
+
+/// Options every query takes.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Read settings from this TOML file (keys = long flag names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store.
+    #[command(flatten, next_help_heading = "Store")]
+    pub store: StoreArgs,
+    /// Pipeline (must match the one that wrote).
+    #[command(flatten, next_help_heading = "Pipeline")]
+    pub pipeline: PipelineArgs,
+    /// Entity to read (repeatable; one batched read). For `distinct`,
+    /// `top` and `seen` the entity is `*`.
+    #[arg(long = "entity", required = true)]
+    pub entities: Vec<String>,
+    /// `seen`: the item to test for membership.
+    #[arg(long)]
+    pub contains: Option<String>,
+}
+
+/// `murmur-worker get`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Common query options.
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// A time inside the bucket (RFC 3339 or epoch milliseconds); not for
+    /// `--window none`.
+    #[arg(long, value_parser = parse_time)]
+    pub at: Option<i64>,
+}
+
+/// `murmur-worker window`.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Common query options.
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// Number of buckets, including the one holding `--now`.
+    #[arg(long)]
+    pub last: usize,
+    /// The window's end (RFC 3339 or epoch milliseconds) [default: now].
+    #[arg(long, value_parser = parse_time)]
+    pub now: Option<i64>,
+}
+
+/// `murmur-worker range`.
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// Common query options.
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// Range start, inclusive (RFC 3339 or epoch milliseconds).
+    #[arg(long, value_parser = parse_time)]
+    pub from: i64,
+    /// Range end, inclusive (RFC 3339 or epoch milliseconds).
+    #[arg(long, value_parser = parse_time)]
+    pub to: i64,
+}
+
+/// `5s`, `250ms`, `10m`, `2h`, `30d`, or plain milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 5s, 250ms, 10m, 2h, 30d"))?;
+    let ms = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// RFC 3339 (`2026-05-08T14:00:00Z`) or epoch milliseconds.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("invalid time {s:?} (RFC 3339 or epoch milliseconds): {e}"))
+}
+
+/// Splices the settings of `--config FILE` into the arguments, right after
+/// the subcommand, so the command line's own flags (later) override them.
+pub fn expand_config(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+    let pos = args
+        .iter()
+        .position(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
+    let Some(pos) = pos else {
+        return Ok(args);
+    };
+    let path = match args[pos].to_string_lossy().strip_prefix("--config=") {
+        Some(p) => PathBuf::from(p),
+        None => match args.get(pos + 1) {
+            Some(p) => PathBuf::from(p),
+            None => bail!("--config needs a file"),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    // The subcommand is the first argument that is not a global flag.
+    let sub = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'))
+        .map_or(1, |i| i + 2);
+    let sub_name = args
+        .get(sub - 1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let command = <Cli as clap::CommandFactory>::command();
+    let known: Vec<String> = command
+        .find_subcommand(&sub_name)
+        .map(|c| {
+            c.get_arguments()
+                .chain(command.get_arguments())
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        if !known.contains(&key) {
+            if sub_name == "run" {
+                bail!(
+                    "config file {}: unknown setting `{key}` (keys are the long flags of `murmur-worker run`, see --help)",
+                    path.display()
+                );
+            }
+            // A config shared with `run`: queries take only what they know.
+            continue;
+        }
+        let flag = format!("--{key}");
+        let mut push = |v: &toml::Value| -> anyhow::Result<()> {
+            match v {
+                toml::Value::Boolean(true) => settings.push(OsString::from(&flag)),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => {
+                    settings.push(OsString::from(&flag));
+                    settings.push(OsString::from(s));
+                }
+                toml::Value::Integer(n) => {
+                    settings.push(OsString::from(&flag));
+                    settings.push(OsString::from(n.to_string()));
+                }
+                toml::Value::Float(x) => {
+                    settings.push(OsString::from(&flag));
+                    settings.push(OsString::from(x.to_string()));
+                }
+                other => bail!(
+                    "config file {}: `{key}` must be a string, number, boolean or list of them, not {}",
+                    path.display(),
+                    other.type_str()
+                ),
+            }
+            Ok(())
+        };
+        match &value {
+            toml::Value::Array(items) => items.iter().try_for_each(&mut push)?,
+            v => push(v)?,
+        }
+    }
+    let mut out = args;
+    let tail = out.split_off(sub.min(out.len()));
+    out.extend(settings);
+    out.extend(tail);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1500"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("2026-05-08T00:00:00Z"), Ok(1_778_198_400_000));
+        assert_eq!(parse_time("1778198400000"), Ok(1_778_198_400_000));
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn config_file_settings_come_before_command_line_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "lanes = 8\ndedup = true\nkafka-property = [\"a=1\", \"b=2\"]\nfrom = \"s3://b/p\"\n",
+        )
+        .unwrap();
+        let args: Vec<OsString> = ["murmur-worker", "--json", "run", "--config"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([file.clone().into_os_string(), "--lanes".into(), "2".into()])
+            .collect();
+        let cli = Cli::parse_from(expand_config(args).unwrap());
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.lanes, 2, "the command line wins");
+        assert!(run.dedup);
+        assert_eq!(run.kafka_properties, ["a=1", "b=2"]);
+        assert_eq!(run.from.as_deref(), Some("s3://b/p"));
+        assert!(cli.log.json);
+
+        std::fs::write(&file, "lanes = { x = 1 }\n").unwrap();
+        let err = expand_config(vec![
+            "murmur-worker".into(),
+            "run".into(),
+            "--config".into(),
+            file.clone().into_os_string(),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`lanes` must be a string"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "lanez = 3\n").unwrap();
+        let args = |sub: &str| -> Vec<OsString> {
+            ["murmur-worker", sub, "--entity", "a", "--config"]
+                .into_iter()
+                .map(OsString::from)
+                .chain([file.clone().into_os_string()])
+                .collect()
+        };
+        let err = expand_config(args("run")).unwrap_err();
+        assert!(err.to_string().contains("unknown setting `lanez`"), "{err}");
+        // Queries share the run's config file and skip what they do not take.
+        assert_eq!(expand_config(args("get")).unwrap().len(), 6);
+    }
+}

@@ -1,0 +1,588 @@
+//! `murmur-worker run`: backfill, handoff, live — the library's
+//! [`backfill`] and [`live`] with the sources and stores of the flags.
+
+use crate::cli::{BackfillKind, LiveKind, ProgressMode, RunArgs, StartKind};
+use crate::observe::Display;
+use crate::pipeline::{Render, WithPipeline, with_pipeline};
+use crate::stores::{self, Stores};
+use anyhow::{Context as _, bail};
+use murmur_bootstrap::{
+    BackfillOptions, BackfillOutcome, Dedup, LiveOptions, LiveStats, Progress, backfill, live,
+};
+use murmur_core::{
+    CheckpointStore, CountEvent, FlushPolicy, HandoffToken, Pipeline, Position, RunStatus,
+};
+use murmur_source_live::{
+    Decoder, KafkaConfig, KafkaSource, KinesisConfig, KinesisSource, LiveSource, SequenceNumber,
+    Start, ensure_lease_table, kafka_lane, kinesis_lane,
+};
+use murmur_source_snapshot::dynamodb::{DynamoDbScanOptions, DynamoDbScanSource};
+use murmur_source_snapshot::{
+    BadRecordPolicy, CountEventColumns, CountEventLines, DeadLetter, JsonLinesOptions,
+    JsonLinesSource, ObjectListing, ParquetOptions, ParquetSource, SnapshotSource,
+};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Runs the worker as the flags say, until done or `stop` is cancelled.
+pub async fn run(
+    args: &RunArgs,
+    progress: ProgressMode,
+    stop: CancellationToken,
+) -> anyhow::Result<Summary> {
+    with_pipeline(
+        &args.pipeline,
+        Worker {
+            args,
+            progress,
+            stop,
+        },
+    )
+    .await?
+}
+
+/// What a run did (printed as one JSON line on stdout at the end).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    /// `completed`, `already_completed`, `stopped` or `none`.
+    pub backfill: &'static str,
+    /// The handoff token live started from.
+    pub token: Option<serde_json::Value>,
+    /// Backfill records folded by this process.
+    pub backfill_records: u64,
+    /// Backfill records outside the event-time cut.
+    pub backfill_after_cut: u64,
+    /// Bad rows routed to the error sink.
+    pub bad_records: u64,
+    /// Live records folded.
+    pub live_records: u64,
+    /// Live records before the event-time cut.
+    pub live_before_cut: u64,
+    /// Batches committed (both stages).
+    pub batches: u64,
+    /// Batches replayed after a crash.
+    pub replayed: u64,
+    /// Row deltas written.
+    pub rows: u64,
+    /// Records skipped by the deduper.
+    pub duplicates: u64,
+    /// DynamoDB requests (all attempts).
+    pub store_requests: Option<u64>,
+    /// DynamoDB retries.
+    pub store_retries: Option<u64>,
+    /// Seconds the run took.
+    pub seconds: f64,
+}
+
+struct Worker<'a> {
+    args: &'a RunArgs,
+    progress: ProgressMode,
+    stop: CancellationToken,
+}
+
+impl WithPipeline for Worker<'_> {
+    type Output = anyhow::Result<Summary>;
+
+    async fn call<M: Render>(self, pipeline: Pipeline<CountEvent, M>) -> anyhow::Result<Summary> {
+        let started = Instant::now();
+        let args = self.args;
+        let stores = stores::open(&args.store, pipeline.name()).await?;
+        tracing::info!(pipeline = pipeline.name(), stores = %stores.description, "worker starting");
+        let mut summary = Summary {
+            backfill: "none",
+            ..Summary::default()
+        };
+        let explicit = args
+            .token
+            .as_deref()
+            .map(HandoffToken::from_json)
+            .transpose()
+            .context("--token is not a handoff token")?;
+
+        // Backfill, then the token live starts from.
+        let token = if args.backfill == BackfillKind::None {
+            explicit
+        } else {
+            match self
+                .backfill(&pipeline, &stores, explicit, &mut summary)
+                .await?
+            {
+                Some(token) => Some(token),
+                None => return Ok(self.finish(summary, &stores, started)),
+            }
+        };
+        if args.live == LiveKind::None || self.stop.is_cancelled() {
+            return Ok(self.finish(summary, &stores, started));
+        }
+        let start = match token {
+            Some(HandoffToken::None) | None => {
+                if args.backfill != BackfillKind::None && args.token.is_none() {
+                    bail!(
+                        "the backfill has no handoff token (no --token, no _murmur_handoff.json manifest): \
+                         live cannot know where the export ends; pass --token"
+                    );
+                }
+                match args.start {
+                    StartKind::Earliest => Start::Earliest,
+                    StartKind::Latest => Start::Latest,
+                }
+            }
+            Some(t) => {
+                summary.token = serde_json::from_str(&t.to_json()).ok();
+                Start::Token(t)
+            }
+        };
+        let stats = self.live(&pipeline, &stores, start, &mut summary).await?;
+        summary.live_records = stats.records;
+        summary.live_before_cut = stats.before_cut;
+        Ok(self.finish(summary, &stores, started))
+    }
+}
+
+impl Worker<'_> {
+    fn finish(&self, mut summary: Summary, stores: &Stores, started: Instant) -> Summary {
+        if let Some(m) = &stores.metrics {
+            let m = m.snapshot();
+            summary.store_requests = Some(m.requests);
+            summary.store_retries = Some(m.retries);
+        }
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary
+    }
+
+    fn flush(&self) -> FlushPolicy {
+        FlushPolicy {
+            max_keys: self.args.flush_max_keys.max(1),
+            max_age: self.args.flush_max_age,
+        }
+    }
+
+    fn dedup(&self, stores: &Stores) -> Option<Dedup> {
+        self.args.dedup.then(|| Dedup {
+            deduper: stores.deduper.clone(),
+            ttl: Some(self.args.dedup_ttl),
+        })
+    }
+
+    /// Runs (or resumes, or skips) the backfill; the token once the run is
+    /// complete, `None` when it stopped early.
+    async fn backfill<M: Render>(
+        &self,
+        pipeline: &Pipeline<CountEvent, M>,
+        stores: &Stores,
+        explicit: Option<HandoffToken>,
+        summary: &mut Summary,
+    ) -> anyhow::Result<Option<HandoffToken>> {
+        let args = self.args;
+        let run_id = args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-backfill", pipeline.name()));
+        let progress = Arc::new(Progress::new());
+        let options = BackfillOptions {
+            lanes: args.lanes,
+            worker_index: args.worker_index,
+            worker_count: args.worker_count,
+            concurrency: args.concurrency,
+            flush: self.flush(),
+            token: explicit,
+            dedup: self.dedup(stores),
+            progress: progress.clone(),
+            stop: self.stop.clone(),
+            ..BackfillOptions::new(run_id.clone())
+        };
+        let policy = |store: &Arc<dyn ObjectStore>| {
+            let mut p = BadRecordPolicy::max_bad_records(args.max_bad_records);
+            if let Some(key) = &args.dead_letter {
+                p.dead_letter = Some(DeadLetter {
+                    store: store.clone(),
+                    path: Path::from(key.as_str()),
+                });
+            }
+            p
+        };
+        let display = Display::start(self.progress, "backfill", progress.clone());
+        let (outcome, bad) = match args.backfill {
+            BackfillKind::None => unreachable!("checked by the caller"),
+            BackfillKind::Parquet => {
+                let (store, prefix) = object_store_of(args.from.as_deref())?;
+                let source = ParquetSource::with_options(
+                    ObjectListing::new(store.clone(), prefix),
+                    CountEventColumns,
+                    ParquetOptions {
+                        chunk_rows: args.chunk_rows.max(1) as usize,
+                        ..ParquetOptions::default()
+                    },
+                    policy(&store),
+                )?;
+                drive(pipeline, source, stores, &options).await
+            }
+            BackfillKind::Jsonl => {
+                let (store, prefix) = object_store_of(args.from.as_deref())?;
+                let source = JsonLinesSource::with_options(
+                    ObjectListing::new(store.clone(), prefix),
+                    CountEventLines,
+                    JsonLinesOptions {
+                        chunk_lines: args.chunk_rows.max(1),
+                        ..JsonLinesOptions::default()
+                    },
+                    policy(&store),
+                )?;
+                drive(pipeline, source, stores, &options).await
+            }
+            BackfillKind::Dynamodb => {
+                let table = args
+                    .scan_table
+                    .clone()
+                    .context("--backfill dynamodb needs --scan-table")?;
+                let mut scan = DynamoDbScanOptions::new(table);
+                scan.segments = args.scan_segments;
+                scan.page_size = args.scan_page_size.map(|n| n.max(1) as u32);
+                scan.read_capacity_per_sec = args.scan_rcu;
+                let client = aws_sdk_dynamodb::Client::new(&stores::aws().await);
+                let source =
+                    DynamoDbScanSource::new(client, scan, |e: &CountEvent| e.occurred_at_ms)?
+                        .event_id(|e: &CountEvent| e.event_id.as_deref().map(Arc::from))
+                        .with_bad_records(BadRecordPolicy::max_bad_records(args.max_bad_records));
+                drive(pipeline, source, stores, &options).await
+            }
+        };
+        display.finish().await;
+        summary.bad_records = bad;
+        let stats = progress.snapshot();
+        summary.backfill_records = stats.records;
+        summary.backfill_after_cut = stats.skipped;
+        summary.batches += stats.batches;
+        summary.replayed += stats.replayed;
+        summary.rows += stats.rows;
+        summary.duplicates += stats.duplicates;
+        match outcome.with_context(|| format!("backfill {run_id} failed"))? {
+            BackfillOutcome::AlreadyCompleted { token } => {
+                summary.backfill = "already_completed";
+                tracing::info!(run = run_id, token = %token.to_json(), "backfill already completed; not re-run");
+                Ok(Some(token))
+            }
+            BackfillOutcome::Completed { token, stats } => {
+                summary.backfill = "completed";
+                tracing::info!(
+                    run = run_id,
+                    records = stats.records,
+                    batches = stats.batches,
+                    rows = stats.rows,
+                    token = %token.to_json(),
+                    "backfill completed"
+                );
+                Ok(Some(token))
+            }
+            BackfillOutcome::Stopped { .. } => {
+                summary.backfill = "stopped";
+                Ok(None)
+            }
+            BackfillOutcome::WaitingForOtherWorkers { unfinished, .. } => {
+                tracing::info!(
+                    run = run_id,
+                    unfinished = unfinished.len(),
+                    "this worker's lanes are done; waiting for the other workers to finish the run"
+                );
+                let token = wait_for_run(&*stores.checkpoints, &run_id, &self.stop).await?;
+                if token.is_some() {
+                    summary.backfill = "completed";
+                } else {
+                    summary.backfill = "stopped";
+                }
+                Ok(token)
+            }
+            other => bail!("unexpected backfill outcome {other:?}"),
+        }
+    }
+
+    async fn live<M: Render>(
+        &self,
+        pipeline: &Pipeline<CountEvent, M>,
+        stores: &Stores,
+        start: Start,
+        summary: &mut Summary,
+    ) -> anyhow::Result<LiveStats> {
+        let args = self.args;
+        let progress = Arc::new(Progress::new());
+        let options = LiveOptions {
+            start,
+            flush: self.flush(),
+            tick: Duration::from_millis(100).min(args.flush_max_age.max(Duration::from_millis(10))),
+            dedup: self.dedup(stores),
+            progress: progress.clone(),
+        };
+        let until = args
+            .until
+            .as_deref()
+            .map(HandoffToken::from_json)
+            .transpose()
+            .context("--until is not a token")?;
+        let shutdown = shutdown(
+            self.stop.clone(),
+            stores.checkpoints.clone(),
+            until,
+            args.stop_after_idle,
+            progress.clone(),
+        );
+        let display = Display::start(self.progress, "live", progress.clone());
+        let stats = match args.live {
+            LiveKind::None => unreachable!("checked by the caller"),
+            LiveKind::Kafka => {
+                let brokers = args
+                    .kafka_brokers
+                    .as_deref()
+                    .context("--live kafka needs --kafka-brokers")?;
+                let topic = args
+                    .kafka_topic
+                    .as_deref()
+                    .context("--live kafka needs --kafka-topic")?;
+                let mut config = match &args.kafka_group {
+                    Some(group) => KafkaConfig::subscribe(brokers, topic, group),
+                    None => KafkaConfig::assign(brokers, topic),
+                }
+                .event_time_cut_skew(args.cut_skew);
+                if let Some(dlq) = &args.kafka_dead_letter_topic {
+                    config = config.dead_letter_topic(dlq);
+                }
+                for kv in &args.kafka_properties {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .with_context(|| format!("--kafka-property {kv:?} is not KEY=VALUE"))?;
+                    config = config.property(k, v);
+                }
+                let mut source = KafkaSource::connect(config, Decoder::count_events()).await?;
+                drive_live(pipeline, &mut source, stores, &options, shutdown).await?
+            }
+            LiveKind::Kinesis => {
+                let stream = args
+                    .kinesis_stream
+                    .as_deref()
+                    .context("--live kinesis needs --kinesis-stream")?;
+                let sdk = stores::aws().await;
+                let mut config = KinesisConfig::new(stream).event_time_cut_skew(args.cut_skew);
+                if let Some(table) = &args.kinesis_lease_table {
+                    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+                    ensure_lease_table(&ddb, table).await?;
+                    config = config.leases(ddb, table, Duration::from_secs(30));
+                }
+                if let Some(dlq) = &args.kinesis_dead_letter_stream {
+                    config = config.dead_letter_stream(dlq);
+                }
+                let mut source = KinesisSource::connect(
+                    config,
+                    aws_sdk_kinesis::Client::new(&sdk),
+                    Decoder::count_events(),
+                )
+                .await?;
+                drive_live(pipeline, &mut source, stores, &options, shutdown).await?
+            }
+        };
+        display.finish().await;
+        let p = progress.snapshot();
+        summary.batches += p.batches;
+        summary.replayed += p.replayed;
+        summary.rows += p.rows;
+        summary.duplicates += p.duplicates;
+        tracing::info!(
+            records = stats.records,
+            batches = stats.batches,
+            rows = stats.rows,
+            "live stage stopped"
+        );
+        Ok(stats)
+    }
+}
+
+/// The backfill over one concrete source; also returns its bad-row count.
+async fn drive<S, M>(
+    pipeline: &Pipeline<CountEvent, M>,
+    source: S,
+    stores: &Stores,
+    options: &BackfillOptions,
+) -> (anyhow::Result<BackfillOutcome>, u64)
+where
+    S: SnapshotSource<Item = CountEvent> + Clone + 'static,
+    M: Render,
+{
+    let outcome = backfill(
+        pipeline,
+        &source,
+        stores.state.clone(),
+        stores.checkpoints.clone(),
+        options,
+    )
+    .await;
+    let bad = source.bad_records();
+    for sample in bad.samples().iter().take(5) {
+        tracing::warn!(bad_record = %sample, "bad record");
+    }
+    (outcome.map_err(anyhow::Error::from), bad.count())
+}
+
+async fn drive_live<M: Render, L: LiveSource<CountEvent>>(
+    pipeline: &Pipeline<CountEvent, M>,
+    source: &mut L,
+    stores: &Stores,
+    options: &LiveOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<LiveStats> {
+    let stats = live(
+        pipeline,
+        source,
+        stores.state.clone(),
+        stores.checkpoints.clone(),
+        options,
+        shutdown,
+    )
+    .await?;
+    let m = source.metrics();
+    if m.dead_letters > 0 {
+        tracing::warn!(
+            dead_letters = m.dead_letters,
+            "undecodable messages were sent to the dead-letter destination"
+        );
+    }
+    Ok(stats)
+}
+
+/// Waits for another worker to complete the run; the token, or `None` when
+/// stopped first.
+async fn wait_for_run(
+    checkpoints: &dyn CheckpointStore,
+    run_id: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<HandoffToken>> {
+    loop {
+        if let Some(run) = checkpoints.run(run_id).await?
+            && run.status == RunStatus::Completed
+        {
+            return Ok(Some(run.token.unwrap_or(HandoffToken::None)));
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Resolves on a stop request, once every lane of `until` has committed at
+/// or past its position, or after `idle` without a record.
+async fn shutdown(
+    stop: CancellationToken,
+    checkpoints: Arc<dyn CheckpointStore>,
+    until: Option<HandoffToken>,
+    idle: Option<Duration>,
+    progress: Arc<Progress>,
+) {
+    let reached = async {
+        let Some(until) = until else {
+            return std::future::pending().await;
+        };
+        loop {
+            match reached(&*checkpoints, &until).await {
+                Ok(true) => {
+                    tracing::info!(until = %until.to_json(), "every lane reached --until");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot read lane checkpoints: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let idle = async {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        let (mut last, mut since) = (progress.snapshot().records, Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = progress.snapshot().records;
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= idle {
+                tracing::info!(idle = ?idle, "no record for the idle limit; stopping");
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = reached => {}
+        () = idle => {}
+    }
+}
+
+/// Whether every lane of `until` has committed at or past its position.
+async fn reached(checkpoints: &dyn CheckpointStore, until: &HandoffToken) -> anyhow::Result<bool> {
+    match until {
+        HandoffToken::Kafka { topic, offsets } => {
+            for (p, want) in offsets {
+                let lane = checkpoints.lane(&kafka_lane(topic, *p)).await?;
+                let ok = lane.is_some_and(|l| {
+                    l.pending.is_none()
+                        && matches!(l.position, Position::Offset { offset } if offset >= *want)
+                });
+                if !ok {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        HandoffToken::Kinesis {
+            stream,
+            sequence_numbers,
+        } => {
+            for (shard, want) in sequence_numbers {
+                let want = SequenceNumber::parse(want)
+                    .with_context(|| format!("--until: invalid sequence number {want:?}"))?;
+                let lane = checkpoints.lane(&kinesis_lane(stream, shard)).await?;
+                let ok = lane.is_some_and(|l| {
+                    l.pending.is_none()
+                        && match &l.position {
+                            Position::End => true,
+                            Position::Sequence { sequence } => {
+                                SequenceNumber::parse(sequence).is_some_and(|s| s >= want)
+                            }
+                            _ => false,
+                        }
+                });
+                if !ok {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        other => bail!(
+            "--until takes a Kafka or Kinesis token, not {}",
+            other.to_json()
+        ),
+    }
+}
+
+/// `s3://bucket/prefix` or a local directory (`file://` optional).
+pub fn object_store_of(uri: Option<&str>) -> anyhow::Result<(Arc<dyn ObjectStore>, Path)> {
+    let uri =
+        uri.context("--backfill parquet/jsonl needs --from (s3://bucket/prefix or a directory)")?;
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Ok(endpoint) =
+            std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let store = builder
+            .build()
+            .with_context(|| format!("cannot open {uri}"))?;
+        return Ok((Arc::new(store), Path::from(prefix)));
+    }
+    let dir = uri.strip_prefix("file://").unwrap_or(uri);
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .with_context(|| format!("cannot open directory {dir}"))?;
+    Ok((Arc::new(store), Path::from("")))
+}

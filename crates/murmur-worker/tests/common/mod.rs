@@ -1,0 +1,352 @@
+//! Test support: a generated history (JSON Lines export + Kafka topic on
+//! an in-process broker), its ground truth computed here without Murmur
+//! code, and a driver that runs `murmur-worker` as a child process and
+//! SIGKILLs it at chosen points.
+
+#![allow(dead_code)]
+
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer as _};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+pub const TOPIC: &str = "events";
+pub const PARTITIONS: i32 = 3;
+pub const HOUR: i64 = 3_600_000;
+/// 2026-05-08T00:00:00Z.
+pub const T0: i64 = 1_778_198_400_000;
+pub const ENTITIES: u64 = 150;
+
+/// Event `i`: (entity, count, event time ms); partition `i % 3`.
+pub fn event(i: u64) -> (String, i64, i64) {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 32;
+    (
+        format!("e{:03}", x % ENTITIES),
+        1 + (x >> 50) as i64 % 3,
+        T0 + i as i64 * 20_000 + (x >> 8) as i64 % 5_000,
+    )
+}
+
+pub fn partition(i: u64) -> i32 {
+    (i % PARTITIONS as u64) as i32
+}
+
+pub fn json(i: u64) -> String {
+    let (e, c, t) = event(i);
+    let at = chrono::DateTime::from_timestamp_millis(t)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(r#"{{"entity_id":"{e}","count":{c},"occurred_at":"{at}","event_id":"ev-{i}"}}"#)
+}
+
+/// Sum of `count` per (entity, hour) of events `[0, n)`.
+pub fn truth(n: u64) -> BTreeMap<(String, i64), i64> {
+    let mut t = BTreeMap::new();
+    for i in 0..n {
+        let (e, c, at) = event(i);
+        *t.entry((e, at.div_euclid(HOUR))).or_default() += c;
+    }
+    t
+}
+
+/// Writes events `[0, n)` as a JSON Lines export under `dir` (one object
+/// per hour, Hive `hour=` directories, a `_SUCCESS` marker) with a handoff
+/// manifest naming the next offset per partition.
+pub fn write_export(dir: &Path, n: u64) {
+    let mut by_hour: BTreeMap<i64, String> = BTreeMap::new();
+    let mut offsets = BTreeMap::new();
+    for i in 0..n {
+        let (_, _, t) = event(i);
+        let text = by_hour.entry(t.div_euclid(HOUR)).or_default();
+        text.push_str(&json(i));
+        text.push('\n');
+        *offsets.entry(partition(i).to_string()).or_insert(0i64) += 1;
+    }
+    for (hour, text) in by_hour {
+        let part = dir.join(format!("hour={hour}"));
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(part.join("part-00000.json"), text).unwrap();
+    }
+    let token = serde_json::json!({"kind": "kafka", "topic": TOPIC, "offsets": offsets});
+    std::fs::write(dir.join("_murmur_handoff.json"), token.to_string()).unwrap();
+    std::fs::write(dir.join("_SUCCESS"), "").unwrap();
+}
+
+/// The in-process broker (keep it alive while the workers run).
+pub type Broker = MockCluster<'static, DefaultProducerContext>;
+
+/// A topic on the broker and what was produced to it: events
+/// `0..produced`, in order.
+pub struct Topic {
+    pub brokers: String,
+    producer: FutureProducer,
+    pub produced: AtomicU64,
+}
+
+impl Topic {
+    pub fn new() -> (Broker, Arc<Topic>) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .create()
+            .unwrap();
+        (
+            cluster,
+            Arc::new(Topic {
+                brokers,
+                producer,
+                produced: AtomicU64::new(0),
+            }),
+        )
+    }
+
+    /// Produces the next `n` events, in order.
+    pub async fn produce(&self, n: u64) {
+        let from = self.produced.load(Ordering::SeqCst);
+        let payloads: Vec<(u64, String, i64)> =
+            (from..from + n).map(|i| (i, json(i), event(i).2)).collect();
+        let sends: Vec<_> = payloads
+            .iter()
+            .map(|(i, p, t)| {
+                self.producer.send(
+                    FutureRecord::<(), _>::to(TOPIC)
+                        .partition(partition(*i))
+                        .payload(p)
+                        .timestamp(*t),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+        self.producer.flush(Duration::from_secs(30)).unwrap();
+        self.produced.store(from + n, Ordering::SeqCst);
+    }
+
+    /// The `--until` token for everything produced so far.
+    pub fn until(&self) -> String {
+        let n = self.produced.load(Ordering::SeqCst);
+        let mut offsets = BTreeMap::new();
+        for i in 0..n {
+            *offsets.entry(partition(i).to_string()).or_insert(0i64) += 1;
+        }
+        serde_json::json!({"kind": "kafka", "topic": TOPIC, "offsets": offsets}).to_string()
+    }
+}
+
+/// Keeps producing `per_tick` events every 50 ms until stopped.
+pub fn keep_producing(
+    topic: Arc<Topic>,
+    per_tick: u64,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        while !flag.load(Ordering::SeqCst) {
+            rt.block_on(topic.produce(per_tick));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (stop, handle)
+}
+
+/// The worker binary.
+pub fn worker() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_murmur-worker"));
+    c.env_remove("MURMUR_LOG");
+    c
+}
+
+/// When to kill a run.
+#[derive(Debug, Clone)]
+pub enum Kill {
+    /// After the n-th line containing `pattern`, plus a delay.
+    After {
+        pattern: &'static str,
+        nth: usize,
+        delay: Duration,
+    },
+    /// Never: let it exit.
+    Never,
+}
+
+/// Where a run was when it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the backfill's completion was logged.
+    Backfill,
+    /// Backfill complete, live lanes not all started.
+    Seam,
+    /// Every live lane started.
+    Live,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// SIGKILLed in this phase.
+    Killed(Phase),
+    /// Exited by itself.
+    Exited(ExitStatus, String),
+}
+
+/// Runs `cmd` (stderr must carry the worker's logs with
+/// `murmur_bootstrap=debug`) and kills it as `kill` says; a run that takes
+/// longer than `limit` is killed and fails the test.
+pub fn run(mut cmd: Command, kill: &Kill, limit: Duration) -> Ended {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child: Child = cmd.spawn().expect("spawn murmur-worker");
+    let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let out2 = out.clone();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut s).ok();
+        out2.lock().unwrap().push_str(&s);
+    });
+    let (tx, rx) = mpsc::channel::<(Phase, bool)>();
+    let kill2 = kill.clone();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log2 = log.clone();
+    let reader = std::thread::spawn(move || {
+        let (mut completed, mut lanes, mut seen) = (false, 0, 0);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("backfill completed") || line.contains("already completed") {
+                completed = true;
+            }
+            if line.contains("lane started") {
+                lanes += 1;
+            }
+            let phase = match (completed, lanes >= PARTITIONS) {
+                (false, _) => Phase::Backfill,
+                (true, false) => Phase::Seam,
+                (true, true) => Phase::Live,
+            };
+            let mut hit = false;
+            if let Kill::After { pattern, nth, .. } = &kill2
+                && line.contains(pattern)
+            {
+                seen += 1;
+                hit = seen == *nth;
+            }
+            let mut l = log2.lock().unwrap();
+            l.push(line);
+            if l.len() > 400 {
+                l.drain(..200);
+            }
+            drop(l);
+            if tx.send((phase, hit)).is_err() {
+                // The driver stopped listening; keep draining the pipe.
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let ended = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok((mut phase, hit)) => {
+                if hit && let Kill::After { delay, .. } = kill {
+                    std::thread::sleep(*delay);
+                    // The phase at the moment of the kill.
+                    while let Ok((p, _)) = rx.try_recv() {
+                        phase = p;
+                    }
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    break Ended::Killed(phase);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                break Ended::Exited(status, String::new());
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break Ended::Exited(status, String::new());
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            let tail = log.lock().unwrap().join("\n");
+            panic!("murmur-worker ran longer than {limit:?}; last log lines:\n{tail}");
+        }
+    };
+    reader.join().ok();
+    out_thread.join().ok();
+    match ended {
+        Ended::Exited(status, _) => {
+            let stdout = out.lock().unwrap().clone();
+            if !status.success() {
+                let tail = log.lock().unwrap().join("\n");
+                panic!(
+                    "murmur-worker failed ({status}); stdout:\n{stdout}\nlast log lines:\n{tail}"
+                );
+            }
+            Ended::Exited(status, stdout)
+        }
+        killed => killed,
+    }
+}
+
+/// The `run` arguments shared by the tests: JSON Lines backfill with small
+/// chunks and batches (many kill points), live Kafka.
+pub fn run_args(export: &Path, brokers: &str) -> Vec<String> {
+    [
+        "run",
+        "--backfill",
+        "jsonl",
+        "--from",
+        &export.to_string_lossy(),
+        "--chunk-rows",
+        "400",
+        "--lanes",
+        "4",
+        "--live",
+        "kafka",
+        "--kafka-brokers",
+        brokers,
+        "--kafka-topic",
+        TOPIC,
+        "--flush-max-keys",
+        "40",
+        "--flush-max-age",
+        "100ms",
+        "--progress",
+        "never",
+        "--log",
+        "info,murmur_bootstrap=debug",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A fresh temporary directory under the target directory's tmp.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Path helper.
+pub fn p(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
