@@ -489,8 +489,22 @@ pub fn expand_config(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
                 .collect()
         })
         .unwrap_or_default();
+    // A flag given on the command line replaces the file's setting outright
+    // (for a repeatable flag, the whole list).
+    let on_command_line: Vec<String> = args
+        .iter()
+        .skip(sub)
+        .filter_map(|a| {
+            let a = a.to_string_lossy();
+            let name = a.strip_prefix("--")?;
+            Some(name.split('=').next().unwrap_or(name).to_owned())
+        })
+        .collect();
     let mut settings = Vec::new();
     for (key, value) in table {
+        if on_command_line.contains(&key) {
+            continue;
+        }
         if !known.contains(&key) {
             if sub_name == "run" {
                 bail!(
@@ -565,19 +579,25 @@ mod tests {
         let file = dir.path().join("w.toml");
         std::fs::write(
             &file,
-            "lanes = 8\ndedup = true\nkafka-property = [\"a=1\", \"b=2\"]\nfrom = \"s3://b/p\"\n",
+            "lanes = 8\ndedup = true\nkafka-property = [\"a=1\", \"b=2\"]\nfrom = \"s3://b/p\"\nkafka-topic = \"t\"\n",
         )
         .unwrap();
         let args: Vec<OsString> = ["murmur-worker", "--json", "run", "--config"]
             .into_iter()
             .map(OsString::from)
-            .chain([file.clone().into_os_string(), "--lanes".into(), "2".into()])
+            .chain([
+                file.clone().into_os_string(),
+                "--lanes".into(),
+                "2".into(),
+                "--kafka-topic=u".into(),
+            ])
             .collect();
         let cli = Cli::parse_from(expand_config(args).unwrap());
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
         assert_eq!(run.lanes, 2, "the command line wins");
+        assert_eq!(run.kafka_topic.as_deref(), Some("u"));
         assert!(run.dedup);
         assert_eq!(run.kafka_properties, ["a=1", "b=2"]);
         assert_eq!(run.from.as_deref(), Some("s3://b/p"));

@@ -194,15 +194,15 @@ impl Worker<'_> {
             stop: self.stop.clone(),
             ..BackfillOptions::new(run_id.clone())
         };
-        let policy = |store: &Arc<dyn ObjectStore>| {
+        let policy = async |store: &Arc<dyn ObjectStore>| -> anyhow::Result<BadRecordPolicy> {
             let mut p = BadRecordPolicy::max_bad_records(args.max_bad_records);
             if let Some(key) = &args.dead_letter {
                 p.dead_letter = Some(DeadLetter {
                     store: store.clone(),
-                    path: Path::from(key.as_str()),
+                    path: fresh_object(store, key).await?,
                 });
             }
-            p
+            Ok(p)
         };
         let display = Display::start(self.progress, "backfill", progress.clone());
         let (outcome, bad) = match args.backfill {
@@ -216,7 +216,7 @@ impl Worker<'_> {
                         chunk_rows: args.chunk_rows.max(1) as usize,
                         ..ParquetOptions::default()
                     },
-                    policy(&store),
+                    policy(&store).await?,
                 )?;
                 drive(pipeline, source, stores, &options).await
             }
@@ -229,7 +229,7 @@ impl Worker<'_> {
                         chunk_lines: args.chunk_rows.max(1),
                         ..JsonLinesOptions::default()
                     },
-                    policy(&store),
+                    policy(&store).await?,
                 )?;
                 drive(pipeline, source, stores, &options).await
             }
@@ -420,7 +420,15 @@ where
     for sample in bad.samples().iter().take(5) {
         tracing::warn!(bad_record = %sample, "bad record");
     }
-    (outcome.map_err(anyhow::Error::from), bad.count())
+    // Completes the dead-letter object; losing it fails the run.
+    let outcome = match (outcome, bad.finish().await) {
+        (Ok(o), Ok(_)) => Ok(o),
+        (Err(e), _) => Err(anyhow::Error::from(e)),
+        (Ok(_), Err(e)) => {
+            Err(anyhow::Error::from(e).context("cannot complete the dead-letter object"))
+        }
+    };
+    (outcome, bad.count())
 }
 
 async fn drive_live<M: Render, L: LiveSource<CountEvent>>(
@@ -565,6 +573,26 @@ async fn reached(checkpoints: &dyn CheckpointStore, until: &HandoffToken) -> any
 }
 
 /// `s3://bucket/prefix` or a local directory (`file://` optional).
+/// `key`, or `key.1`, `key.2`, … if taken: a resumed run keeps the
+/// dead letters of the runs before it.
+async fn fresh_object(store: &Arc<dyn ObjectStore>, key: &str) -> anyhow::Result<Path> {
+    for n in 0u32.. {
+        let path = if n == 0 {
+            Path::from(key)
+        } else {
+            Path::from(format!("{key}.{n}"))
+        };
+        match object_store::ObjectStoreExt::head(store.as_ref(), &path).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(path),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot check dead-letter object {path}"));
+            }
+        }
+    }
+    bail!("no free dead-letter object name after {key}.{}", u32::MAX)
+}
+
 pub fn object_store_of(uri: Option<&str>) -> anyhow::Result<(Arc<dyn ObjectStore>, Path)> {
     let uri =
         uri.context("--backfill parquet/jsonl needs --from (s3://bucket/prefix or a directory)")?;

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+use murmur_core::store::RowKey;
+use murmur_core::{EmbeddedStore, StateStore, Window};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer as _};
@@ -184,6 +186,13 @@ pub enum Kill {
         nth: usize,
         delay: Duration,
     },
+    /// SIGTERM after the n-th line containing `pattern`, plus a delay; then
+    /// the run must exit by itself.
+    Term {
+        pattern: &'static str,
+        nth: usize,
+        delay: Duration,
+    },
     /// Never: let it exit.
     Never,
 }
@@ -243,7 +252,7 @@ pub fn run(mut cmd: Command, kill: &Kill, limit: Duration) -> Ended {
                 (true, true) => Phase::Live,
             };
             let mut hit = false;
-            if let Kill::After { pattern, nth, .. } = &kill2
+            if let Kill::After { pattern, nth, .. } | Kill::Term { pattern, nth, .. } = &kill2
                 && line.contains(pattern)
             {
                 seen += 1;
@@ -264,6 +273,15 @@ pub fn run(mut cmd: Command, kill: &Kill, limit: Duration) -> Ended {
     let ended = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok((mut phase, hit)) => {
+                if hit && let Kill::Term { delay, .. } = kill {
+                    std::thread::sleep(*delay);
+                    let ok = Command::new("kill")
+                        .args(["-TERM", &child.id().to_string()])
+                        .status()
+                        .unwrap()
+                        .success();
+                    assert!(ok, "kill -TERM failed");
+                }
                 if hit && let Kill::After { delay, .. } = kill {
                     std::thread::sleep(*delay);
                     // The phase at the moment of the kill.
@@ -349,4 +367,40 @@ pub fn tempdir() -> tempfile::TempDir {
 /// Path helper.
 pub fn p(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
+}
+
+/// Asserts every (entity, hour) row of events `[0, n)` holds the truth.
+pub async fn compare_sums(store: &dyn StateStore, n: u64) {
+    let truth = truth(n);
+    let keys: Vec<RowKey> = truth
+        .keys()
+        .map(|(e, h)| RowKey::new(e.as_str(), Window::hour().bucket_of(h * HOUR).unwrap()))
+        .collect();
+    let got = store.get_many(&keys).await.unwrap();
+    let mut wrong = Vec::new();
+    for (((e, h), want), got) in truth.iter().zip(got) {
+        let got = got.map_or(0, |v| v.value.as_int().unwrap());
+        if got != *want {
+            wrong.push(format!("{e} hour {h}: stored {got}, truth {want}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} rows differ from the ground truth:\n{}",
+        wrong.len(),
+        truth.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
+    let total: i64 = truth.values().sum();
+    eprintln!(
+        "{} rows equal the ground truth ({n} events, total count {total})",
+        truth.len()
+    );
+}
+
+/// The embedded store a run with `--data-dir dir` wrote.
+pub fn embedded(dir: &Path, pipeline: &str) -> EmbeddedStore {
+    EmbeddedStore::open(dir.join("murmur.redb"))
+        .unwrap()
+        .with_namespace(pipeline)
 }
