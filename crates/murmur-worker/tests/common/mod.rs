@@ -64,23 +64,49 @@ pub fn truth(n: u64) -> BTreeMap<(String, i64), i64> {
 /// per hour, Hive `hour=` directories, a `_SUCCESS` marker) with a handoff
 /// manifest naming the next offset per partition.
 pub fn write_export(dir: &Path, n: u64) {
-    let mut by_hour: BTreeMap<i64, String> = BTreeMap::new();
     let mut offsets = BTreeMap::new();
+    for i in 0..n {
+        *offsets.entry(partition(i).to_string()).or_insert(0i64) += 1;
+    }
+    let token = serde_json::json!({"kind": "kafka", "topic": TOPIC, "offsets": offsets});
+    write_export_with(dir, n, Some(token));
+}
+
+/// Writes events `[0, n)` as a JSON Lines export under `dir` with `token`
+/// (if any) as its `_murmur_handoff.json` manifest.
+pub fn write_export_with(dir: &Path, n: u64, token: Option<serde_json::Value>) {
+    let mut by_hour: BTreeMap<i64, String> = BTreeMap::new();
     for i in 0..n {
         let (_, _, t) = event(i);
         let text = by_hour.entry(t.div_euclid(HOUR)).or_default();
         text.push_str(&json(i));
         text.push('\n');
-        *offsets.entry(partition(i).to_string()).or_insert(0i64) += 1;
     }
     for (hour, text) in by_hour {
         let part = dir.join(format!("hour={hour}"));
         std::fs::create_dir_all(&part).unwrap();
         std::fs::write(part.join("part-00000.json"), text).unwrap();
     }
-    let token = serde_json::json!({"kind": "kafka", "topic": TOPIC, "offsets": offsets});
-    std::fs::write(dir.join("_murmur_handoff.json"), token.to_string()).unwrap();
+    if let Some(token) = token {
+        std::fs::write(dir.join("_murmur_handoff.json"), token.to_string()).unwrap();
+    }
     std::fs::write(dir.join("_SUCCESS"), "").unwrap();
+}
+
+/// The local AWS stand-in's endpoint, or `None` (after a notice) when the
+/// test runs outside `cargo xtask test`; in CI a missing endpoint fails.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs {var}; run through `cargo xtask test`"
+            );
+            eprintln!("skipped: {var} is not set (run through `cargo xtask test`)");
+            None
+        }
+    }
 }
 
 /// The in-process broker (keep it alive while the workers run).

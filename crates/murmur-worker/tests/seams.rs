@@ -1,0 +1,404 @@
+//! The seam through the worker binary for the handoff tokens and sources the
+//! crash harness does not cover: Kinesis sequence numbers (kinesalite), an
+//! event-time cut over Kafka, and a DynamoDB parallel-scan backfill (moto).
+//! In each, events keep arriving while the backfill runs; the first run is
+//! stopped with SIGTERM in live, the second runs to an `--until` token that
+//! covers everything produced, and every stored value equals the ground
+//! truth computed here.
+
+mod common;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use common::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn finished(args: &[String], kill: &Kill) -> serde_json::Value {
+    let mut cmd = worker();
+    cmd.args(args);
+    match run(cmd, kill, LIMIT) {
+        Ended::Exited(status, out) => {
+            assert!(status.success());
+            let line = out.lines().last().unwrap_or_default();
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("no summary ({e}): {out}"))
+        }
+        Ended::Killed(phase) => unreachable!("killed in {phase:?}"),
+    }
+}
+
+/// Stops gracefully once every live lane started (plus a moment of live).
+fn term_in_live(lanes: usize) -> Kill {
+    Kill::Term {
+        pattern: "lane started",
+        nth: lanes,
+        delay: Duration::from_millis(500),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+async fn aws() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// A Kinesis stream with `PARTITIONS` shards on kinesalite; event `i` goes
+/// to shard `partition(i)` by explicit hash key.
+struct Stream {
+    client: aws_sdk_kinesis::Client,
+    name: String,
+    /// (shard id, starting hash key) by partition index.
+    shards: Vec<(String, String)>,
+    /// Last sequence number per shard id, and how many events were put.
+    state: std::sync::Mutex<(BTreeMap<String, String>, u64)>,
+}
+
+impl Stream {
+    async fn create() -> Stream {
+        let client = aws_sdk_kinesis::Client::new(&aws().await);
+        let name = unique("murmur-worker");
+        client
+            .create_stream()
+            .stream_name(&name)
+            .shard_count(PARTITIONS)
+            .send()
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            let d = client
+                .describe_stream_summary()
+                .stream_name(&name)
+                .send()
+                .await
+                .unwrap();
+            if d.stream_description_summary().map(|s| s.stream_status())
+                == Some(&StreamStatus::Active)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut shards: Vec<(String, String)> = client
+            .list_shards()
+            .stream_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .shards()
+            .iter()
+            .map(|s| {
+                (
+                    s.shard_id().to_owned(),
+                    s.hash_key_range().unwrap().starting_hash_key().to_owned(),
+                )
+            })
+            .collect();
+        shards.sort_by_key(|(_, h)| h.parse::<u128>().unwrap());
+        assert_eq!(shards.len(), PARTITIONS as usize);
+        Stream {
+            client,
+            name,
+            shards,
+            state: std::sync::Mutex::new((BTreeMap::new(), 0)),
+        }
+    }
+
+    /// Puts the next `n` events, in order within each shard.
+    async fn put(&self, n: u64) {
+        let from = self.state.lock().unwrap().1;
+        for chunk_start in (from..from + n).step_by(300) {
+            let end = (chunk_start + 300).min(from + n);
+            let entries: Vec<PutRecordsRequestEntry> = (chunk_start..end)
+                .map(|i| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key("pk")
+                        .explicit_hash_key(&self.shards[partition(i) as usize].1)
+                        .data(Blob::new(json(i)))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self
+                .client
+                .put_records()
+                .stream_name(&self.name)
+                .set_records(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(out.failed_record_count(), Some(0));
+            let mut state = self.state.lock().unwrap();
+            for r in out.records() {
+                let (shard, seq) = (r.shard_id().unwrap(), r.sequence_number().unwrap());
+                state.0.insert(shard.to_owned(), seq.to_owned());
+            }
+        }
+        self.state.lock().unwrap().1 = from + n;
+    }
+
+    fn put_so_far(&self) -> u64 {
+        self.state.lock().unwrap().1
+    }
+
+    /// The token naming the last record put to each shard.
+    fn token(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "kinesis",
+            "stream": self.name,
+            "sequence_numbers": self.state.lock().unwrap().0,
+        })
+    }
+}
+
+/// Runs `put(per_tick)` every 50 ms on its own runtime until stopped.
+fn keep_putting(
+    stream: Arc<Stream>,
+    per_tick: u64,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        while !flag.load(Ordering::SeqCst) {
+            rt.block_on(stream.put(per_tick));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (stop, handle)
+}
+
+fn live_args(export: &std::path::Path, data: &std::path::Path) -> Vec<String> {
+    [
+        "run",
+        "--backfill",
+        "jsonl",
+        "--from",
+        &export.to_string_lossy(),
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--chunk-rows",
+        "400",
+        "--flush-max-keys",
+        "40",
+        "--flush-max-age",
+        "100ms",
+        "--progress",
+        "never",
+        "--log",
+        "info,murmur_bootstrap=debug",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn kinesis_sequence_number_token_seam_is_exact() {
+    if service("AWS_ENDPOINT_URL_KINESIS").is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stream = Arc::new(rt.block_on(Stream::create()));
+    let history = 9_000;
+    rt.block_on(stream.put(history));
+    let dir = tempdir();
+    // The export holds exactly what was put before its token.
+    write_export_with(&p(&dir, "export"), history, Some(stream.token()));
+    let mut args = live_args(&p(&dir, "export"), &p(&dir, "data"));
+    args.extend(["--live", "kinesis", "--kinesis-stream", &stream.name].map(str::to_owned));
+
+    let (stop, producer) = keep_putting(stream.clone(), 30);
+    let s = finished(&args, &term_in_live(PARTITIONS as usize));
+    assert_eq!(s["backfill"], "completed", "{s}");
+    assert_eq!(s["token"]["kind"], "kinesis", "{s}");
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+
+    let mut last = args.clone();
+    last.extend(["--until".to_owned(), stream.token().to_string()]);
+    let s = finished(&last, &Kill::Never);
+    assert_eq!(s["backfill"], "already_completed", "{s}");
+    assert_eq!(s["replayed"], 0, "{s}");
+    let n = stream.put_so_far();
+    assert!(n > history + 100, "events arrived during the run: {n}");
+    rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));
+}
+
+#[test]
+fn event_time_cut_over_kafka_seam_is_exact() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir();
+    // The export runs past the cut (and has no offsets manifest); the topic
+    // holds everything from the start, timestamped with event time.
+    let cut_at = 8_000;
+    write_export_with(&p(&dir, "export"), cut_at + 1_500, None);
+    let cut_ms = event(cut_at).2;
+    assert!(event(cut_at - 1).2 < cut_ms, "event times increase with i");
+    let (_broker, topic) = Topic::new();
+    rt.block_on(topic.produce(cut_at + 1_500));
+    let mut args = live_args(&p(&dir, "export"), &p(&dir, "data"));
+    args.extend(
+        [
+            "--live",
+            "kafka",
+            "--kafka-brokers",
+            &topic.brokers,
+            "--kafka-topic",
+            TOPIC,
+            "--token",
+            &serde_json::json!({"kind": "event_time_cut", "at_ms": cut_ms}).to_string(),
+            "--cut-skew",
+            "10m",
+        ]
+        .map(str::to_owned),
+    );
+
+    let (stop, producer) = keep_producing(topic.clone(), 30);
+    let s = finished(&args, &term_in_live(PARTITIONS as usize));
+    assert_eq!(s["backfill"], "completed", "{s}");
+    assert_eq!(s["backfill_after_cut"], 1_500, "{s}");
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+
+    let mut last = args.clone();
+    last.extend(["--until".to_owned(), topic.until()]);
+    let s = finished(&last, &Kill::Never);
+    assert_eq!(s["replayed"], 0, "{s}");
+    let n = topic.produced.load(Ordering::SeqCst);
+    rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));
+}
+
+#[test]
+fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
+    if service("AWS_ENDPOINT_URL").is_none() {
+        return;
+    }
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+        ScalarAttributeType, WriteRequest,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let history = 4_000u64;
+    let table = unique("history");
+    rt.block_on(async {
+        let ddb = aws_sdk_dynamodb::Client::new(&aws().await);
+        ddb.create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("event_id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("event_id")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let items: Vec<WriteRequest> = (0..history)
+            .map(|i| {
+                let (e, c, t) = event(i);
+                let item = [
+                    ("event_id", AttributeValue::S(format!("ev-{i}"))),
+                    ("entity_id", AttributeValue::S(e)),
+                    ("count", AttributeValue::N(c.to_string())),
+                    ("occurred_at_unix_ms", AttributeValue::N(t.to_string())),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                WriteRequest::builder()
+                    .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+                    .build()
+            })
+            .collect();
+        for chunk in items.chunks(25) {
+            let mut pending = Some(
+                std::iter::once((table.clone(), chunk.to_vec()))
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+            while let Some(req) = pending.take() {
+                let out = ddb
+                    .batch_write_item()
+                    .set_request_items(Some(req))
+                    .send()
+                    .await
+                    .unwrap();
+                pending = out.unprocessed_items().filter(|u| !u.is_empty()).cloned();
+            }
+        }
+    });
+    let (_broker, topic) = Topic::new();
+    rt.block_on(topic.produce(history));
+    let dir = tempdir();
+    let data = p(&dir, "data");
+    // The offsets the table's history ends at (a Spark job's manifest would
+    // carry them; here the explicit --token).
+    let args: Vec<String> = [
+        "run",
+        "--backfill",
+        "dynamodb",
+        "--scan-table",
+        &table,
+        "--scan-segments",
+        "4",
+        "--scan-page-size",
+        "250",
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--token",
+        &topic.until(),
+        "--live",
+        "kafka",
+        "--kafka-brokers",
+        &topic.brokers,
+        "--kafka-topic",
+        TOPIC,
+        "--flush-max-keys",
+        "40",
+        "--flush-max-age",
+        "100ms",
+        "--progress",
+        "never",
+        "--log",
+        "info,murmur_bootstrap=debug",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+
+    let (stop, producer) = keep_producing(topic.clone(), 30);
+    let s = finished(&args, &term_in_live(PARTITIONS as usize));
+    assert_eq!(s["backfill"], "completed", "{s}");
+    assert_eq!(s["backfill_records"], history, "{s}");
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+
+    let mut last = args.clone();
+    last.extend(["--until".to_owned(), topic.until()]);
+    let s = finished(&last, &Kill::Never);
+    assert_eq!(s["replayed"], 0, "{s}");
+    let n = topic.produced.load(Ordering::SeqCst);
+    assert!(n > history);
+    rt.block_on(compare_sums(&embedded(&data, "events"), n));
+}
