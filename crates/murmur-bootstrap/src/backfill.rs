@@ -240,6 +240,8 @@ where
         run = run_id,
         records = stats.records,
         batches = stats.batches,
+        rows = stats.rows,
+        token = %token.to_json(),
         "backfill completed"
     );
     Ok(BackfillOutcome::Completed {

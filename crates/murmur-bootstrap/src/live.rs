@@ -119,6 +119,7 @@ where
     tracing::info!(
         records = run.stats.records,
         batches = run.stats.batches,
+        rows = run.stats.rows,
         "live stage stopped"
     );
     Ok(run.stats)

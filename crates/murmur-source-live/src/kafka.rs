@@ -1098,7 +1098,7 @@ impl<T: Send + 'static> LiveSource<T> for KafkaSource<T> {
                 epoch,
             })
             .map_err(|_| self.shared.closed())?;
-        tracing::info!(%lane, offset, "lane started");
+        tracing::debug!(%lane, offset, "partition positioned");
         Ok(Position::Offset { offset })
     }
 

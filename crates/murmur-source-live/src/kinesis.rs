@@ -853,7 +853,7 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
             reply,
         })
         .await?;
-        tracing::info!(%lane, position = %at, "lane started");
+        tracing::debug!(%lane, position = %at, "shard positioned");
         Ok(at.clone())
     }
 

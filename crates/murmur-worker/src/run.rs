@@ -265,16 +265,8 @@ impl Worker<'_> {
                 tracing::info!(run = run_id, token = %token.to_json(), "backfill already completed; not re-run");
                 Ok(Some(token))
             }
-            BackfillOutcome::Completed { token, stats } => {
+            BackfillOutcome::Completed { token, .. } => {
                 summary.backfill = "completed";
-                tracing::info!(
-                    run = run_id,
-                    records = stats.records,
-                    batches = stats.batches,
-                    rows = stats.rows,
-                    token = %token.to_json(),
-                    "backfill completed"
-                );
                 Ok(Some(token))
             }
             BackfillOutcome::Stopped { .. } => {
@@ -387,12 +379,6 @@ impl Worker<'_> {
         summary.replayed += p.replayed;
         summary.rows += p.rows;
         summary.duplicates += p.duplicates;
-        tracing::info!(
-            records = stats.records,
-            batches = stats.batches,
-            rows = stats.rows,
-            "live stage stopped"
-        );
         Ok(stats)
     }
 }
