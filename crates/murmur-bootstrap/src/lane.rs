@@ -8,6 +8,7 @@ use murmur_core::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 /// Per-event deduplication for sources that overlap each other (two exports
 /// of the same history): every record with an event id is claimed for its
@@ -234,16 +235,21 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             start,
             end,
         };
-        self.checkpoints
-            .begin_batch(&intent)
-            .await
-            .map_err(|source| self.store_err(source))?;
-        self.state.pending = Some(intent.clone());
-        let held = std::mem::take(&mut self.held);
-        self.held_since = None;
-        let refs: Vec<&Record<T>> = held.iter().collect();
-        let duplicates = self.fold_claimed(intent.seq, &refs).await?;
-        self.write(intent, records, duplicates).await.map(Some)
+        let span = tracing::debug_span!("batch", lane = %self.lane, seq = intent.seq, records);
+        async {
+            self.checkpoints
+                .begin_batch(&intent)
+                .await
+                .map_err(|source| self.store_err(source))?;
+            self.state.pending = Some(intent.clone());
+            let held = std::mem::take(&mut self.held);
+            self.held_since = None;
+            let refs: Vec<&Record<T>> = held.iter().collect();
+            let duplicates = self.fold_claimed(intent.seq, &refs).await?;
+            self.write(intent, records, duplicates).await.map(Some)
+        }
+        .instrument(span)
+        .await
     }
 
     /// With dedup, claims the event ids of `records` for batch `seq` and

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// How to run the live stage.
 #[derive(Debug, Clone)]
@@ -78,6 +79,25 @@ pub struct LiveStats {
 /// source only after it is committed. The lane's guard (partition
 /// ownership, Kinesis lease) is checked before every write.
 pub async fn live<T, M, L>(
+    pipeline: &Pipeline<T, M>,
+    source: &mut L,
+    state: Arc<dyn StateStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    options: &LiveOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LiveStats>
+where
+    T: Send + 'static,
+    M: Monoid,
+    L: LiveSource<T>,
+{
+    let span = tracing::info_span!("live", source = %source.name());
+    run_live(pipeline, source, state, checkpoints, options, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_live<T, M, L>(
     pipeline: &Pipeline<T, M>,
     source: &mut L,
     state: Arc<dyn StateStore>,
