@@ -7,7 +7,7 @@ use crate::progress::Progress;
 use futures::StreamExt;
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
-    RunStatus, StateStore,
+    RunRecord, RunStatus, StateStore,
 };
 use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
 use std::sync::Arc;
@@ -173,14 +173,19 @@ where
     S::Item: Send + Sync,
 {
     let run_id = options.run_id.as_str();
-    let run = checkpoints
-        .begin_run(run_id)
-        .await
-        .map_err(|e| Error::run(run_id, e))?;
-    if run.status == RunStatus::Completed {
+    let already = |run: RunRecord| {
         let token = run.token.unwrap_or(HandoffToken::None);
         tracing::info!(run = run_id, token = %token.to_json(), "backfill already completed; not re-run");
-        return Ok(BackfillOutcome::AlreadyCompleted { token });
+        Ok(BackfillOutcome::AlreadyCompleted { token })
+    };
+    // A completed run is skipped without listing the source.
+    if let Some(run) = checkpoints
+        .run(run_id)
+        .await
+        .map_err(|e| Error::run(run_id, e))?
+        && run.status == RunStatus::Completed
+    {
+        return already(run);
     }
     let token = match &options.token {
         Some(t) => t.clone(),
@@ -199,6 +204,23 @@ where
         .await
         .map_err(|e| Error::source(run_id, e))?;
     let plan = LanePlan::new(run_id, units, options.lanes).map_err(|e| Error::source(run_id, e))?;
+    let fingerprint = fingerprint(&plan);
+    let run = checkpoints
+        .begin_run(run_id, &fingerprint)
+        .await
+        .map_err(|e| Error::run(run_id, e))?;
+    if run.status == RunStatus::Completed {
+        return already(run);
+    }
+    if let Some(begun) = run.plan
+        && begun != fingerprint
+    {
+        return Err(Error::PlanChanged {
+            run_id: run_id.to_owned(),
+            begun,
+            now: fingerprint,
+        });
+    }
     let mine = plan
         .for_worker(options.worker_index, options.worker_count)
         .map_err(|e| Error::source(run_id, e))?;
@@ -409,4 +431,33 @@ fn unit_at<'a>(units: &'a [WorkUnit], p: &Position) -> Option<&'a WorkUnit> {
         Position::Beginning => units.first(),
         p => unit_index(p).and_then(|i| units.iter().find(|u| u.index == i)),
     }
+}
+
+/// `units=<n> bytes=<total> lanes=<n> sha256=<16 hex digits>`: the digest
+/// covers every lane's id and its units' index, key and size, in plan order.
+fn fingerprint(plan: &LanePlan) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    let (mut units, mut bytes) = (0u64, 0u64);
+    for lane in plan.lanes() {
+        hash.update(lane.lane.as_str().as_bytes());
+        hash.update([0]);
+        for unit in &lane.units {
+            units += 1;
+            bytes = bytes.saturating_add(unit.size);
+            hash.update(unit.index.to_le_bytes());
+            hash.update(unit.key.as_bytes());
+            hash.update([0]);
+            hash.update(unit.size.to_le_bytes());
+        }
+        hash.update([1]);
+    }
+    let digest: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "units={units} bytes={bytes} lanes={} sha256={digest}",
+        plan.lanes().len()
+    )
 }

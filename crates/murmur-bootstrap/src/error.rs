@@ -45,6 +45,23 @@ pub enum Error {
         #[source]
         source: Box<StoreError>,
     },
+    /// The run was begun with a different work plan: the source's listing
+    /// changed (objects added or removed) or the lane count differs. Its
+    /// lane checkpoints belong to the old plan, so resuming could skip or
+    /// double-count; restore the listing and `--lanes`, or start a new run
+    /// id (into a fresh store).
+    #[error(
+        "run {run_id}: the work plan changed since the run began (then: {begun}; now: {now}); \
+         restore the source's objects and the lane count, or use a new run id"
+    )]
+    PlanChanged {
+        /// The run id.
+        run_id: String,
+        /// The plan fingerprint the run began with.
+        begun: String,
+        /// The plan fingerprint now.
+        now: String,
+    },
     /// The caller broke the lane protocol (for example pushed new records
     /// while a pending batch still had to be replayed).
     #[error("lane {lane}: {reason}")]

@@ -338,3 +338,73 @@ async fn two_workers_split_one_backfill() {
     );
     assert_eq!(stored(&mem, &d.truth).await, d.truth);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
+    let d = write_data(3_000);
+    let mem = MemoryStore::new();
+    let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
+        (Arc::new(mem.clone()), Arc::new(mem.clone()));
+    // Begin the run and stop it before any batch.
+    let stopped = options("bf-plan");
+    stopped.stop.cancel();
+    let out = backfill(
+        &pipeline(),
+        &source(&d),
+        state.clone(),
+        cps.clone(),
+        &stopped,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(out, BackfillOutcome::Stopped { .. }), "{out:?}");
+    let begun = cps.run("bf-plan").await.unwrap().unwrap().plan.unwrap();
+    assert!(begun.starts_with("units=12 "), "{begun}");
+
+    // A late object appears under the prefix.
+    let late = d.root.join("events/day=03/part-00099.json");
+    std::fs::write(
+        &late,
+        "{\"entity_id\":\"e1\",\"count\":1,\"occurred_at\":\"2026-05-03T01:00:00Z\"}\n",
+    )
+    .unwrap();
+    let err = backfill(
+        &pipeline(),
+        &source(&d),
+        state.clone(),
+        cps.clone(),
+        &options("bf-plan"),
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::PlanChanged { .. })
+            && text.contains("bf-plan")
+            && text.contains("units=12 ")
+            && text.contains("units=13 "),
+        "{text}"
+    );
+    std::fs::remove_file(&late).unwrap();
+
+    // Another lane count is another plan too.
+    let mut four = options("bf-plan");
+    four.lanes = 4;
+    let err = backfill(&pipeline(), &source(&d), state.clone(), cps.clone(), &four)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lanes=4"), "{err}");
+
+    // The original plan resumes and is exact.
+    let out = backfill(
+        &pipeline(),
+        &source(&d),
+        state.clone(),
+        cps.clone(),
+        &options("bf-plan"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(out, BackfillOutcome::Completed { .. }), "{out:?}");
+    assert_eq!(stored(&*state, &d.truth).await, d.truth);
+}

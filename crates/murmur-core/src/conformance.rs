@@ -699,10 +699,14 @@ pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
         ),
         "{n}: completing a run that was never begun"
     );
-    let r1 = cp.begin_run(&run).await.expect("begin_run");
+    let r1 = cp.begin_run(&run, "plan-a").await.expect("begin_run");
     assert_eq!((r1.status, r1.token.clone()), (RunStatus::Running, None));
-    let r2 = cp.begin_run(&run).await.expect("begin_run again");
-    assert_eq!(r1, r2, "{n}: begin_run is idempotent");
+    assert_eq!(r1.plan.as_deref(), Some("plan-a"), "{n}: the plan is kept");
+    let r2 = cp.begin_run(&run, "plan-b").await.expect("begin_run again");
+    assert_eq!(
+        r1, r2,
+        "{n}: begin_run is idempotent and keeps the first plan"
+    );
     let done = cp.complete_run(&run, &token).await.expect("complete");
     assert_eq!(
         (done.status, done.token.clone()),
@@ -726,7 +730,7 @@ pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
         "{n}: error names the run: {err}"
     );
     assert_eq!(
-        cp.begin_run(&run)
+        cp.begin_run(&run, "plan-c")
             .await
             .expect("begin after completion")
             .status,
@@ -769,7 +773,7 @@ where
         apply(&s, &Sum, &batch(&Sum, &lane, 1, &[(&k, 7)])).await;
         c.commit_batch(&lane, 1).await.expect("commit 1");
         c.begin_batch(&intent).await.expect("begin 2");
-        c.begin_run(&run).await.expect("begin run");
+        c.begin_run(&run, "plan").await.expect("begin run");
         c.complete_run(&run, &HandoffToken::None)
             .await
             .expect("complete run");

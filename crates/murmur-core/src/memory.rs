@@ -178,12 +178,12 @@ impl CheckpointStore for MemoryStore {
         Ok(self.lock().runs.get(run_id).cloned())
     }
 
-    async fn begin_run(&self, run_id: &str) -> Result<RunRecord, StoreError> {
+    async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError> {
         Ok(self
             .lock()
             .runs
             .entry(run_id.to_owned())
-            .or_insert_with(|| RunRecord::running(run_id, now_ms()))
+            .or_insert_with(|| RunRecord::running(run_id, plan, now_ms()))
             .clone())
     }
 

@@ -327,17 +327,24 @@ pub struct RunRecord {
     pub completed_at_ms: Option<i64>,
     /// The handoff token, written together with the completion.
     pub token: Option<HandoffToken>,
+    /// A fingerprint of the run's work plan (its units and lanes), set when
+    /// the run begins. A resume that plans differently — the export's
+    /// listing changed, or another lane count — is refused, since lane
+    /// checkpoints only mean something for the plan they were taken under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 impl RunRecord {
-    /// A new running record.
-    pub fn running(run_id: &str, now_ms: i64) -> Self {
+    /// A new running record for the work plan fingerprinted `plan`.
+    pub fn running(run_id: &str, plan: &str, now_ms: i64) -> Self {
         RunRecord {
             run_id: run_id.to_owned(),
             status: RunStatus::Running,
             started_at_ms: now_ms,
             completed_at_ms: None,
             token: None,
+            plan: Some(plan.to_owned()),
         }
     }
 
@@ -387,9 +394,11 @@ pub trait CheckpointStore: Send + Sync {
     /// The run record, if the run was begun.
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
 
-    /// Begins a run unless it exists; returns the stored record (which may be
-    /// completed — a completed bootstrap is never re-run).
-    async fn begin_run(&self, run_id: &str) -> Result<RunRecord, StoreError>;
+    /// Begins a run for the work plan fingerprinted `plan` unless it exists;
+    /// returns the stored record (which may be completed — a completed
+    /// bootstrap is never re-run — or carry the plan it began with, for the
+    /// caller to compare).
+    async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError>;
 
     /// Marks the run completed and stores its handoff token, in one atomic
     /// write (see [`RunRecord::complete`]).
