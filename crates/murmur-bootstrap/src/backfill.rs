@@ -12,7 +12,6 @@ use murmur_core::{
 use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 /// How to run a backfill.
 #[derive(Debug, Clone)]
@@ -142,25 +141,8 @@ impl BackfillStats {
 /// units. With an [`HandoffToken::EventTimeCut`] token, only events with
 /// `event_time < at_ms` are kept. When every lane of the run is finished,
 /// the completion record and the token are written in one write.
+#[tracing::instrument(name = "backfill", skip_all, fields(run = %options.run_id))]
 pub async fn backfill<S, M>(
-    pipeline: &Pipeline<S::Item, M>,
-    source: &S,
-    state: Arc<dyn StateStore>,
-    checkpoints: Arc<dyn CheckpointStore>,
-    options: &BackfillOptions,
-) -> Result<BackfillOutcome>
-where
-    S: SnapshotSource + Clone + 'static,
-    M: Monoid,
-    S::Item: Send + Sync,
-{
-    let span = tracing::info_span!("backfill", run = %options.run_id);
-    run_backfill(pipeline, source, state, checkpoints, options)
-        .instrument(span)
-        .await
-}
-
-async fn run_backfill<S, M>(
     pipeline: &Pipeline<S::Item, M>,
     source: &S,
     state: Arc<dyn StateStore>,

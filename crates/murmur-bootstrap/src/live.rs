@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument as _;
 
 /// How to run the live stage.
 #[derive(Debug, Clone)]
@@ -78,26 +77,8 @@ pub struct LiveStats {
 /// max age, revocation and shutdown), and each batch is acknowledged to the
 /// source only after it is committed. The lane's guard (partition
 /// ownership, Kinesis lease) is checked before every write.
+#[tracing::instrument(name = "live", skip_all, fields(source = %source.name()))]
 pub async fn live<T, M, L>(
-    pipeline: &Pipeline<T, M>,
-    source: &mut L,
-    state: Arc<dyn StateStore>,
-    checkpoints: Arc<dyn CheckpointStore>,
-    options: &LiveOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<LiveStats>
-where
-    T: Send + 'static,
-    M: Monoid,
-    L: LiveSource<T>,
-{
-    let span = tracing::info_span!("live", source = %source.name());
-    run_live(pipeline, source, state, checkpoints, options, shutdown)
-        .instrument(span)
-        .await
-}
-
-async fn run_live<T, M, L>(
     pipeline: &Pipeline<T, M>,
     source: &mut L,
     state: Arc<dyn StateStore>,

@@ -9,26 +9,7 @@ use common::*;
 use murmur_core::store::RowKey;
 use murmur_core::{StateStore as _, Window};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-const LIMIT: Duration = Duration::from_secs(240);
-
-/// The JSON summary a `run` prints as its last stdout line.
-fn summary(stdout: &str) -> serde_json::Value {
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("no summary ({e}) in:\n{stdout}"))
-}
-
-fn finished(cmd: Command, kill: &Kill) -> serde_json::Value {
-    match run(cmd, kill, LIMIT) {
-        Ended::Exited(status, out) => {
-            assert!(status.success());
-            summary(&out)
-        }
-        Ended::Killed(phase) => unreachable!("killed in {phase:?}"),
-    }
-}
 
 fn backfill_only(export: &Path, data: &Path) -> Vec<String> {
     [
@@ -48,12 +29,6 @@ fn backfill_only(export: &Path, data: &Path) -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
-}
-
-fn worker_with(args: &[String]) -> Command {
-    let mut c = worker();
-    c.args(args);
-    c
 }
 
 /// Sum of every stored (entity, hour) value of the events' keys.
@@ -99,7 +74,7 @@ fn overlapping_export_objects_count_each_event_once_with_dedup() {
 
     let mut args = backfill_only(&export, &p(&dir, "dedup"));
     args.push("--dedup".into());
-    let s = finished(worker_with(&args), &Kill::Never);
+    let s = finished(&args, &Kill::Never);
     assert_eq!(s["backfill"], "completed");
     assert_eq!(s["duplicates"], dup_lines, "{s}");
     assert_eq!(s["backfill_records"], n + dup_lines, "{s}");
@@ -107,10 +82,7 @@ fn overlapping_export_objects_count_each_event_once_with_dedup() {
 
     // Without --dedup the copies are counted: the control shows the test
     // data really overlaps.
-    let s = finished(
-        worker_with(&backfill_only(&export, &p(&dir, "plain"))),
-        &Kill::Never,
-    );
+    let s = finished(&backfill_only(&export, &p(&dir, "plain")), &Kill::Never);
     assert_eq!(s["duplicates"], 0, "{s}");
     let truth_total: i64 = truth(n).values().sum();
     assert_eq!(
@@ -126,7 +98,7 @@ fn a_completed_backfill_is_not_run_again_also_through_a_config_file() {
     let n = 5_000;
     let (export, data) = (p(&dir, "export"), p(&dir, "data"));
     write_export(&export, n);
-    let s = finished(worker_with(&backfill_only(&export, &data)), &Kill::Never);
+    let s = finished(&backfill_only(&export, &data), &Kill::Never);
     assert_eq!(s["backfill"], "completed", "{s}");
     assert_eq!(s["backfill_records"], n, "{s}");
     let rows = s["rows"].as_u64().unwrap();
@@ -146,7 +118,7 @@ fn a_completed_backfill_is_not_run_again_also_through_a_config_file() {
     let args: Vec<String> = ["--json", "run", "--config", &config.to_string_lossy()]
         .map(str::to_owned)
         .to_vec();
-    let s = finished(worker_with(&args), &Kill::Never);
+    let s = finished(&args, &Kill::Never);
     assert_eq!(s["backfill"], "already_completed", "{s}");
     assert_eq!(s["backfill_records"], 0, "{s}");
     assert_eq!(s["rows"], 0, "{s}");
@@ -173,10 +145,10 @@ fn sigterm_stops_cleanly_in_backfill_and_live_and_leaves_nothing_to_replay() {
     rt.block_on(topic.produce(history));
     let mut args = run_args(&p(&dir, "export"), &topic.brokers);
     args.extend(["--data-dir".into(), p(&dir, "data").display().to_string()]);
-    let (stop, producer) = keep_producing(topic.clone(), 20);
+    let producer = keep_producing(topic.clone(), 20);
 
     let s = finished(
-        worker_with(&args),
+        &args,
         &Kill::Term {
             pattern: "batch committed",
             nth: 3,
@@ -190,7 +162,7 @@ fn sigterm_stops_cleanly_in_backfill_and_live_and_leaves_nothing_to_replay() {
 
     for _ in 0..2 {
         let s = finished(
-            worker_with(&args),
+            &args,
             &Kill::Term {
                 pattern: "lane started",
                 nth: PARTITIONS as usize,
@@ -206,12 +178,11 @@ fn sigterm_stops_cleanly_in_backfill_and_live_and_leaves_nothing_to_replay() {
             "{s}"
         );
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    producer.join().unwrap();
+    producer.finish();
 
     let mut last = args.clone();
     last.extend(["--until".to_owned(), topic.until()]);
-    let s = finished(worker_with(&last), &Kill::Never);
+    let s = finished(&last, &Kill::Never);
     assert_eq!(s["replayed"], 0, "{s}");
     assert_eq!(s["backfill"], "already_completed", "{s}");
     let n = topic.produced.load(std::sync::atomic::Ordering::SeqCst);
@@ -254,7 +225,7 @@ fn bad_lines_go_to_the_dead_letter_object_and_the_threshold_fails_the_run() {
         ]
         .map(str::to_owned),
     );
-    let s = finished(worker_with(&args), &Kill::Never);
+    let s = finished(&args, &Kill::Never);
     assert_eq!(s["bad_records"], 2, "{s}");
     assert_eq!(s["backfill_records"], n, "{s}");
     rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));

@@ -78,32 +78,25 @@ fn crash_and_finish(
     kills: Vec<Kill>,
     per_tick: u64,
 ) -> Crashed {
-    let (stop, producer) = keep_producing(topic.clone(), per_tick);
+    let producer = keep_producing(topic.clone(), per_tick);
     let mut by_phase = BTreeMap::new();
     for kill in &kills {
-        match run(cmd(args), kill, LIMIT) {
+        match run(worker_with(args), kill, LIMIT) {
             Ended::Killed(phase) => *by_phase.entry(format!("{phase:?}")).or_insert(0) += 1,
             Ended::Exited(status, out) => {
                 panic!("a run without --until exited by itself ({status}): {out}")
             }
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    producer.join().unwrap();
+    producer.finish();
     let mut last = args.to_vec();
     last.extend(["--until".to_owned(), topic.until()]);
-    match run(cmd(&last), &Kill::Never, LIMIT) {
+    match run(worker_with(&last), &Kill::Never, LIMIT) {
         Ended::Exited(..) => {}
         Ended::Killed(_) => unreachable!(),
     }
     eprintln!("kills by phase: {by_phase:?}");
     Crashed { kills: by_phase }
-}
-
-fn cmd(args: &[String]) -> std::process::Command {
-    let mut c = worker();
-    c.args(args);
-    c
 }
 
 fn assert_spread(c: &Crashed, total: usize) {
@@ -179,7 +172,7 @@ fn sigkill_embedded_sketches_are_byte_equal_to_a_crash_free_run() {
         let mut clean = with(&reference);
         clean.extend(["--until".to_owned(), topic.until()]);
         assert!(matches!(
-            run(cmd(&clean), &Kill::Never, LIMIT),
+            run(worker_with(&clean), &Kill::Never, LIMIT),
             Ended::Exited(..)
         ));
 

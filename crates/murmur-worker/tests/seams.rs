@@ -13,23 +13,8 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use common::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-const LIMIT: Duration = Duration::from_secs(240);
-
-fn finished(args: &[String], kill: &Kill) -> serde_json::Value {
-    let mut cmd = worker();
-    cmd.args(args);
-    match run(cmd, kill, LIMIT) {
-        Ended::Exited(status, out) => {
-            assert!(status.success());
-            let line = out.lines().last().unwrap_or_default();
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("no summary ({e}): {out}"))
-        }
-        Ended::Killed(phase) => unreachable!("killed in {phase:?}"),
-    }
-}
 
 /// Stops gracefully once every live lane started (plus a moment of live).
 fn term_in_live(lanes: usize) -> Kill {
@@ -162,24 +147,22 @@ impl Stream {
     }
 }
 
-/// Runs `put(per_tick)` every 50 ms on its own runtime until stopped.
-fn keep_putting(
-    stream: Arc<Stream>,
-    per_tick: u64,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        while !flag.load(Ordering::SeqCst) {
-            rt.block_on(stream.put(per_tick));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    (stop, handle)
+/// Runs the worker with `args` while `producer` keeps adding events —
+/// stopped with SIGTERM a moment into live — then, once the producer is
+/// finished, to `until()`, the token of everything produced. Returns both
+/// summaries; the second run must have had nothing to replay.
+fn through_the_seam(
+    args: &[String],
+    producer: Producer,
+    until: impl FnOnce() -> String,
+) -> (serde_json::Value, serde_json::Value) {
+    let first = finished(args, &term_in_live(PARTITIONS as usize));
+    producer.finish();
+    let mut last = args.to_vec();
+    last.extend(["--until".to_owned(), until()]);
+    let second = finished(&last, &Kill::Never);
+    assert_eq!(second["replayed"], 0, "{second}");
+    (first, second)
 }
 
 fn live_args(export: &std::path::Path, data: &std::path::Path) -> Vec<String> {
@@ -221,18 +204,12 @@ fn kinesis_sequence_number_token_seam_is_exact() {
     let mut args = live_args(&p(&dir, "export"), &p(&dir, "data"));
     args.extend(["--live", "kinesis", "--kinesis-stream", &stream.name].map(str::to_owned));
 
-    let (stop, producer) = keep_putting(stream.clone(), 30);
-    let s = finished(&args, &term_in_live(PARTITIONS as usize));
-    assert_eq!(s["backfill"], "completed", "{s}");
-    assert_eq!(s["token"]["kind"], "kinesis", "{s}");
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-
-    let mut last = args.clone();
-    last.extend(["--until".to_owned(), stream.token().to_string()]);
-    let s = finished(&last, &Kill::Never);
-    assert_eq!(s["backfill"], "already_completed", "{s}");
-    assert_eq!(s["replayed"], 0, "{s}");
+    let putter = stream.clone();
+    let producer = Producer::start(move |rt| rt.block_on(putter.put(30)));
+    let (first, last) = through_the_seam(&args, producer, || stream.token().to_string());
+    assert_eq!(first["backfill"], "completed", "{first}");
+    assert_eq!(first["token"]["kind"], "kinesis", "{first}");
+    assert_eq!(last["backfill"], "already_completed", "{last}");
     let n = stream.put_so_far();
     assert!(n > history + 100, "events arrived during the run: {n}");
     rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));
@@ -267,17 +244,10 @@ fn event_time_cut_over_kafka_seam_is_exact() {
         .map(str::to_owned),
     );
 
-    let (stop, producer) = keep_producing(topic.clone(), 30);
-    let s = finished(&args, &term_in_live(PARTITIONS as usize));
-    assert_eq!(s["backfill"], "completed", "{s}");
-    assert_eq!(s["backfill_after_cut"], 1_500, "{s}");
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-
-    let mut last = args.clone();
-    last.extend(["--until".to_owned(), topic.until()]);
-    let s = finished(&last, &Kill::Never);
-    assert_eq!(s["replayed"], 0, "{s}");
+    let producer = keep_producing(topic.clone(), 30);
+    let (first, _) = through_the_seam(&args, producer, || topic.until());
+    assert_eq!(first["backfill"], "completed", "{first}");
+    assert_eq!(first["backfill_after_cut"], 1_500, "{first}");
     let n = topic.produced.load(Ordering::SeqCst);
     rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));
 }
@@ -387,17 +357,10 @@ fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
     .map(str::to_owned)
     .to_vec();
 
-    let (stop, producer) = keep_producing(topic.clone(), 30);
-    let s = finished(&args, &term_in_live(PARTITIONS as usize));
-    assert_eq!(s["backfill"], "completed", "{s}");
-    assert_eq!(s["backfill_records"], history, "{s}");
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-
-    let mut last = args.clone();
-    last.extend(["--until".to_owned(), topic.until()]);
-    let s = finished(&last, &Kill::Never);
-    assert_eq!(s["replayed"], 0, "{s}");
+    let producer = keep_producing(topic.clone(), 30);
+    let (first, _) = through_the_seam(&args, producer, || topic.until());
+    assert_eq!(first["backfill"], "completed", "{first}");
+    assert_eq!(first["backfill_records"], history, "{first}");
     let n = topic.produced.load(Ordering::SeqCst);
     assert!(n > history);
     rt.block_on(compare_sums(&embedded(&data, "events"), n));

@@ -176,24 +176,42 @@ impl Topic {
     }
 }
 
-/// Keeps producing `per_tick` events every 50 ms until stopped.
-pub fn keep_producing(
-    topic: Arc<Topic>,
-    per_tick: u64,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        while !flag.load(Ordering::SeqCst) {
-            rt.block_on(topic.produce(per_tick));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    (stop, handle)
+/// A background thread calling its tick every 50 ms until [`finish`]ed.
+///
+/// [`finish`]: Producer::finish
+pub struct Producer {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Producer {
+    /// Runs `tick` on its own current-thread runtime every 50 ms.
+    pub fn start(mut tick: impl FnMut(&tokio::runtime::Runtime) + Send + 'static) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            while !flag.load(Ordering::SeqCst) {
+                tick(&rt);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Producer { stop, handle }
+    }
+
+    /// Stops after the current tick and waits for it.
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap();
+    }
+}
+
+/// Keeps producing `per_tick` events every 50 ms until finished.
+pub fn keep_producing(topic: Arc<Topic>, per_tick: u64) -> Producer {
+    Producer::start(move |rt| rt.block_on(topic.produce(per_tick)))
 }
 
 /// The worker binary.
@@ -201,6 +219,31 @@ pub fn worker() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_murmur-worker"));
     c.env_remove("MURMUR_LOG");
     c
+}
+
+/// The worker binary with `args`.
+pub fn worker_with(args: &[String]) -> Command {
+    let mut c = worker();
+    c.args(args);
+    c
+}
+
+/// The JSON summary a `run` prints as its last stdout line.
+pub fn summary(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("no summary ({e}) in:\n{stdout}"))
+}
+
+/// Runs the worker with `args` (stopped as `kill` says, which must let it
+/// exit by itself) and returns its summary.
+pub fn finished(args: &[String], kill: &Kill) -> serde_json::Value {
+    match run(worker_with(args), kill, Duration::from_secs(240)) {
+        Ended::Exited(status, out) => {
+            assert!(status.success());
+            summary(&out)
+        }
+        Ended::Killed(phase) => unreachable!("killed in {phase:?}"),
+    }
 }
 
 /// When to kill a run.
