@@ -12,6 +12,7 @@ use murmur_core::{
 use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// How to run a backfill.
 #[derive(Debug, Clone)]
@@ -225,7 +226,8 @@ where
             progress: progress.clone(),
             stop: options.stop.clone(),
         };
-        async move { lane.run(assignment).await }
+        let span = tracing::info_span!("lane", lane = %assignment.lane);
+        async move { lane.run(assignment).await }.instrument(span)
     }))
     .buffer_unordered(options.concurrency.max(1));
     futures::pin_mut!(lanes);
@@ -304,8 +306,6 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
 
     async fn run(self, assignment: LaneAssignment) -> Result<()> {
         let lane = assignment.lane.clone();
-        let span = tracing::info_span!("lane", lane = %lane);
-        let _enter = span.enter();
         let (writer, resume) = LaneWriter::open(
             self.pipeline.clone(),
             self.state.clone(),
@@ -319,18 +319,7 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         let mut position = match resume {
             Resume::From(p) => p,
             Resume::Pending(intent) => {
-                // Batches never span units: the pending range lies in one unit.
-                let mut records = Vec::new();
-                if let Some(unit) = unit_at(&assignment.units, &intent.start) {
-                    let mut chunks = self.source.read(unit, &intent.start);
-                    while let Some(chunk) = chunks.next().await {
-                        let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-                        records.extend(self.keep(chunk.records));
-                        if chunk.end == intent.end || chunk.last {
-                            break;
-                        }
-                    }
-                }
+                let records = self.reread(&assignment, &intent.start, &intent.end).await?;
                 let report = writer.replay(&records).await?;
                 self.progress.batch(&report, true);
                 intent.end
@@ -342,13 +331,15 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         let first = unit_index(&position)
             .and_then(|i| assignment.units.iter().position(|u| u.index == i))
             .unwrap_or(0);
+        // A batch may span units: the flush policy alone decides where it
+        // ends, so small objects (hourly partitions) still fold into few
+        // row writes. Its range re-reads across units (`reread`).
         for unit in &assignment.units[first..] {
             let from = match unit_index(&position) {
                 Some(i) if i == unit.index => position.clone(),
                 _ => Position::Beginning,
             };
-            let span = tracing::debug_span!("unit", key = %unit.key);
-            let _enter = span.enter();
+            tracing::debug!(key = %unit.key, from = %from, "unit started");
             let mut chunks = self.source.read(unit, &from);
             let mut finished = false;
             while let Some(chunk) = chunks.next().await {
@@ -367,27 +358,24 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                     break;
                 }
             }
-            // End of unit (or stop): a batch never spans two units.
-            if let Some(r) = writer.flush().await? {
-                self.progress.batch(&r, false);
-            }
-            if !finished {
-                if self.stop.is_cancelled() {
-                    tracing::info!(at = %position, "lane stopped");
-                    return Ok(());
-                }
+            if !finished && !self.stop.is_cancelled() {
                 return Err(Error::Protocol {
                     lane,
                     reason: format!("the read of {} ended before its last chunk", unit.key),
                 });
             }
-            self.progress.unit_done(unit.size);
+            if finished {
+                self.progress.unit_done(unit.size);
+            }
             if self.stop.is_cancelled() {
+                if let Some(r) = writer.flush().await? {
+                    self.progress.batch(&r, false);
+                }
                 tracing::info!(at = %position, "lane stopped");
                 return Ok(());
             }
         }
-        // Mark the lane finished with an empty batch ending at `End`.
+        // The lane is finished once a batch ending at `End` commits.
         writer
             .push_chunk(Vec::new(), &position, &Position::End)
             .await?;
@@ -395,6 +383,54 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
             self.progress.batch(&r, false);
         }
         Ok(())
+    }
+
+    /// Re-reads the records of the range `[start, end)` of this lane's
+    /// units — a pending batch, possibly spanning units — with the same
+    /// chunking and cut as the first read. `End` means "to the end of the
+    /// lane's last unit".
+    async fn reread(
+        &self,
+        assignment: &LaneAssignment,
+        start: &Position,
+        end: &Position,
+    ) -> Result<Vec<Record<S::Item>>> {
+        let lane = &assignment.lane;
+        let first = match start {
+            Position::Beginning => 0,
+            p => unit_index(p)
+                .and_then(|i| assignment.units.iter().position(|u| u.index == i))
+                .ok_or_else(|| Error::Protocol {
+                    lane: lane.clone(),
+                    reason: format!("pending batch starts at {start}, in none of the lane's units"),
+                })?,
+        };
+        let mut records = Vec::new();
+        let mut from = start.clone();
+        for unit in &assignment.units[first..] {
+            let mut chunks = self.source.read(unit, &from);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
+                records.extend(self.keep(chunk.records));
+                if chunk.end == *end {
+                    return Ok(records);
+                }
+                if chunk.last {
+                    break;
+                }
+            }
+            from = Position::Beginning;
+        }
+        if *end == Position::End {
+            return Ok(records);
+        }
+        Err(Error::Protocol {
+            lane: lane.clone(),
+            reason: format!(
+                "the pending batch [{start}, {end}) could not be re-read: no chunk of the lane's \
+                 units ends at {end} (did the source's objects change?)"
+            ),
+        })
     }
 }
 
@@ -405,13 +441,6 @@ fn unit_index(p: &Position) -> Option<u64> {
         Position::Object { index, .. } => Some(*index),
         Position::Scan { segment, .. } => Some(u64::from(*segment)),
         _ => None,
-    }
-}
-
-fn unit_at<'a>(units: &'a [WorkUnit], p: &Position) -> Option<&'a WorkUnit> {
-    match p {
-        Position::Beginning => units.first(),
-        p => unit_index(p).and_then(|i| units.iter().find(|u| u.index == i)),
     }
 }
 

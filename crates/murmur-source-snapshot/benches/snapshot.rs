@@ -199,8 +199,10 @@ where
                         flush(&mut agg).await;
                     }
                 }
-                flush(&mut agg).await;
             }
+            // Batches span units (as in murmur-bootstrap's backfill): the
+            // flush policy alone cuts them.
+            flush(&mut agg).await;
             taken
         }));
     }
@@ -373,6 +375,7 @@ import json, sys, time
 import duckdb
 con = duckdb.connect()
 con.execute("SET threads=" + sys.argv[2])
+con.execute("SET enable_progress_bar=false")
 query = sys.argv[1]
 t = time.time()
 groups, total = con.execute(
