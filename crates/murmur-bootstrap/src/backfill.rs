@@ -9,7 +9,7 @@ use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
     RunRecord, RunStatus, StateStore,
 };
-use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
+use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
