@@ -112,6 +112,37 @@ impl ObjectListing {
         }
     }
 
+    /// A listing of `uri`: `s3://bucket/prefix` (credentials and region from
+    /// the standard AWS environment; `AWS_ENDPOINT_URL_S3` or
+    /// `AWS_ENDPOINT_URL` point it at a stand-in such as moto or
+    /// LocalStack), `file:///dir` or a plain local directory.
+    pub fn from_uri(uri: &str) -> Result<Self> {
+        let config = |reason: String| Error::Config { reason };
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(config(format!("{uri}: no bucket")));
+            }
+            let mut builder =
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Ok(endpoint) =
+                std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            {
+                builder = builder
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_endpoint(endpoint);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| config(format!("cannot open {uri}: {e}")))?;
+            return Ok(Self::new(Arc::new(store), Path::from(prefix)));
+        }
+        let dir = uri.strip_prefix("file://").unwrap_or(uri);
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| config(format!("cannot open directory {dir}: {e}")))?;
+        Ok(Self::new(Arc::new(store), Path::from("")))
+    }
+
     /// Replaces the key filter; it gets the key relative to the prefix.
     pub fn key_filter(mut self, keep: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.key_filter = Arc::new(keep);

@@ -208,9 +208,10 @@ impl Worker<'_> {
         let (outcome, bad) = match args.backfill {
             BackfillKind::None => unreachable!("checked by the caller"),
             BackfillKind::Parquet => {
-                let (store, prefix) = object_store_of(args.from.as_deref())?;
+                let listing = listing(args.from.as_deref())?;
+                let store = listing.store().clone();
                 let source = ParquetSource::with_options(
-                    ObjectListing::new(store.clone(), prefix),
+                    listing,
                     CountEventColumns,
                     ParquetOptions {
                         chunk_rows: args.chunk_rows.max(1) as usize,
@@ -221,9 +222,10 @@ impl Worker<'_> {
                 drive(pipeline, source, stores, &options).await
             }
             BackfillKind::Jsonl => {
-                let (store, prefix) = object_store_of(args.from.as_deref())?;
+                let listing = listing(args.from.as_deref())?;
+                let store = listing.store().clone();
                 let source = JsonLinesSource::with_options(
-                    ObjectListing::new(store.clone(), prefix),
+                    listing,
                     CountEventLines,
                     JsonLinesOptions {
                         chunk_lines: args.chunk_rows.max(1),
@@ -579,24 +581,9 @@ async fn fresh_object(store: &Arc<dyn ObjectStore>, key: &str) -> anyhow::Result
     bail!("no free dead-letter object name after {key}.{}", u32::MAX)
 }
 
-pub fn object_store_of(uri: Option<&str>) -> anyhow::Result<(Arc<dyn ObjectStore>, Path)> {
+/// The export `--from` names (`s3://bucket/prefix` or a directory).
+fn listing(from: Option<&str>) -> anyhow::Result<ObjectListing> {
     let uri =
-        uri.context("--backfill parquet/jsonl needs --from (s3://bucket/prefix or a directory)")?;
-    if let Some(rest) = uri.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Ok(endpoint) =
-            std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-        {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let store = builder
-            .build()
-            .with_context(|| format!("cannot open {uri}"))?;
-        return Ok((Arc::new(store), Path::from(prefix)));
-    }
-    let dir = uri.strip_prefix("file://").unwrap_or(uri);
-    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-        .with_context(|| format!("cannot open directory {dir}"))?;
-    Ok((Arc::new(store), Path::from("")))
+        from.context("--backfill parquet/jsonl needs --from (s3://bucket/prefix or a directory)")?;
+    Ok(ObjectListing::from_uri(uri)?)
 }
