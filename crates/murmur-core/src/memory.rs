@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: an in-process state and checkpoint store for tests and
 //! examples. It follows exactly the same fencing rules as the persistent
-//! stores (it calls [`merge_row`]).
+//! stores (it calls [`merge_row`] and its in-place form [`merge_into`]).
 
 use crate::error::StoreError;
 use crate::handoff::HandoffToken;
@@ -8,9 +8,10 @@ use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
     ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge, RowKey, RunRecord,
-    StateStore, StoredRow, StoredValue, WriteBatch, merge_row, now_ms,
+    StateStore, StoredRow, StoredValue, WriteBatch, merge_into, merge_row, now_ms,
 };
-use std::collections::{BTreeMap, HashMap};
+use hashbrown::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Debug, Default)]
@@ -93,25 +94,31 @@ impl StateStore for MemoryStore {
         let mut report = ApplyReport::default();
         for delta in &batch.rows {
             report.requests += 1;
-            let merged = merge_row(
-                monoid,
-                inner.rows.get(&delta.key),
-                delta,
-                &batch.lane,
-                batch.seq,
-            )
-            .map_err(|source| StoreError::Row {
+            let error = |source| StoreError::Row {
                 store: "memory".into(),
                 entity: delta.key.entity.to_string(),
                 bucket: delta.key.bucket.0,
                 source,
-            })?;
-            match merged {
-                Merge::Write(row) => {
-                    inner.rows.insert(delta.key.clone(), row);
-                    report.rows_written += 1;
+            };
+            // In place for an existing row: no clone of its fences per write.
+            let changed = match inner.rows.get_mut(&delta.key) {
+                Some(row) => {
+                    merge_into(monoid, row, delta, &batch.lane, batch.seq).map_err(error)?
                 }
-                Merge::Unchanged => report.rows_unchanged += 1,
+                None => {
+                    match merge_row(monoid, None, delta, &batch.lane, batch.seq).map_err(error)? {
+                        Merge::Write(row) => {
+                            inner.rows.insert(delta.key.clone(), row);
+                            true
+                        }
+                        Merge::Unchanged => false,
+                    }
+                }
+            };
+            if changed {
+                report.rows_written += 1;
+            } else {
+                report.rows_unchanged += 1;
             }
         }
         Ok(report)

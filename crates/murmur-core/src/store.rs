@@ -174,42 +174,68 @@ pub fn merge_row(
     lane: &LaneId,
     seq: u64,
 ) -> Result<Merge, MonoidError> {
-    let strategy = monoid.write_strategy();
-    if strategy.is_fenced()
-        && let Some(row) = existing
-        && row.fences.get(lane).is_some_and(|f| *f >= seq)
-    {
-        return Ok(Merge::Unchanged);
-    }
-    let (value, mut fences, version, old_expiry) = match existing {
-        Some(row) => (
-            monoid.combine_cells(&row.value, &delta.delta)?,
-            row.fences.clone(),
-            row.version,
-            row.expires_at,
-        ),
+    match existing {
+        Some(row) => {
+            if monoid.write_strategy().is_fenced()
+                && row.fences.get(lane).is_some_and(|f| *f >= seq)
+            {
+                return Ok(Merge::Unchanged);
+            }
+            let mut row = row.clone();
+            Ok(if merge_into(monoid, &mut row, delta, lane, seq)? {
+                Merge::Write(row)
+            } else {
+                Merge::Unchanged
+            })
+        }
         None => {
             monoid.validate_cell(&delta.delta)?;
-            (delta.delta.clone(), BTreeMap::new(), 0, None)
+            let mut fences = BTreeMap::new();
+            if monoid.write_strategy().is_fenced() {
+                fences.insert(lane.clone(), seq);
+            }
+            Ok(Merge::Write(StoredRow {
+                value: delta.delta.clone(),
+                expires_at: delta.expires_at,
+                fences,
+                version: 1,
+            }))
         }
-    };
-    let expires_at = old_expiry.max(delta.expires_at);
-    if !strategy.is_fenced()
-        && let Some(row) = existing
-        && row.value == value
-        && row.expires_at == expires_at
-    {
-        return Ok(Merge::Unchanged);
     }
-    if strategy.is_fenced() {
-        fences.insert(lane.clone(), seq);
+}
+
+/// [`merge_row`] into an existing row, in place (for stores that hold rows
+/// in memory): returns whether the row changed. Same rule: a fenced kind
+/// skips a batch at or below the lane's fence and raises the fence; an
+/// idempotent kind skips a merge that changes nothing; the expiry only grows.
+pub fn merge_into(
+    monoid: &dyn DynMonoid,
+    row: &mut StoredRow,
+    delta: &RowDelta,
+    lane: &LaneId,
+    seq: u64,
+) -> Result<bool, MonoidError> {
+    let fenced = monoid.write_strategy().is_fenced();
+    if fenced && row.fences.get(lane).is_some_and(|f| *f >= seq) {
+        return Ok(false);
     }
-    Ok(Merge::Write(StoredRow {
-        value,
-        expires_at,
-        fences,
-        version: version + 1,
-    }))
+    let value = monoid.combine_cells(&row.value, &delta.delta)?;
+    let expires_at = row.expires_at.max(delta.expires_at);
+    if !fenced && row.value == value && row.expires_at == expires_at {
+        return Ok(false);
+    }
+    row.value = value;
+    row.expires_at = expires_at;
+    if fenced {
+        match row.fences.get_mut(lane) {
+            Some(f) => *f = seq,
+            None => {
+                row.fences.insert(lane.clone(), seq);
+            }
+        }
+    }
+    row.version += 1;
+    Ok(true)
 }
 
 /// Whether `strategy` needs the stored row before writing (read-modify-write).
