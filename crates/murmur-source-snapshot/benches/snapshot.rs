@@ -21,6 +21,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+/// The allocator a production binary would use (the worker does): per-row
+/// records are small, short-lived and freed on another thread than the one
+/// that allocated them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

@@ -22,6 +22,13 @@ mod run;
 mod stores;
 
 use clap::Parser as _;
+
+/// mimalloc: a backfill allocates a small record per row on reader threads
+/// and frees it on the lane's; glibc's allocator spends much of a Parquet
+/// scan in page faults and cross-thread frees there (`cargo bench -p
+/// murmur-source-snapshot --bench snapshot` measures the scan with it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
