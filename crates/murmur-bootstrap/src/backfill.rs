@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::lane::{Dedup, LaneWriter, Resume};
-use crate::progress::Progress;
+use crate::progress::{Progress, keep_counted};
 use futures::StreamExt;
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
@@ -291,17 +291,8 @@ struct LaneRun<S: SnapshotSource, M: Monoid> {
 impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
     /// The backfill side of an event-time cut: keep `event_time < cut`.
     fn keep(&self, records: Vec<Record<S::Item>>) -> Vec<Record<S::Item>> {
-        let before = records.len();
-        let kept: Vec<_> = match self.cut {
-            Some(at) => records
-                .into_iter()
-                .filter(|r| r.event_time_ms < at)
-                .collect(),
-            None => records,
-        };
-        self.progress
-            .read(kept.len() as u64, (before - kept.len()) as u64);
-        kept
+        let cut = self.cut;
+        keep_counted(records, |t| cut.is_none_or(|at| t < at), &self.progress).0
     }
 
     async fn run(self, assignment: LaneAssignment) -> Result<()> {
@@ -328,9 +319,7 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         if position == Position::End {
             return Ok(());
         }
-        let first = unit_index(&position)
-            .and_then(|i| assignment.units.iter().position(|u| u.index == i))
-            .unwrap_or(0);
+        let first = unit_offset(&assignment, &position).unwrap_or(0);
         // A batch may span units: the flush policy alone decides where it
         // ends, so small objects (hourly partitions) still fold into few
         // row writes. Its range re-reads across units (`reread`).
@@ -398,12 +387,10 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         let lane = &assignment.lane;
         let first = match start {
             Position::Beginning => 0,
-            p => unit_index(p)
-                .and_then(|i| assignment.units.iter().position(|u| u.index == i))
-                .ok_or_else(|| Error::Protocol {
-                    lane: lane.clone(),
-                    reason: format!("pending batch starts at {start}, in none of the lane's units"),
-                })?,
+            p => unit_offset(assignment, p).ok_or_else(|| Error::Protocol {
+                lane: lane.clone(),
+                reason: format!("pending batch starts at {start}, in none of the lane's units"),
+            })?,
         };
         let mut records = Vec::new();
         let mut from = start.clone();
@@ -442,6 +429,12 @@ fn unit_index(p: &Position) -> Option<u64> {
         Position::Scan { segment, .. } => Some(u64::from(*segment)),
         _ => None,
     }
+}
+
+/// Where in the lane's unit list the unit holding `p` is.
+fn unit_offset(assignment: &LaneAssignment, p: &Position) -> Option<usize> {
+    let index = unit_index(p)?;
+    assignment.units.iter().position(|u| u.index == index)
 }
 
 /// `units=<n> bytes=<total> lanes=<n> sha256=<16 hex digits>`: the digest

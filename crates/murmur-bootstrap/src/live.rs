@@ -2,8 +2,8 @@
 //! only once durable.
 
 use crate::error::{Error, Result};
-use crate::lane::{Dedup, LaneWriter, Resume};
-use crate::progress::Progress;
+use crate::lane::{BatchReport, Dedup, LaneWriter, Resume};
+use crate::progress::{Progress, keep_counted};
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Record, StateStore,
 };
@@ -173,13 +173,16 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                 let records = keep_after(self.options, chunk.records, &mut self.stats);
                 check_guard(source, &chunk.lane)?;
                 if let Some(report) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
-                    self.stats.batches += 1;
-                    self.stats.rows += report.rows;
-                    self.options.progress.batch(&report, false);
-                    source
-                        .ack(&chunk.lane, &report.end)
-                        .await
-                        .map_err(|e| Error::source(chunk.lane.as_str(), e))?;
+                    let progress = &self.options.progress;
+                    committed(
+                        source,
+                        &chunk.lane,
+                        &report,
+                        false,
+                        &mut self.stats,
+                        progress,
+                    )
+                    .await?;
                 }
             }
             _ => {}
@@ -224,14 +227,8 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                 let records = keep_after(self.options, records, &mut self.stats);
                 check_guard(source, &lane)?;
                 let report = writer.replay(&records).await?;
-                self.stats.replayed += 1;
-                self.stats.batches += 1;
-                self.stats.rows += report.rows;
-                self.options.progress.batch(&report, true);
-                source
-                    .ack(&lane, &report.end)
-                    .await
-                    .map_err(|e| Error::source(lane.as_str(), e))?;
+                let progress = &self.options.progress;
+                committed(source, &lane, &report, true, &mut self.stats, progress).await?;
                 report.end
             }
         };
@@ -263,13 +260,8 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
         };
         check_guard(source, lane)?;
         if let Some(report) = writer.flush().await? {
-            self.stats.batches += 1;
-            self.stats.rows += report.rows;
-            self.options.progress.batch(&report, false);
-            source
-                .ack(lane, &report.end)
-                .await
-                .map_err(|e| Error::source(lane.as_str(), e))?;
+            let progress = &self.options.progress;
+            committed(source, lane, &report, false, &mut self.stats, progress).await?;
         }
         Ok(())
     }
@@ -288,17 +280,30 @@ fn keep_after<T>(
     records: Vec<Record<T>>,
     stats: &mut LiveStats,
 ) -> Vec<Record<T>> {
-    let before = records.len();
-    let kept: Vec<_> = match options.cut() {
-        Some(at) => records
-            .into_iter()
-            .filter(|r| r.event_time_ms >= at)
-            .collect(),
-        None => records,
-    };
-    let skipped = (before - kept.len()) as u64;
-    stats.before_cut += skipped;
+    let cut = options.cut();
+    let (kept, dropped) =
+        keep_counted(records, |t| cut.is_none_or(|at| t >= at), &options.progress);
+    stats.before_cut += dropped;
     stats.records += kept.len() as u64;
-    options.progress.read(kept.len() as u64, skipped);
     kept
+}
+
+/// A batch of `lane` committed: counts it and acknowledges it to the
+/// source (only now is it durable).
+async fn committed<T: Send + 'static, L: LiveSource<T>>(
+    source: &mut L,
+    lane: &LaneId,
+    report: &BatchReport,
+    replayed: bool,
+    stats: &mut LiveStats,
+    progress: &Progress,
+) -> Result<()> {
+    stats.batches += 1;
+    stats.rows += report.rows;
+    stats.replayed += u64::from(replayed);
+    progress.batch(report, replayed);
+    source
+        .ack(lane, &report.end)
+        .await
+        .map_err(|e| Error::source(lane.as_str(), e))
 }

@@ -104,3 +104,21 @@ impl Progress {
         self.lag_ms.store(lag_ms, Ordering::Relaxed);
     }
 }
+
+/// Keeps the records `keep` accepts (one side of an event-time cut) and
+/// counts both sides in `progress`; returns the kept records and how many
+/// were dropped. Backfill keeps events before the cut, live after it.
+pub(crate) fn keep_counted<T>(
+    records: Vec<murmur_core::Record<T>>,
+    keep: impl Fn(i64) -> bool,
+    progress: &Progress,
+) -> (Vec<murmur_core::Record<T>>, u64) {
+    let before = records.len();
+    let kept: Vec<_> = records
+        .into_iter()
+        .filter(|r| keep(r.event_time_ms))
+        .collect();
+    let dropped = (before - kept.len()) as u64;
+    progress.read(kept.len() as u64, dropped);
+    (kept, dropped)
+}

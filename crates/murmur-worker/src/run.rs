@@ -7,7 +7,8 @@ use crate::pipeline::{Render, WithPipeline, with_pipeline};
 use crate::stores::{self, Stores};
 use anyhow::{Context as _, bail};
 use murmur_bootstrap::{
-    BackfillOptions, BackfillOutcome, Dedup, LiveOptions, LiveStats, Progress, backfill, live,
+    BackfillOptions, BackfillOutcome, Dedup, LiveOptions, LiveStats, Progress, ProgressSnapshot,
+    backfill, live,
 };
 use murmur_core::{
     CheckpointStore, CountEvent, FlushPolicy, HandoffToken, Pipeline, Position, RunStatus,
@@ -75,6 +76,16 @@ pub struct Summary {
     pub store_retries: Option<u64>,
     /// Seconds the run took.
     pub seconds: f64,
+}
+
+impl Summary {
+    /// Adds one stage's batch counters.
+    fn add_batches(&mut self, p: &ProgressSnapshot) {
+        self.batches += p.batches;
+        self.replayed += p.replayed;
+        self.rows += p.rows;
+        self.duplicates += p.duplicates;
+    }
 }
 
 struct Worker<'a> {
@@ -257,14 +268,10 @@ impl Worker<'_> {
         let stats = progress.snapshot();
         summary.backfill_records = stats.records;
         summary.backfill_after_cut = stats.skipped;
-        summary.batches += stats.batches;
-        summary.replayed += stats.replayed;
-        summary.rows += stats.rows;
-        summary.duplicates += stats.duplicates;
+        summary.add_batches(&stats);
         match outcome.with_context(|| format!("backfill {run_id} failed"))? {
             BackfillOutcome::AlreadyCompleted { token } => {
                 summary.backfill = "already_completed";
-                tracing::info!(run = run_id, token = %token.to_json(), "backfill already completed; not re-run");
                 Ok(Some(token))
             }
             BackfillOutcome::Completed { token, .. } => {
@@ -376,11 +383,7 @@ impl Worker<'_> {
             }
         };
         display.finish().await;
-        let p = progress.snapshot();
-        summary.batches += p.batches;
-        summary.replayed += p.replayed;
-        summary.rows += p.rows;
-        summary.duplicates += p.duplicates;
+        summary.add_batches(&progress.snapshot());
         Ok(stats)
     }
 }
