@@ -54,7 +54,7 @@ fn plan(rng: &mut StdRng, n: usize) -> Vec<Kill> {
                     pattern: "completed",
                     nth: 1,
                     // Before the live lanes have started.
-                    delay: Duration::from_millis(rng.random_range(0..6)),
+                    delay: Duration::from_millis(rng.random_range(0..3)),
                 }
             } else {
                 Kill::After {
@@ -150,6 +150,12 @@ fn sigkill_embedded_sketches_are_byte_equal_to_a_crash_free_run() {
     let (_broker, topic) = Topic::new();
     rt.block_on(topic.produce(history));
     let mut rng = StdRng::seed_from_u64(seed());
+    // The spread over phases is asserted over the three sketches together:
+    // 8 kills leave one or two seam slots per sketch, and on a loaded
+    // machine the live lanes can start inside a seam kill's delay.
+    let mut all = Crashed {
+        kills: BTreeMap::new(),
+    };
     for aggregate in ["distinct", "top", "seen"] {
         let base = run_args(&p(&dir, "export"), &topic.brokers);
         let with = |data: &str| -> Vec<String> {
@@ -166,7 +172,11 @@ fn sigkill_embedded_sketches_are_byte_equal_to_a_crash_free_run() {
             a
         };
         let crashed = crash_and_finish(&topic, &with(aggregate), plan(&mut rng, 8), 15);
-        assert_spread(&crashed, 8);
+        let n: usize = crashed.kills.values().sum();
+        assert!(n >= 8, "{aggregate}: only {n} kills: {:?}", crashed.kills);
+        for (phase, k) in crashed.kills {
+            *all.kills.entry(phase).or_insert(0) += k;
+        }
         // The crash-free reference over exactly the same events.
         let reference = format!("{aggregate}-reference");
         let mut clean = with(&reference);
@@ -204,6 +214,7 @@ fn sigkill_embedded_sketches_are_byte_equal_to_a_crash_free_run() {
             hours.len()
         );
     }
+    assert_spread(&all, 24);
 }
 
 #[test]
