@@ -176,6 +176,12 @@ fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root());
+    // Incremental state roughly doubles the size of `target/` on a clean
+    // build and buys nothing for a one-shot test run; a developer who wants
+    // it sets CARGO_INCREMENTAL themselves.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     cmd
 }
 

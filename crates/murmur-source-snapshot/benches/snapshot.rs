@@ -18,7 +18,8 @@
 //! `MURMUR_PYTHON` (a python with `duckdb`, as `cargo xtask services`
 //! exports; without it the DuckDB baselines are skipped).
 
-#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)] // the bench uses the data set generator only
+#[path = "../tests/snapshot/common.rs"]
 mod common;
 
 /// The allocator a production binary would use (the worker does): per-row

@@ -2,17 +2,15 @@
 //! limit, resume from (segment, last evaluated key), bad items, and the
 //! DynamoDB Streams handoff capture.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use crate::common::*;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
     ScalarAttributeType, StreamSpecification, StreamViewType, WriteRequest,
 };
-use common::*;
 use futures::{StreamExt as _, TryStreamExt as _};
 use murmur_core::Position;
 use murmur_source_snapshot::dynamodb::{

@@ -6,11 +6,9 @@
 //! covers everything produced, and every stored value equals the ground
 //! truth computed here.
 
-mod common;
-
+use crate::common::*;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-use common::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

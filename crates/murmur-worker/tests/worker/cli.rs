@@ -3,9 +3,7 @@
 //! file), SIGTERM stopping cleanly in the backfill and in live with nothing
 //! left to replay, bad lines routed to the dead-letter object, and the demo.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use murmur_core::store::RowKey;
 use murmur_core::{StateStore as _, Window};
 use std::path::Path;

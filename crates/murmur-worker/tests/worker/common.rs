@@ -3,8 +3,6 @@
 //! code, and a driver that runs `murmur-worker` as a child process and
 //! SIGKILLs it at chosen points.
 
-#![allow(dead_code)]
-
 use murmur_core::store::RowKey;
 use murmur_core::{EmbeddedStore, StateStore, Window};
 use rdkafka::ClientConfig;

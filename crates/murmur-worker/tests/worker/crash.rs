@@ -8,9 +8,7 @@
 //! The kill points come from a seeded RNG (`MURMUR_CRASH_SEED` to replay a
 //! failure; the seed is printed).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use murmur_core::store::RowKey;
 use murmur_core::{StateStore, Window};
 use rand::rngs::StdRng;

@@ -3,12 +3,10 @@
 //! `_committed_*` markers, `.crc` side files, mixed codecs and mixed column
 //! types — read from a local directory and from S3 (moto).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use murmur_core::CountEvent;
 use murmur_source_snapshot::{
     CountEventColumns, CountEventLines, JsonLinesSource, ObjectListing, ParquetSource,

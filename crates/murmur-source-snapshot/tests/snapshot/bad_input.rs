@@ -1,13 +1,11 @@
 //! The bad-input corpus: every kind of broken input, with the exact message
 //! an operator gets.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::*;
 use arrow_array::{Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use common::*;
 use futures::TryStreamExt as _;
 use murmur_core::Position;
 use murmur_source_snapshot::{

@@ -1,6 +1,5 @@
 //! Shared test helpers: service gating, a counting object store, the
 //! Spark-shaped data set generator, and chunk-invariant checks.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -1,12 +1,10 @@
 //! JSON Lines and Parquet sources over a local directory, memory and S3
 //! (moto), on data sets written by this crate's own helper.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use futures::{StreamExt as _, TryStreamExt as _};
 use murmur_core::{CountEvent, HandoffToken, Position, Record};
 use murmur_source_snapshot::{

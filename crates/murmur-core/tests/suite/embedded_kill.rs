@@ -213,7 +213,7 @@ fn spawn_writer(db: &Path, last_seq: Option<u64>, stderr: &Path) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
     cmd.args([
         "--exact",
-        "kill_writer_child",
+        "embedded_kill::kill_writer_child",
         "--nocapture",
         "--test-threads=1",
     ])
