@@ -156,6 +156,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                         self.flush_lane(source, &lane).await?;
                     }
                     self.writers.remove(&lane);
+                    self.options.progress.lane_gone(&lane);
                 }
             }
             SourceEvent::Chunk(chunk) => {
@@ -168,7 +169,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                 if let Some(newest) = chunk.records.iter().map(|r| r.event_time_ms).max() {
                     self.options
                         .progress
-                        .lag(murmur_core::store::now_ms() - newest);
+                        .lag(&chunk.lane, murmur_core::store::now_ms() - newest);
                 }
                 let records = keep_after(self.options, chunk.records, &mut self.stats);
                 check_guard(source, &chunk.lane)?;

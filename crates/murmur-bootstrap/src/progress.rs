@@ -1,6 +1,8 @@
 //! [`Progress`]: live counters of a backfill or live run, for progress bars,
 //! periodic log lines and metrics endpoints.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Counters a run updates as it goes; share one with whatever displays
@@ -20,6 +22,7 @@ pub struct Progress {
     replayed: AtomicU64,
     rows: AtomicU64,
     lag_ms: AtomicI64,
+    lane_lag_ms: Mutex<BTreeMap<String, i64>>,
 }
 
 /// A copy of a [`Progress`] at one moment.
@@ -100,8 +103,31 @@ impl Progress {
         }
     }
 
-    pub(crate) fn lag(&self, lag_ms: i64) {
+    /// Live only: the lag of each lane that has had a chunk (same measure
+    /// as [`ProgressSnapshot::lag_ms`]), in lane order.
+    pub fn lane_lags(&self) -> Vec<(String, i64)> {
+        let lanes = self.lane_lag_ms.lock().unwrap_or_else(|e| e.into_inner());
+        lanes
+            .iter()
+            .map(|(lane, lag)| (lane.clone(), *lag))
+            .collect()
+    }
+
+    pub(crate) fn lag(&self, lane: &murmur_core::LaneId, lag_ms: i64) {
         self.lag_ms.store(lag_ms, Ordering::Relaxed);
+        let mut lanes = self.lane_lag_ms.lock().unwrap_or_else(|e| e.into_inner());
+        match lanes.get_mut(lane.as_str()) {
+            Some(lag) => *lag = lag_ms,
+            None => {
+                lanes.insert(lane.as_str().to_owned(), lag_ms);
+            }
+        }
+    }
+
+    /// Forgets a lane's lag (it was revoked from this worker).
+    pub(crate) fn lane_gone(&self, lane: &murmur_core::LaneId) {
+        let mut lanes = self.lane_lag_ms.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.remove(lane.as_str());
     }
 }
 

@@ -46,6 +46,9 @@ pub enum Command {
     /// The fold of the buckets overlapping an inclusive time range per
     /// entity.
     Range(RangeArgs),
+    /// Serve the queries over HTTP (the endpoint `run --listen` also
+    /// serves), with `/healthz` and `/metrics`, until SIGINT/SIGTERM.
+    Serve(ServeArgs),
 }
 
 /// Logging options (any subcommand).
@@ -309,6 +312,10 @@ pub struct RunArgs {
     /// Stop (exit 0) once no record arrived for this long.
     #[arg(long, value_parser = parse_duration, help_heading = "Live")]
     pub stop_after_idle: Option<Duration>,
+    /// Serve queries, `/healthz` and `/metrics` over HTTP on this address
+    /// while running (e.g. `127.0.0.1:8080`; port 0 picks a free one, logged).
+    #[arg(long, value_name = "ADDR", help_heading = "Queries")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `--backfill` values.
@@ -377,6 +384,23 @@ pub struct QueryArgs {
     /// `seen`: the item to test for membership.
     #[arg(long)]
     pub contains: Option<String>,
+}
+
+/// `murmur-worker serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Read settings from this TOML file (keys = long flag names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store.
+    #[command(flatten, next_help_heading = "Store")]
+    pub store: StoreArgs,
+    /// Pipeline (must match the one that wrote).
+    #[command(flatten, next_help_heading = "Pipeline")]
+    pub pipeline: PipelineArgs,
+    /// The address to listen on (port 0 picks a free one, logged).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `murmur-worker get`.

@@ -19,6 +19,7 @@ mod observe;
 mod pipeline;
 mod query;
 mod run;
+mod serve;
 mod stores;
 
 use clap::Parser as _;
@@ -76,5 +77,9 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Get(args) => query::get(&args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Window(args) => query::window(&args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Range(args) => query::range(&args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Serve(args) => {
+            let stop = observe::stop_on_signals();
+            query::serve(&args, stop).await.map(|()| ExitCode::SUCCESS)
+        }
     }
 }

@@ -4,6 +4,7 @@
 use crate::cli::{BackfillKind, LiveKind, ProgressMode, RunArgs, StartKind};
 use crate::observe::Display;
 use crate::pipeline::{Render, WithPipeline, with_pipeline};
+use crate::serve::{self, Telemetry};
 use crate::stores::{self, Stores};
 use anyhow::{Context as _, bail};
 use murmur_bootstrap::{
@@ -40,6 +41,7 @@ pub async fn run(
             args,
             progress,
             stop,
+            telemetry: Telemetry::new(),
         },
     )
     .await?
@@ -92,6 +94,7 @@ struct Worker<'a> {
     args: &'a RunArgs,
     progress: ProgressMode,
     stop: CancellationToken,
+    telemetry: Arc<Telemetry>,
 }
 
 impl WithPipeline for Worker<'_> {
@@ -102,6 +105,19 @@ impl WithPipeline for Worker<'_> {
         let args = self.args;
         let stores = stores::open(&args.store, pipeline.name()).await?;
         tracing::info!(pipeline = pipeline.name(), stores = %stores.description, "worker starting");
+        self.telemetry.store(stores.metrics.clone());
+        // The endpoint lives as long as the run (a stop request still lets
+        // it answer while the open batches are flushed).
+        let endpoint = CancellationToken::new();
+        let _endpoint = endpoint.clone().drop_guard();
+        if let Some(addr) = args.listen {
+            let router = serve::router(
+                pipeline.clone(),
+                stores.state.clone(),
+                self.telemetry.clone(),
+            );
+            serve::start(addr, router, endpoint).await?;
+        }
         let mut summary = Summary {
             backfill: "none",
             ..Summary::default()
@@ -155,6 +171,7 @@ impl WithPipeline for Worker<'_> {
 
 impl Worker<'_> {
     fn finish(&self, mut summary: Summary, stores: &Stores, started: Instant) -> Summary {
+        self.telemetry.stage("stopped");
         if let Some(m) = &stores.metrics {
             let m = m.snapshot();
             summary.store_requests = Some(m.requests);
@@ -193,6 +210,8 @@ impl Worker<'_> {
             .clone()
             .unwrap_or_else(|| format!("{}-backfill", pipeline.name()));
         let progress = Arc::new(Progress::new());
+        self.telemetry.stage("backfill");
+        self.telemetry.backfill(progress.clone());
         let options = BackfillOptions {
             lanes: args.lanes,
             worker_index: args.worker_index,
@@ -230,7 +249,7 @@ impl Worker<'_> {
                     },
                     policy(&store).await?,
                 )?;
-                drive(pipeline, source, stores, &options).await
+                drive(pipeline, source, stores, &options, &self.telemetry).await
             }
             BackfillKind::Jsonl => {
                 let listing = listing(args.from.as_deref())?;
@@ -244,7 +263,7 @@ impl Worker<'_> {
                     },
                     policy(&store).await?,
                 )?;
-                drive(pipeline, source, stores, &options).await
+                drive(pipeline, source, stores, &options, &self.telemetry).await
             }
             BackfillKind::Dynamodb => {
                 let table = args
@@ -260,7 +279,7 @@ impl Worker<'_> {
                     DynamoDbScanSource::new(client, scan, |e: &CountEvent| e.occurred_at_ms)?
                         .event_id(|e: &CountEvent| e.event_id.as_deref().map(Arc::from))
                         .with_bad_records(BadRecordPolicy::max_bad_records(args.max_bad_records));
-                drive(pipeline, source, stores, &options).await
+                drive(pipeline, source, stores, &options, &self.telemetry).await
             }
         };
         display.finish().await;
@@ -309,6 +328,8 @@ impl Worker<'_> {
     ) -> anyhow::Result<LiveStats> {
         let args = self.args;
         let progress = Arc::new(Progress::new());
+        self.telemetry.stage("live");
+        self.telemetry.live(progress.clone());
         let options = LiveOptions {
             start,
             flush: self.flush(),
@@ -394,11 +415,13 @@ async fn drive<S, M>(
     source: S,
     stores: &Stores,
     options: &BackfillOptions,
+    telemetry: &Telemetry,
 ) -> (anyhow::Result<BackfillOutcome>, u64)
 where
     S: SnapshotSource<Item = CountEvent> + Clone + 'static,
     M: Render,
 {
+    telemetry.bad_records(source.bad_records().clone());
     let outcome = backfill(
         pipeline,
         &source,

@@ -7,4 +7,5 @@ mod cli;
 #[allow(dead_code)] // each module uses a different part of it
 mod common;
 mod crash;
+mod http;
 mod seams;
