@@ -1,5 +1,5 @@
-//! A reusable conformance suite for [`StateStore`], [`CheckpointStore`] and
-//! [`Deduper`] implementations (feature `conformance`).
+//! A reusable conformance suite for [`StateStore`], [`CheckpointStore`],
+//! [`Deduper`] and [`AliasStore`] implementations (feature `conformance`).
 //!
 //! Every store — memory, embedded, DynamoDB — runs the same suite from its
 //! own tests, so they all implement one protocol:
@@ -22,8 +22,8 @@ use crate::handoff::HandoffToken;
 use crate::monoid::{Cell, Kind, Max, Min, Monoid, Sum, WriteStrategy, codec};
 use crate::record::{LaneId, Position};
 use crate::store::{
-    BatchIntent, CheckpointStore, Claim, Deduper, RowDelta, RowKey, RunStatus, StateStore,
-    WriteBatch,
+    AliasStore, BatchIntent, CheckpointStore, Claim, Deduper, RowDelta, RowKey, RunStatus,
+    StateStore, WriteBatch,
 };
 use crate::window::BucketKey;
 use std::collections::BTreeMap;
@@ -935,4 +935,62 @@ async fn apply_dyn<S: StateStore + ?Sized>(
         .apply(m.dyn_monoid(), b)
         .await
         .unwrap_or_else(|e| panic!("{}: apply lane {} seq {}: {e}", store.name(), b.lane, b.seq))
+}
+
+/// [`AliasStore`]: no version before the first swap; swaps only move
+/// forward (an equal or older version is [`StoreError::StaleSwap`], and the
+/// active version stays); aliases are independent; concurrent swaps to
+/// different versions end at the newest, each refused one reporting it.
+pub async fn alias_store<A: AliasStore + ?Sized>(a: &A) {
+    let (alias, other) = (unique("alias"), unique("alias"));
+    assert_eq!(a.active(&alias).await.expect("active"), None, "no swap yet");
+    a.swap(&alias, 1).await.expect("first swap");
+    assert_eq!(a.active(&alias).await.expect("active"), Some(1));
+    for stale in [1, 0] {
+        match a.swap(&alias, stale).await {
+            Err(StoreError::StaleSwap {
+                active, requested, ..
+            }) => assert_eq!((active, requested), (1, stale), "stale swap report"),
+            other => panic!("swap to {stale} over 1 must be refused as stale, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        a.active(&alias).await.expect("active"),
+        Some(1),
+        "refusal changes nothing"
+    );
+    a.swap(&alias, 3).await.expect("forward swap");
+    assert_eq!(a.active(&alias).await.expect("active"), Some(3));
+    assert_eq!(
+        a.active(&other).await.expect("active"),
+        None,
+        "aliases are independent"
+    );
+    a.swap(&other, 2).await.expect("other alias");
+    assert_eq!(a.active(&alias).await.expect("active"), Some(3));
+
+    // Racing swaps: 4..=9 at once; the newest wins, whatever the order.
+    let race = unique("alias");
+    let (r4, r5, r6, r7, r8, r9) = tokio::join!(
+        a.swap(&race, 4),
+        a.swap(&race, 5),
+        a.swap(&race, 6),
+        a.swap(&race, 7),
+        a.swap(&race, 8),
+        a.swap(&race, 9)
+    );
+    let results = [r4, r5, r6, r7, r8, r9];
+    assert_eq!(
+        a.active(&race).await.expect("active"),
+        Some(9),
+        "the newest wins"
+    );
+    for (v, r) in (4..=9).zip(results) {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, StoreError::StaleSwap { active, .. } if active >= v),
+                "swap to {v}: {e}"
+            );
+        }
+    }
 }

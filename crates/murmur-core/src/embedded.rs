@@ -58,8 +58,8 @@ use crate::handoff::HandoffToken;
 use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
-    ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge, RowKey, RunRecord,
-    StateStore, StoredRow, StoredValue, WriteBatch, merge_row, now_ms,
+    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge,
+    RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_row, now_ms,
 };
 use crate::window::BucketKey;
 use redb::{
@@ -76,6 +76,10 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Leading byte of every stored row: the row encoding's version.
 const ROW_FORMAT: u8 = 1;
+
+/// Alias -> active version, shared by every namespace of the file (a
+/// namespace is one version of one pipeline's state).
+const ALIASES: TableDefinition<'static, &'static str, u64> = TableDefinition::new("murmur_aliases");
 
 /// Row key: entity (UTF-8 bytes) and bucket.
 type RowKeyBytes = (&'static [u8], i64);
@@ -275,6 +279,11 @@ impl EmbeddedStore {
             operation,
             source: Box::new(e),
         }
+    }
+
+    /// The file's name for errors, without the namespace.
+    fn shared_name(&self) -> String {
+        format!("embedded:{}", self.shared.path.display())
     }
 
     fn corrupt(&self, what: String, reason: String) -> StoreError {
@@ -1276,5 +1285,50 @@ mod tests {
                 .position,
             off(3)
         );
+    }
+}
+
+#[async_trait::async_trait]
+impl AliasStore for EmbeddedStore {
+    async fn active(&self, alias: &str) -> Result<Option<u64>, StoreError> {
+        const OP: &str = "read alias";
+        let this = self.clone();
+        let alias = alias.to_owned();
+        self.blocking(OP, move || {
+            let txn = this.read_txn(OP)?;
+            let Some(table) = this.open_read(&txn, ALIASES, OP)? else {
+                return Ok(None);
+            };
+            let version = table.get(alias.as_str()).map_err(this.backend(OP))?;
+            Ok(version.map(|v| v.value()))
+        })
+        .await
+    }
+
+    async fn swap(&self, alias: &str, version: u64) -> Result<(), StoreError> {
+        const OP: &str = "swap alias";
+        let alias = alias.to_owned();
+        self.write(OP, move |this, txn| {
+            let mut table = txn.open_table(ALIASES).map_err(this.backend(OP))?;
+            let active = table
+                .get(alias.as_str())
+                .map_err(this.backend(OP))?
+                .map(|v| v.value());
+            if let Some(active) = active
+                && active >= version
+            {
+                return Err(StoreError::StaleSwap {
+                    store: this.shared_name(),
+                    alias,
+                    active,
+                    requested: version,
+                });
+            }
+            table
+                .insert(alias.as_str(), version)
+                .map_err(this.backend(OP))?;
+            Ok(((), true))
+        })
+        .await
     }
 }

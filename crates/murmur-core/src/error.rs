@@ -89,6 +89,21 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A swap would not move the alias forward: the requested version is
+    /// not newer than the active one.
+    #[error(
+        "{store}: alias {alias}: version {requested} is not newer than the active version {active}; a swap never goes back"
+    )]
+    StaleSwap {
+        /// The store.
+        store: String,
+        /// The alias.
+        alias: String,
+        /// The active version.
+        active: u64,
+        /// The version asked for.
+        requested: u64,
+    },
     /// Stored checkpoint data could not be decoded.
     #[error("{store}: cannot decode {what}: {reason}")]
     Corrupt {

@@ -76,7 +76,7 @@ pub use monoid::{Cell, DynMonoid, Kind, Monoid};
 pub use pipeline::{Pipeline, PipelineBuilder};
 pub use record::{LaneId, Position, Record};
 pub use store::{
-    ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, RowDelta, RowKey,
-    RunRecord, RunStatus, StateStore, StoredValue, WriteBatch,
+    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, RowDelta,
+    RowKey, RunRecord, RunStatus, StateStore, StoredValue, WriteBatch,
 };
 pub use window::{BucketKey, Window};

@@ -7,8 +7,9 @@ use crate::handoff::HandoffToken;
 use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
-    ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge, RowKey, RunRecord,
-    StateStore, StoredRow, StoredValue, WriteBatch, merge_into, merge_row, now_ms,
+    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge,
+    RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_into, merge_row,
+    now_ms,
 };
 use hashbrown::HashMap;
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ struct Inner {
     lanes: BTreeMap<LaneId, LaneState>,
     runs: BTreeMap<String, RunRecord>,
     claims: HashMap<String, (LaneId, u64)>,
+    aliases: HashMap<String, u64>,
 }
 
 /// An in-memory [`StateStore`] + [`CheckpointStore`]. Clones share state.
@@ -238,5 +240,28 @@ impl Deduper for MemoryStore {
                 }
             })
             .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl AliasStore for MemoryStore {
+    async fn active(&self, alias: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().aliases.get(alias).copied())
+    }
+
+    async fn swap(&self, alias: &str, version: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        match inner.aliases.get(alias) {
+            Some(&active) if active >= version => Err(StoreError::StaleSwap {
+                store: "memory".into(),
+                alias: alias.to_owned(),
+                active,
+                requested: version,
+            }),
+            _ => {
+                inner.aliases.insert(alias.to_owned(), version);
+                Ok(())
+            }
+        }
     }
 }

@@ -454,6 +454,25 @@ pub enum Claim {
     Duplicate,
 }
 
+/// Which version of a pipeline's state is active, per alias (the pipeline
+/// name): readers and the live worker use the active version; a replay
+/// builds a new version beside it and swaps it in.
+///
+/// A swap is one conditional write that only moves forward: it refuses a
+/// version that is not newer than the active one
+/// ([`StoreError::StaleSwap`]), so two replays racing, or a late retry of an
+/// old one, can never put older state back.
+#[async_trait::async_trait]
+pub trait AliasStore: Send + Sync {
+    /// The active version of `alias`; `None` before the first swap (the
+    /// unversioned state, version 0, is in use).
+    async fn active(&self, alias: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Makes `version` the active version of `alias`, if it is newer than
+    /// the active one (any version is newer than none).
+    async fn swap(&self, alias: &str, version: u64) -> Result<(), StoreError>;
+}
+
 /// Per-event deduplication for sources that overlap each other (two exports
 /// of the same history).
 ///

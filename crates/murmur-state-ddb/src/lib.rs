@@ -142,6 +142,7 @@
 //!   (about 25 bytes plus the lane id) on it; keep lane ids stable (Kafka
 //!   partitions, Kinesis shards, snapshot slots), not per run.
 
+mod alias;
 mod checkpoint;
 mod client;
 mod config;
@@ -152,10 +153,13 @@ mod metrics;
 mod provision;
 mod store;
 
+pub use alias::DynamoDbAliasStore;
 pub use checkpoint::DynamoDbCheckpointStore;
 pub use config::{RetryPolicy, StoreConfig};
 pub use dedup::DynamoDbDeduper;
 pub use error::{Error, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use provision::{ensure_checkpoint_table, ensure_dedup_table, ensure_state_table};
+pub use provision::{
+    ensure_alias_table, ensure_checkpoint_table, ensure_dedup_table, ensure_state_table,
+};
 pub use store::DynamoDbStore;

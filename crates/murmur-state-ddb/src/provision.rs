@@ -84,6 +84,14 @@ pub async fn ensure_checkpoint_table(client: &Client, table: &str) -> Result<()>
     .await
 }
 
+/// Creates the table of [`DynamoDbAliasStore`](crate::DynamoDbAliasStore)
+/// unless it exists: `pk` (S, HASH), on-demand billing, no TTL (the
+/// checkpoint table's schema). See [`ensure_state_table`] for what is
+/// checked.
+pub async fn ensure_alias_table(client: &Client, table: &str) -> Result<()> {
+    ensure_checkpoint_table(client, table).await
+}
+
 /// Creates the table of [`DynamoDbDeduper`](crate::DynamoDbDeduper) unless it
 /// exists: `pk` (S, HASH), on-demand billing, TTL on `ttl`. See
 /// [`ensure_state_table`] for what is checked.

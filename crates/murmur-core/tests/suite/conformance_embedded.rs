@@ -1,6 +1,6 @@
 //! The store conformance suite against [`EmbeddedStore`] on a temporary file.
 
-use murmur_core::{EmbeddedStore, conformance};
+use murmur_core::{AliasStore as _, EmbeddedStore, conformance};
 
 fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
     EmbeddedStore::open(dir.path().join("conformance.redb")).expect("open embedded store")
@@ -82,4 +82,26 @@ async fn embedded_durability_across_reopen() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_alias_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    conformance::alias_store(&store).await;
+    // One alias table per file, whatever the namespace.
+    let alias = conformance::unique("ns");
+    store
+        .with_namespace("a")
+        .swap(&alias, 2)
+        .await
+        .expect("swap");
+    assert_eq!(
+        store
+            .with_namespace("b")
+            .active(&alias)
+            .await
+            .expect("active"),
+        Some(2)
+    );
 }

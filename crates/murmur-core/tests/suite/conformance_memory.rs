@@ -27,3 +27,8 @@ async fn memory_durability_across_handles() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn memory_alias_store() {
+    conformance::alias_store(&MemoryStore::new()).await;
+}

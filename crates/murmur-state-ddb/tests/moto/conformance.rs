@@ -2,7 +2,9 @@
 //! implementations.
 
 use crate::common::{config, moto};
-use murmur_state_ddb::{DynamoDbCheckpointStore, DynamoDbDeduper, DynamoDbStore};
+use murmur_state_ddb::{
+    DynamoDbAliasStore, DynamoDbCheckpointStore, DynamoDbDeduper, DynamoDbStore,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_store_passes_core_conformance() {
@@ -35,6 +37,17 @@ async fn deduper_passes_core_conformance() {
     // Namespaces keep pipelines apart in one table.
     let other = DynamoDbDeduper::new(&moto.client, config(&table)).with_namespace("other-pipeline");
     murmur_core::conformance::deduper(&other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_store_passes_core_conformance() {
+    let Some(moto) = moto("alias_store_passes_core_conformance").await else {
+        return;
+    };
+    // The alias table has the checkpoint table's schema.
+    let table = moto.checkpoint_table("conf-alias").await;
+    let aliases = DynamoDbAliasStore::new(&moto.client, config(&table));
+    murmur_core::conformance::alias_store(&aliases).await;
 }
 
 /// Reopening a DynamoDB store is building a new one on the same tables.
