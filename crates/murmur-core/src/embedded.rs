@@ -841,6 +841,51 @@ impl Deduper for EmbeddedStore {
     }
 }
 
+#[async_trait::async_trait]
+impl AliasStore for EmbeddedStore {
+    async fn active(&self, alias: &str) -> Result<Option<u64>, StoreError> {
+        const OP: &str = "read alias";
+        let this = self.clone();
+        let alias = alias.to_owned();
+        self.blocking(OP, move || {
+            let txn = this.read_txn(OP)?;
+            let Some(table) = this.open_read(&txn, ALIASES, OP)? else {
+                return Ok(None);
+            };
+            let version = table.get(alias.as_str()).map_err(this.backend(OP))?;
+            Ok(version.map(|v| v.value()))
+        })
+        .await
+    }
+
+    async fn swap(&self, alias: &str, version: u64) -> Result<(), StoreError> {
+        const OP: &str = "swap alias";
+        let alias = alias.to_owned();
+        self.write(OP, move |this, txn| {
+            let mut table = txn.open_table(ALIASES).map_err(this.backend(OP))?;
+            let active = table
+                .get(alias.as_str())
+                .map_err(this.backend(OP))?
+                .map(|v| v.value());
+            if let Some(active) = active
+                && active >= version
+            {
+                return Err(StoreError::StaleSwap {
+                    store: this.shared_name(),
+                    alias,
+                    active,
+                    requested: version,
+                });
+            }
+            table
+                .insert(alias.as_str(), version)
+                .map_err(this.backend(OP))?;
+            Ok(((), true))
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1285,50 +1330,5 @@ mod tests {
                 .position,
             off(3)
         );
-    }
-}
-
-#[async_trait::async_trait]
-impl AliasStore for EmbeddedStore {
-    async fn active(&self, alias: &str) -> Result<Option<u64>, StoreError> {
-        const OP: &str = "read alias";
-        let this = self.clone();
-        let alias = alias.to_owned();
-        self.blocking(OP, move || {
-            let txn = this.read_txn(OP)?;
-            let Some(table) = this.open_read(&txn, ALIASES, OP)? else {
-                return Ok(None);
-            };
-            let version = table.get(alias.as_str()).map_err(this.backend(OP))?;
-            Ok(version.map(|v| v.value()))
-        })
-        .await
-    }
-
-    async fn swap(&self, alias: &str, version: u64) -> Result<(), StoreError> {
-        const OP: &str = "swap alias";
-        let alias = alias.to_owned();
-        self.write(OP, move |this, txn| {
-            let mut table = txn.open_table(ALIASES).map_err(this.backend(OP))?;
-            let active = table
-                .get(alias.as_str())
-                .map_err(this.backend(OP))?
-                .map(|v| v.value());
-            if let Some(active) = active
-                && active >= version
-            {
-                return Err(StoreError::StaleSwap {
-                    store: this.shared_name(),
-                    alias,
-                    active,
-                    requested: version,
-                });
-            }
-            table
-                .insert(alias.as_str(), version)
-                .map_err(this.backend(OP))?;
-            Ok(((), true))
-        })
-        .await
     }
 }
