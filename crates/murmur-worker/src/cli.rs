@@ -49,6 +49,30 @@ pub enum Command {
     /// Serve the queries over HTTP (the endpoint `run --listen` also
     /// serves), with `/healthz` and `/metrics`, until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Rebuild the pipeline's state as a new version beside the active one
+    /// while the live worker keeps writing: backfill into version N
+    /// (`--to-version`; tables / namespace suffixed `_vN`), catch up live
+    /// from the backfill's token (to `--until`, or until the lag is small),
+    /// then atomically swap the pipeline's alias to N. Readers follow within
+    /// a second; a `run` worker finishes its open batches and goes on in
+    /// version N. Takes the flags of `run`; run it again to resume.
+    Replay(Box<ReplayArgs>),
+}
+
+/// `murmur-worker replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The version to build: newer than the active one (the unversioned
+    /// state is version 0).
+    #[arg(long = "to-version", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub version: u64,
+    /// Catch-up ends once every live lane's event-time lag is at most this
+    /// (or no record arrived for `--stop-after-idle`, default 2s).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub catch_up_lag: Duration,
+    /// Everything `run` takes.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Logging options (any subcommand).
@@ -96,6 +120,10 @@ pub struct StoreArgs {
     /// DynamoDB: the dedup claim table [default: murmur-<pipeline>-dedup].
     #[arg(long)]
     pub dedup_table: Option<String>,
+    /// DynamoDB: the table of the alias items saying which version of each
+    /// pipeline's state is active (one for every pipeline).
+    #[arg(long, default_value = "murmur-aliases")]
+    pub alias_table: String,
     /// DynamoDB: create missing tables (on-demand billing, TTL on), and
     /// check the key schema of existing ones.
     #[arg(long)]
@@ -530,7 +558,7 @@ pub fn expand_config(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
             continue;
         }
         if !known.contains(&key) {
-            if sub_name == "run" {
+            if sub_name == "run" || sub_name == "replay" {
                 bail!(
                     "config file {}: unknown setting `{key}` (keys are the long flags of `murmur-worker run`, see --help)",
                     path.display()

@@ -183,7 +183,7 @@ pub async fn demo(
     let Command::Run(run_args) = Cli::try_parse_from(&command)?.command else {
         unreachable!("a run command line");
     };
-    let summary = run::run(&run_args, progress, stop.clone()).await?;
+    let summary = run::run(&run_args, run::Mode::Run, progress, stop.clone()).await?;
     println!("worker: {}", serde_json::to_string(&summary)?);
     if stop.is_cancelled() {
         println!("stopped before the end; run the demo again to resume");

@@ -66,7 +66,7 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Run(args) => {
             let stop = observe::stop_on_signals();
-            let summary = run::run(&args, cli.log.progress, stop).await?;
+            let summary = run::run(&args, run::Mode::Run, cli.log.progress, stop).await?;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -77,6 +77,16 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Get(args) => query::get(&args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Window(args) => query::window(&args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Range(args) => query::range(&args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Replay(args) => {
+            let stop = observe::stop_on_signals();
+            let mode = run::Mode::Replay {
+                version: args.version,
+                catch_up_lag: args.catch_up_lag,
+            };
+            let summary = run::run(&args.run, mode, cli.log.progress, stop).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
         cli::Command::Serve(args) => {
             let stop = observe::stop_on_signals();
             query::serve(&args, stop).await.map(|()| ExitCode::SUCCESS)

@@ -191,11 +191,15 @@ impl WithPipeline for Serve<'_> {
     type Output = anyhow::Result<()>;
 
     async fn call<M: Render>(self, pipeline: Pipeline<CountEvent, M>) -> Self::Output {
-        let stores = stores::open(&self.args.store, pipeline.name()).await?;
+        let backend = stores::Backend::connect(&self.args.store).await?;
         let telemetry = Telemetry::new();
         telemetry.stage("serving");
-        telemetry.store(stores.metrics.clone());
-        let router = serve::router(pipeline, stores.state.clone(), telemetry);
+        telemetry.version(backend.active(pipeline.name()).await?);
+        if let stores::Backend::Dynamodb { metrics, .. } = &backend {
+            telemetry.store(Some(metrics.clone()));
+        }
+        let reads = serve::Reads::active(backend, pipeline.name());
+        let router = serve::router(pipeline, reads, telemetry);
         let (_, task) = serve::start(self.args.listen, router, self.stop).await?;
         task.await?;
         Ok(())

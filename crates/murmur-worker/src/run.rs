@@ -5,14 +5,15 @@ use crate::cli::{BackfillKind, LiveKind, ProgressMode, RunArgs, StartKind};
 use crate::observe::Display;
 use crate::pipeline::{Render, WithPipeline, with_pipeline};
 use crate::serve::{self, Telemetry};
-use crate::stores::{self, Stores};
+use crate::stores::{self, Backend, Stores};
 use anyhow::{Context as _, bail};
 use murmur_bootstrap::{
     BackfillOptions, BackfillOutcome, Dedup, LiveOptions, LiveStats, Progress, ProgressSnapshot,
     backfill, live,
 };
 use murmur_core::{
-    CheckpointStore, CountEvent, FlushPolicy, HandoffToken, Pipeline, Position, RunStatus,
+    AliasStore, CheckpointStore, CountEvent, FlushPolicy, HandoffToken, Pipeline, Position,
+    RunStatus,
 };
 use murmur_source_live::{
     Decoder, KafkaConfig, KafkaSource, KinesisConfig, KinesisSource, LiveSource, SequenceNumber,
@@ -29,9 +30,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// What a worker process is for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// `run`: backfill and live into the active version of the state; when
+    /// a replay swaps in a newer version, live moves to it at a batch
+    /// boundary.
+    Run,
+    /// `replay`: backfill into a new version beside the active one, catch
+    /// up live until the lag is at most `catch_up_lag` (or the stream is
+    /// idle), then swap the alias to it.
+    Replay {
+        /// The version to build (newer than the active one).
+        version: u64,
+        /// Caught up once every lane's event-time lag is at most this.
+        catch_up_lag: Duration,
+    },
+}
+
 /// Runs the worker as the flags say, until done or `stop` is cancelled.
 pub async fn run(
     args: &RunArgs,
+    mode: Mode,
     progress: ProgressMode,
     stop: CancellationToken,
 ) -> anyhow::Result<Summary> {
@@ -39,6 +59,7 @@ pub async fn run(
         &args.pipeline,
         Worker {
             args,
+            mode,
             progress,
             stop,
             telemetry: Telemetry::new(),
@@ -76,6 +97,12 @@ pub struct Summary {
     pub store_requests: Option<u64>,
     /// DynamoDB retries.
     pub store_retries: Option<u64>,
+    /// The version of the state written (0: unversioned); the one live
+    /// ended in, after a swap.
+    pub version: u64,
+    /// `replay`: whether the alias was swapped to the new version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<bool>,
     /// Seconds the run took.
     pub seconds: f64,
 }
@@ -92,6 +119,7 @@ impl Summary {
 
 struct Worker<'a> {
     args: &'a RunArgs,
+    mode: Mode,
     progress: ProgressMode,
     stop: CancellationToken,
     telemetry: Arc<Telemetry>,
@@ -103,23 +131,35 @@ impl WithPipeline for Worker<'_> {
     async fn call<M: Render>(self, pipeline: Pipeline<CountEvent, M>) -> anyhow::Result<Summary> {
         let started = Instant::now();
         let args = self.args;
-        let stores = stores::open(&args.store, pipeline.name()).await?;
-        tracing::info!(pipeline = pipeline.name(), stores = %stores.description, "worker starting");
+        let alias = pipeline.name().to_owned();
+        let backend = Backend::connect(&args.store).await?;
+        let active = backend.active(&alias).await?;
+        let version = match self.mode {
+            Mode::Run => active,
+            Mode::Replay { version, .. } if version > active => version,
+            Mode::Replay { version, .. } => bail!(
+                "cannot replay {alias} into version {version}: the active version is {active}, \
+                 and a swap never goes back; replay into version {}",
+                active + 1
+            ),
+        };
+        let mut stores = backend.open(&alias, version).await?;
+        tracing::info!(pipeline = %alias, version, stores = %stores.description, "worker starting");
         self.telemetry.store(stores.metrics.clone());
+        self.telemetry.version(version);
         // The endpoint lives as long as the run (a stop request still lets
-        // it answer while the open batches are flushed).
+        // it answer while the open batches are flushed); it reads the
+        // active version, as every reader does.
         let endpoint = CancellationToken::new();
         let _endpoint = endpoint.clone().drop_guard();
         if let Some(addr) = args.listen {
-            let router = serve::router(
-                pipeline.clone(),
-                stores.state.clone(),
-                self.telemetry.clone(),
-            );
+            let reads = serve::Reads::active(backend.clone(), &alias);
+            let router = serve::router(pipeline.clone(), reads, self.telemetry.clone());
             serve::start(addr, router, endpoint).await?;
         }
         let mut summary = Summary {
             backfill: "none",
+            version,
             ..Summary::default()
         };
         let explicit = args
@@ -142,9 +182,9 @@ impl WithPipeline for Worker<'_> {
             }
         };
         if args.live == LiveKind::None || self.stop.is_cancelled() {
-            return Ok(self.finish(summary, &stores, started));
+            return self.swap(&backend, &alias, summary, &stores, started).await;
         }
-        let start = match token {
+        let mut start = match token {
             Some(HandoffToken::None) | None => {
                 if args.backfill != BackfillKind::None && args.token.is_none() {
                     bail!(
@@ -162,14 +202,97 @@ impl WithPipeline for Worker<'_> {
                 Start::Token(t)
             }
         };
-        let stats = self.live(&pipeline, &stores, start, &mut summary).await?;
-        summary.live_records = stats.records;
-        summary.live_before_cut = stats.before_cut;
-        Ok(self.finish(summary, &stores, started))
+        loop {
+            let (stats, moved) = self
+                .live(&pipeline, &stores, start, &mut summary, &backend)
+                .await?;
+            summary.live_records += stats.records;
+            summary.live_before_cut += stats.before_cut;
+            let Some(next) = moved else { break };
+            // A replay swapped in a newer version: every open batch of this
+            // one is committed; go on in the new one from its checkpoints
+            // (left by the replay's catch-up), or its backfill's token.
+            tracing::info!(pipeline = %alias, from = stores.version, to = next, "the active version moved; live goes on in the new version");
+            stores = backend.open(&alias, next).await?;
+            start = self.handed_over(&pipeline, &stores).await?;
+            summary.version = next;
+            self.telemetry.version(next);
+        }
+        self.swap(&backend, &alias, summary, &stores, started).await
     }
 }
 
 impl Worker<'_> {
+    /// `replay`: swaps the alias to the new version, unless stopped early;
+    /// `run`: only finishes.
+    async fn swap(
+        &self,
+        backend: &Backend,
+        alias: &str,
+        mut summary: Summary,
+        stores: &Stores,
+        started: Instant,
+    ) -> anyhow::Result<Summary> {
+        if let Mode::Replay { version, .. } = self.mode {
+            let ready = !self.stop.is_cancelled() && summary.backfill != "stopped";
+            if ready {
+                backend
+                    .aliases()
+                    .await?
+                    .swap(alias, version)
+                    .await
+                    .with_context(|| format!("cannot swap {alias} to version {version}"))?;
+                tracing::info!(
+                    pipeline = alias,
+                    version,
+                    "swapped: readers and live workers now use version {version}"
+                );
+            } else {
+                tracing::info!(
+                    pipeline = alias,
+                    version,
+                    "stopped before the swap; run the replay again to resume it"
+                );
+            }
+            summary.swapped = Some(ready);
+        }
+        Ok(self.finish(summary, stores, started))
+    }
+
+    /// The backfill run id.
+    fn run_id(&self, pipeline: &str) -> String {
+        self.args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| format!("{pipeline}-backfill"))
+    }
+
+    /// Where live starts in a version another process built: its lanes'
+    /// checkpoints, else its completed backfill's token.
+    async fn handed_over<M: Render>(
+        &self,
+        pipeline: &Pipeline<CountEvent, M>,
+        stores: &Stores,
+    ) -> anyhow::Result<Start> {
+        let run_id = self.run_id(pipeline.name());
+        match stores.checkpoints.run(&run_id).await? {
+            Some(run) if run.status == RunStatus::Completed => {
+                Ok(match run.token.unwrap_or(HandoffToken::None) {
+                    HandoffToken::None => match self.args.start {
+                        StartKind::Earliest => Start::Earliest,
+                        StartKind::Latest => Start::Latest,
+                    },
+                    token => Start::Token(token),
+                })
+            }
+            _ => bail!(
+                "version {} of {} has no completed backfill run {run_id}: it was swapped in before its replay finished",
+                stores.version,
+                pipeline.name()
+            ),
+        }
+    }
+
     fn finish(&self, mut summary: Summary, stores: &Stores, started: Instant) -> Summary {
         self.telemetry.stage("stopped");
         if let Some(m) = &stores.metrics {
@@ -205,10 +328,7 @@ impl Worker<'_> {
         summary: &mut Summary,
     ) -> anyhow::Result<Option<HandoffToken>> {
         let args = self.args;
-        let run_id = args
-            .run_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-backfill", pipeline.name()));
+        let run_id = self.run_id(pipeline.name());
         let progress = Arc::new(Progress::new());
         self.telemetry.stage("backfill");
         self.telemetry.backfill(progress.clone());
@@ -319,13 +439,16 @@ impl Worker<'_> {
         }
     }
 
+    /// Runs live into `stores` until stopped; also returns the newer version
+    /// the alias moved to, when that is why it stopped (`run` only).
     async fn live<M: Render>(
         &self,
         pipeline: &Pipeline<CountEvent, M>,
         stores: &Stores,
         start: Start,
         summary: &mut Summary,
-    ) -> anyhow::Result<LiveStats> {
+        backend: &Backend,
+    ) -> anyhow::Result<(LiveStats, Option<u64>)> {
         let args = self.args;
         let progress = Arc::new(Progress::new());
         self.telemetry.stage("live");
@@ -343,11 +466,33 @@ impl Worker<'_> {
             .map(HandoffToken::from_json)
             .transpose()
             .context("--until is not a token")?;
+        let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (idle, caught_up, watch) = match self.mode {
+            Mode::Run => (
+                args.stop_after_idle,
+                None,
+                Some(Watch {
+                    aliases: backend.aliases().await?,
+                    alias: pipeline.name().to_owned(),
+                    version: stores.version,
+                    moved: moved.clone(),
+                }),
+            ),
+            Mode::Replay { catch_up_lag, .. } => (
+                Some(args.stop_after_idle.unwrap_or(CATCH_UP_IDLE)),
+                Some(catch_up_lag),
+                None,
+            ),
+        };
         let shutdown = shutdown(
             self.stop.clone(),
             stores.checkpoints.clone(),
             until,
-            args.stop_after_idle,
+            Stops {
+                idle,
+                caught_up,
+                watch,
+            },
             progress.clone(),
         );
         let display = Display::start(self.progress, "live", progress.clone());
@@ -363,7 +508,7 @@ impl Worker<'_> {
                     .as_deref()
                     .context("--live kafka needs --kafka-topic")?;
                 let mut config = match &args.kafka_group {
-                    Some(group) => KafkaConfig::subscribe(brokers, topic, group),
+                    Some(group) => KafkaConfig::subscribe(brokers, topic, &self.own(group)),
                     None => KafkaConfig::assign(brokers, topic),
                 }
                 .event_time_cut_skew(args.cut_skew);
@@ -387,9 +532,10 @@ impl Worker<'_> {
                 let sdk = stores::aws().await;
                 let mut config = KinesisConfig::new(stream).event_time_cut_skew(args.cut_skew);
                 if let Some(table) = &args.kinesis_lease_table {
+                    let table = self.own(table);
                     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-                    ensure_lease_table(&ddb, table).await?;
-                    config = config.leases(ddb, table, Duration::from_secs(30));
+                    ensure_lease_table(&ddb, &table).await?;
+                    config = config.leases(ddb, &table, Duration::from_secs(30));
                 }
                 if let Some(dlq) = &args.kinesis_dead_letter_stream {
                     config = config.dead_letter_stream(dlq);
@@ -405,7 +551,18 @@ impl Worker<'_> {
         };
         display.finish().await;
         summary.add_batches(&progress.snapshot());
-        Ok(stats)
+        let moved = moved.load(std::sync::atomic::Ordering::SeqCst);
+        Ok((stats, (moved > stores.version).then_some(moved)))
+    }
+
+    /// The consumer group (Kafka) or lease table (Kinesis) of this process:
+    /// a replay's catch-up must not take partitions or shards from the
+    /// live worker's group.
+    fn own(&self, name: &str) -> String {
+        match self.mode {
+            Mode::Run => name.to_owned(),
+            Mode::Replay { version, .. } => format!("{name}-replay-v{version}"),
+        }
     }
 }
 
@@ -491,13 +648,39 @@ async fn wait_for_run(
     }
 }
 
+/// A replay's catch-up stops after this long without a record, unless
+/// `--stop-after-idle` says otherwise.
+const CATCH_UP_IDLE: Duration = Duration::from_secs(2);
+
+/// How often a live worker looks up the active version.
+const ALIAS_POLL: Duration = Duration::from_secs(1);
+
+/// Watches the alias for a newer version than the one live writes.
+struct Watch {
+    aliases: Arc<dyn AliasStore>,
+    alias: String,
+    version: u64,
+    /// Set to the newer version before the watch resolves.
+    moved: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The conditions, besides a stop request and `--until`, that end live.
+struct Stops {
+    /// No record for this long.
+    idle: Option<Duration>,
+    /// Every lane's event-time lag at most this (a replay's catch-up).
+    caught_up: Option<Duration>,
+    /// The alias moved on (a live worker).
+    watch: Option<Watch>,
+}
+
 /// Resolves on a stop request, once every lane of `until` has committed at
-/// or past its position, or after `idle` without a record.
+/// or past its position, or on one of `stops`.
 async fn shutdown(
     stop: CancellationToken,
     checkpoints: Arc<dyn CheckpointStore>,
     until: Option<HandoffToken>,
-    idle: Option<Duration>,
+    stops: Stops,
     progress: Arc<Progress>,
 ) {
     let reached = async {
@@ -517,7 +700,7 @@ async fn shutdown(
         }
     };
     let idle = async {
-        let Some(idle) = idle else {
+        let Some(idle) = stops.idle else {
             return std::future::pending().await;
         };
         let (mut last, mut since) = (progress.snapshot().records, Instant::now());
@@ -532,10 +715,43 @@ async fn shutdown(
             }
         }
     };
+    let caught_up = async {
+        let Some(lag) = stops.caught_up else {
+            return std::future::pending().await;
+        };
+        let limit = i64::try_from(lag.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let lags = progress.lane_lags();
+            if !lags.is_empty() && lags.iter().all(|(_, l)| *l <= limit) {
+                tracing::info!(lag = ?lag, lanes = lags.len(), "caught up: every lane within the lag limit");
+                return;
+            }
+        }
+    };
+    let watch = async {
+        let Some(w) = stops.watch else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(ALIAS_POLL).await;
+            match w.aliases.active(&w.alias).await {
+                Ok(Some(v)) if v > w.version => {
+                    tracing::info!(pipeline = %w.alias, from = w.version, to = v, "a newer version was swapped in; flushing and switching");
+                    w.moved.store(v, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot read the active version: {e:#}"),
+            }
+        }
+    };
     tokio::select! {
         () = stop.cancelled() => {}
         () = reached => {}
         () = idle => {}
+        () = caught_up => {}
+        () = watch => {}
     }
 }
 

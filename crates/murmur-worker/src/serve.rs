@@ -16,6 +16,7 @@
 
 use crate::pipeline::Render;
 use crate::query::{Op, Refusal, answer};
+use crate::stores::Backend;
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -38,6 +39,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Most entities one `*_many` request may name.
@@ -63,6 +65,7 @@ pub struct Telemetry {
     live: Mutex<Option<Arc<Progress>>>,
     bad: Mutex<Vec<Arc<BadRecordSink>>>,
     store: Mutex<Option<Arc<murmur_state_ddb::Metrics>>>,
+    version: AtomicU64,
     queries: [AtomicU64; 6],
     coalesced: AtomicU64,
     reads: AtomicU64,
@@ -91,6 +94,11 @@ impl Telemetry {
     /// The worker entered `stage` (`backfill`, `live`, `stopped`, `serving`).
     pub fn stage(&self, stage: &'static str) {
         *lock(&self.stage) = stage;
+    }
+
+    /// The version of the state the worker writes.
+    pub fn version(&self, version: u64) {
+        self.version.store(version, Ordering::Relaxed);
     }
 
     /// The counters of the backfill stage.
@@ -308,6 +316,67 @@ impl Collector for Telemetry {
     }
 }
 
+/// Where queries read: a fixed store, or the active version of a
+/// pipeline's state, looked up again when the last lookup is older than
+/// [`ALIAS_CACHE`] (so readers follow a swap within about a second).
+pub enum Reads {
+    /// Always this store (the coalescing test's gated store).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Fixed(Arc<dyn StateStore>),
+    /// The active version of `alias`.
+    Active {
+        /// Opens any version's stores.
+        backend: Box<Backend>,
+        /// The alias (the pipeline name).
+        alias: String,
+        /// The last lookup.
+        cache: tokio::sync::Mutex<Option<Lookup>>,
+    },
+}
+
+/// A lookup of the active version: the version, its state store, when.
+type Lookup = (u64, Arc<dyn StateStore>, Instant);
+
+/// How long a lookup of the active version is reused.
+pub const ALIAS_CACHE: Duration = Duration::from_secs(1);
+
+impl Reads {
+    /// Reads that follow the active version of `alias`.
+    pub fn active(backend: Backend, alias: &str) -> Reads {
+        Reads::Active {
+            backend: Box::new(backend),
+            alias: alias.to_owned(),
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The store to read now, with its version (0 for a fixed store).
+    async fn state(&self) -> Result<(u64, Arc<dyn StateStore>), Refusal> {
+        let (backend, alias, cache) = match self {
+            Reads::Fixed(store) => return Ok((0, store.clone())),
+            Reads::Active {
+                backend,
+                alias,
+                cache,
+            } => (backend, alias, cache),
+        };
+        let mut cached = cache.lock().await;
+        if let Some((version, store, at)) = cached.as_ref()
+            && at.elapsed() < ALIAS_CACHE
+        {
+            return Ok((*version, store.clone()));
+        }
+        let store_err = |e: anyhow::Error| Refusal::Store(format!("{e:#}"));
+        let version = backend.active(alias).await.map_err(store_err)?;
+        let store = match cached.take() {
+            Some((v, store, _)) if v == version => store,
+            _ => backend.open(alias, version).await.map_err(store_err)?.state,
+        };
+        *cached = Some((version, store.clone(), Instant::now()));
+        Ok((version, store))
+    }
+}
+
 /// Answers queries of one pipeline, whatever its monoid.
 trait Engine: Send + Sync {
     fn name(&self) -> &str;
@@ -316,12 +385,12 @@ trait Engine: Send + Sync {
         op: Op,
         entities: Vec<String>,
         contains: Option<String>,
-    ) -> BoxFuture<'static, Result<Vec<serde_json::Value>, Refusal>>;
+    ) -> BoxFuture<'static, Result<(u64, Vec<serde_json::Value>), Refusal>>;
 }
 
 struct Typed<M: Render> {
     pipeline: Pipeline<CountEvent, M>,
-    state: Arc<dyn StateStore>,
+    reads: Arc<Reads>,
 }
 
 impl<M: Render> Engine for Typed<M> {
@@ -334,18 +403,20 @@ impl<M: Render> Engine for Typed<M> {
         op: Op,
         entities: Vec<String>,
         contains: Option<String>,
-    ) -> BoxFuture<'static, Result<Vec<serde_json::Value>, Refusal>> {
+    ) -> BoxFuture<'static, Result<(u64, Vec<serde_json::Value>), Refusal>> {
         let pipeline = self.pipeline.clone();
-        let state = self.state.clone();
+        let reads = self.reads.clone();
         async move {
+            let (version, state) = reads.state().await?;
             let entities: Vec<&str> = entities.iter().map(String::as_str).collect();
-            answer(&*state, &pipeline, &op, &entities, contains.as_deref()).await
+            let values = answer(&*state, &pipeline, &op, &entities, contains.as_deref()).await?;
+            Ok((version, values))
         }
         .boxed()
     }
 }
 
-type Answer = Result<Arc<Vec<serde_json::Value>>, Refusal>;
+type Answer = Result<Arc<(u64, Vec<serde_json::Value>)>, Refusal>;
 
 /// In-flight reads by query; a query that finds its twin here awaits it.
 #[derive(Default)]
@@ -360,7 +431,7 @@ impl Coalescer {
     async fn answer(
         self: &Arc<Self>,
         key: String,
-        read: impl FnOnce() -> BoxFuture<'static, Result<Vec<serde_json::Value>, Refusal>>,
+        read: impl FnOnce() -> BoxFuture<'static, Result<(u64, Vec<serde_json::Value>), Refusal>>,
         joined: impl FnOnce(),
     ) -> Answer {
         let future = {
@@ -404,16 +475,19 @@ struct Endpoint {
     coalescer: Arc<Coalescer>,
 }
 
-/// The router of the endpoint for `pipeline` over `state`.
+/// The router of the endpoint for `pipeline`, reading as `reads` says.
 pub fn router<M: Render>(
     pipeline: Pipeline<CountEvent, M>,
-    state: Arc<dyn StateStore>,
+    reads: Reads,
     telemetry: Arc<Telemetry>,
 ) -> Router {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(TelemetryRef(telemetry.clone())));
     let endpoint = Endpoint {
-        engine: Arc::new(Typed { pipeline, state }),
+        engine: Arc::new(Typed {
+            pipeline,
+            reads: Arc::new(reads),
+        }),
         telemetry,
         registry: Arc::new(registry),
         coalescer: Arc::default(),
@@ -513,6 +587,7 @@ async fn healthz(State(ep): State<Endpoint>) -> Json<serde_json::Value> {
         "status": "ok",
         "pipeline": ep.engine.name(),
         "stage": *lock(&ep.telemetry.stage),
+        "version": ep.telemetry.version.load(Ordering::Relaxed),
     }))
 }
 
@@ -698,7 +773,7 @@ async fn query(
     let names = entities.clone();
     let contains = request.contains.clone();
     let joins = ep.telemetry.clone();
-    let values = ep
+    let answer = ep
         .coalescer
         .answer(
             key,
@@ -711,6 +786,7 @@ async fn query(
             },
         )
         .await?;
+    let (version, values) = &*answer;
     let name = ep.engine.name();
     Ok(Json(if many {
         let results: Vec<serde_json::Value> = entities
@@ -718,9 +794,14 @@ async fn query(
             .zip(values.iter())
             .map(|(entity, value)| serde_json::json!({ "entity": entity, "value": value }))
             .collect();
-        serde_json::json!({ "pipeline": name, "results": results })
+        serde_json::json!({ "pipeline": name, "version": version, "results": results })
     } else {
-        serde_json::json!({ "pipeline": name, "entity": entities[0], "value": values[0] })
+        serde_json::json!({
+            "pipeline": name,
+            "version": version,
+            "entity": entities[0],
+            "value": values[0],
+        })
     }))
 }
 
@@ -776,7 +857,7 @@ mod tests {
             .build()
             .unwrap();
         let telemetry = Telemetry::new();
-        let app = router(pipeline, store.clone(), telemetry.clone());
+        let app = router(pipeline, Reads::Fixed(store.clone()), telemetry.clone());
         let (addr, _task) = start(
             "127.0.0.1:0".parse().unwrap(),
             app,

@@ -1,11 +1,20 @@
-//! Opening the state, checkpoint and dedup stores of the flags.
+//! Opening the state, checkpoint and dedup stores of the flags, per
+//! version of a pipeline's state, and the alias store that says which
+//! version is active.
+//!
+//! Version 0 is the unversioned state (`<pipeline>` namespace, tables
+//! `murmur-<pipeline>...`); version N > 0 (built by `replay`) appends
+//! `_vN` to the namespace and to each table name. Every version has its
+//! own checkpoints and dedup claims, so a replay shares nothing with the
+//! state it replaces.
 
 use crate::cli::{StoreArgs, StoreKind};
 use anyhow::Context as _;
-use murmur_core::{CheckpointStore, Deduper, EmbeddedStore, StateStore};
+use murmur_core::{AliasStore, CheckpointStore, Deduper, EmbeddedStore, StateStore};
 use murmur_state_ddb::{
-    DynamoDbCheckpointStore, DynamoDbDeduper, DynamoDbStore, Metrics, StoreConfig,
-    ensure_checkpoint_table, ensure_dedup_table, ensure_state_table,
+    DynamoDbAliasStore, DynamoDbCheckpointStore, DynamoDbDeduper, DynamoDbStore, Metrics,
+    StoreConfig, ensure_alias_table, ensure_checkpoint_table, ensure_dedup_table,
+    ensure_state_table,
 };
 use std::sync::Arc;
 
@@ -19,6 +28,8 @@ pub struct Stores {
     pub deduper: Arc<dyn Deduper>,
     /// DynamoDB request counters (requests, retries, consumed capacity).
     pub metrics: Option<Arc<Metrics>>,
+    /// The version of the pipeline's state these stores hold.
+    pub version: u64,
     /// What the stores are, for the logs.
     pub description: String,
 }
@@ -29,62 +40,155 @@ pub async fn aws() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
-/// Opens the stores of pipeline `pipeline`.
-pub async fn open(args: &StoreArgs, pipeline: &str) -> anyhow::Result<Stores> {
-    match args.store {
-        StoreKind::Embedded => {
-            std::fs::create_dir_all(&args.data_dir).with_context(|| {
-                format!("cannot create data directory {}", args.data_dir.display())
-            })?;
-            let path = args.data_dir.join("murmur.redb");
-            let store = EmbeddedStore::open(&path)
-                .with_context(|| format!("cannot open the embedded store {}", path.display()))?
-                .with_namespace(pipeline);
-            Ok(Stores {
-                state: Arc::new(store.clone()),
-                checkpoints: Arc::new(store.clone()),
-                deduper: Arc::new(store),
-                metrics: None,
-                description: format!("embedded store {} (namespace {pipeline})", path.display()),
-            })
-        }
-        StoreKind::Dynamodb => {
-            let client = aws_sdk_dynamodb::Client::new(&aws().await);
-            let table = args
-                .table
-                .clone()
-                .unwrap_or_else(|| format!("murmur-{pipeline}"));
-            let checkpoint_table = args
-                .checkpoint_table
-                .clone()
-                .unwrap_or_else(|| format!("murmur-{pipeline}-checkpoints"));
-            let dedup_table = args
-                .dedup_table
-                .clone()
-                .unwrap_or_else(|| format!("murmur-{pipeline}-dedup"));
-            if args.create_tables {
-                ensure_state_table(&client, &table).await?;
-                ensure_checkpoint_table(&client, &checkpoint_table).await?;
-                ensure_dedup_table(&client, &dedup_table).await?;
+/// `name` for version `version` of the state (version 0 is `name` itself).
+pub fn versioned(name: &str, version: u64) -> String {
+    match version {
+        0 => name.to_owned(),
+        v => format!("{name}_v{v}"),
+    }
+}
+
+/// The store backend of the flags: opens any version of a pipeline's
+/// stores and the alias store. One per process (the embedded database file
+/// is opened once and shared by every version's namespace).
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded database.
+    Embedded {
+        /// The file, default namespace.
+        db: EmbeddedStore,
+        /// Its path, for the logs.
+        path: std::path::PathBuf,
+    },
+    /// DynamoDB.
+    Dynamodb {
+        /// The client.
+        client: aws_sdk_dynamodb::Client,
+        /// The flags (table names, concurrency, provisioning).
+        args: StoreArgs,
+        /// Request counters shared by every version's stores.
+        metrics: Arc<Metrics>,
+    },
+}
+
+impl Backend {
+    /// Connects (opens the database file, or builds the DynamoDB client).
+    pub async fn connect(args: &StoreArgs) -> anyhow::Result<Backend> {
+        match args.store {
+            StoreKind::Embedded => {
+                std::fs::create_dir_all(&args.data_dir).with_context(|| {
+                    format!("cannot create data directory {}", args.data_dir.display())
+                })?;
+                let path = args.data_dir.join("murmur.redb");
+                let db = EmbeddedStore::open(&path).with_context(|| {
+                    format!("cannot open the embedded store {}", path.display())
+                })?;
+                Ok(Backend::Embedded { db, path })
             }
-            let metrics = Arc::new(Metrics::new());
-            let config =
-                |t: &str| StoreConfig::new(t).with_max_concurrency(args.store_concurrency.max(1));
-            Ok(Stores {
-                state: Arc::new(
-                    DynamoDbStore::new(&client, config(&table)).with_metrics(metrics.clone()),
-                ),
-                checkpoints: Arc::new(
-                    DynamoDbCheckpointStore::new(&client, config(&checkpoint_table))
-                        .with_metrics(metrics.clone()),
-                ),
-                deduper: Arc::new(
-                    DynamoDbDeduper::new(&client, config(&dedup_table))
-                        .with_metrics(metrics.clone()),
-                ),
-                metrics: Some(metrics),
-                description: format!("DynamoDB tables {table}, {checkpoint_table}, {dedup_table}"),
-            })
+            StoreKind::Dynamodb => Ok(Backend::Dynamodb {
+                client: aws_sdk_dynamodb::Client::new(&aws().await),
+                args: args.clone(),
+                metrics: Arc::new(Metrics::new()),
+            }),
         }
     }
+
+    /// The alias store (the database file, or the `--alias-table`).
+    pub async fn aliases(&self) -> anyhow::Result<Arc<dyn AliasStore>> {
+        Ok(match self {
+            Backend::Embedded { db, .. } => Arc::new(db.clone()),
+            Backend::Dynamodb {
+                client,
+                args,
+                metrics,
+            } => {
+                if args.create_tables {
+                    ensure_alias_table(client, &args.alias_table).await?;
+                }
+                Arc::new(
+                    DynamoDbAliasStore::new(client, StoreConfig::new(&args.alias_table))
+                        .with_metrics(metrics.clone()),
+                )
+            }
+        })
+    }
+
+    /// The active version of `pipeline` (0 before any swap).
+    pub async fn active(&self, pipeline: &str) -> anyhow::Result<u64> {
+        let aliases = self.aliases().await?;
+        let active = aliases
+            .active(pipeline)
+            .await
+            .with_context(|| format!("cannot read the active version of {pipeline}"))?;
+        Ok(active.unwrap_or(0))
+    }
+
+    /// The stores of version `version` of `pipeline`.
+    pub async fn open(&self, pipeline: &str, version: u64) -> anyhow::Result<Stores> {
+        match self {
+            Backend::Embedded { db, path } => {
+                let namespace = versioned(pipeline, version);
+                let store = db.with_namespace(&namespace);
+                Ok(Stores {
+                    state: Arc::new(store.clone()),
+                    checkpoints: Arc::new(store.clone()),
+                    deduper: Arc::new(store),
+                    metrics: None,
+                    version,
+                    description: format!(
+                        "embedded store {} (namespace {namespace})",
+                        path.display()
+                    ),
+                })
+            }
+            Backend::Dynamodb {
+                client,
+                args,
+                metrics,
+            } => {
+                let name = |flag: &Option<String>, default: String| {
+                    versioned(flag.as_deref().unwrap_or(&default), version)
+                };
+                let table = name(&args.table, format!("murmur-{pipeline}"));
+                let checkpoint_table = name(
+                    &args.checkpoint_table,
+                    format!("murmur-{pipeline}-checkpoints"),
+                );
+                let dedup_table = name(&args.dedup_table, format!("murmur-{pipeline}-dedup"));
+                if args.create_tables {
+                    ensure_state_table(client, &table).await?;
+                    ensure_checkpoint_table(client, &checkpoint_table).await?;
+                    ensure_dedup_table(client, &dedup_table).await?;
+                }
+                let config = |t: &str| {
+                    StoreConfig::new(t).with_max_concurrency(args.store_concurrency.max(1))
+                };
+                Ok(Stores {
+                    state: Arc::new(
+                        DynamoDbStore::new(client, config(&table)).with_metrics(metrics.clone()),
+                    ),
+                    checkpoints: Arc::new(
+                        DynamoDbCheckpointStore::new(client, config(&checkpoint_table))
+                            .with_metrics(metrics.clone()),
+                    ),
+                    deduper: Arc::new(
+                        DynamoDbDeduper::new(client, config(&dedup_table))
+                            .with_metrics(metrics.clone()),
+                    ),
+                    metrics: Some(metrics.clone()),
+                    version,
+                    description: format!(
+                        "DynamoDB tables {table}, {checkpoint_table}, {dedup_table}"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// Opens the stores of the active version of `pipeline`.
+pub async fn open(args: &StoreArgs, pipeline: &str) -> anyhow::Result<Stores> {
+    let backend = Backend::connect(args).await?;
+    let version = backend.active(pipeline).await?;
+    backend.open(pipeline, version).await
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// A worker child process that serves HTTP.
-struct Served {
+pub struct Served {
     child: Child,
     base: String,
     log: Arc<Mutex<Vec<String>>>,
@@ -22,7 +22,7 @@ struct Served {
 impl Served {
     /// Spawns the worker with `args` (which include `--listen
     /// 127.0.0.1:0`) and waits for the address it logs.
-    fn spawn(args: &[String]) -> Served {
+    pub fn spawn(args: &[String]) -> Served {
         let mut child = worker_with(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -58,7 +58,7 @@ impl Served {
     }
 
     /// SIGTERM, then the exit status must be 0; returns stdout.
-    fn stop(mut self) -> String {
+    pub fn stop(mut self) -> String {
         let ok = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -85,14 +85,14 @@ impl Drop for Served {
 }
 
 /// A client of one served pipeline.
-struct Api {
+pub struct Api {
     http: reqwest::Client,
     base: String,
     pipeline: String,
 }
 
 impl Api {
-    fn new(served: &Served, pipeline: &str) -> Api {
+    pub fn new(served: &Served, pipeline: &str) -> Api {
         Api {
             http: reqwest::Client::new(),
             base: served.base.clone(),
@@ -118,13 +118,13 @@ impl Api {
     }
 
     /// The answer of a query that must succeed.
-    async fn ok(&self, op: &str, body: Value) -> Value {
+    pub async fn ok(&self, op: &str, body: Value) -> Value {
         let (status, answer) = self.post(op, &body).await;
         assert_eq!(status, 200, "{op} {body}: {answer}");
         answer
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub async fn get(&self, path: &str) -> (u16, String) {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -148,6 +148,34 @@ impl Api {
     }
 }
 
+/// Waits until the endpoint's total over every entity and hour equals the
+/// truth of events `[0, n)` (never above it); returns the version that
+/// answered.
+pub async fn wait_for_all(api: &Api, n: u64) -> u64 {
+    let want: i64 = truth(n).values().sum();
+    let everything =
+        json!({"entities": entities(), "from": T0, "to": T0 + n as i64 * 20_000 + HOUR});
+    let started = Instant::now();
+    loop {
+        let a = api.ok("range_many", everything.clone()).await;
+        let got: i64 = a["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].as_i64().unwrap())
+            .sum();
+        if got == want {
+            return a["version"].as_u64().unwrap();
+        }
+        assert!(got < want, "more than every event: {got} > {want}");
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "stuck at {got} of {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sums the truth per entity over hours `[from_h, to_h]`.
 fn truth_sum(truth: &BTreeMap<(String, i64), i64>, entity: &str, from_h: i64, to_h: i64) -> i64 {
     truth
@@ -156,7 +184,7 @@ fn truth_sum(truth: &BTreeMap<(String, i64), i64>, entity: &str, from_h: i64, to
         .sum()
 }
 
-fn entities() -> Vec<String> {
+pub fn entities() -> Vec<String> {
     (0..ENTITIES).map(|e| format!("e{e:03}")).collect()
 }
 
@@ -167,7 +195,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// Every operation against the truth of events `[0, n)`.
-async fn check_queries(api: &Api, n: u64) {
+pub async fn check_queries(api: &Api, n: u64) {
     let truth = truth(n);
     let first_h = T0 / HOUR;
     let last_h = truth.keys().map(|(_, h)| *h).max().unwrap();
@@ -403,28 +431,7 @@ fn queries_health_and_metrics_while_the_worker_runs_live() {
     rt.block_on(async {
         // Live flushes every 100 ms: wait until the endpoint shows every
         // event, then every operation must equal the truth.
-        let want: i64 = truth(total).values().sum();
-        let everything =
-            json!({"entities": entities(), "from": T0, "to": T0 + total as i64 * 20_000 + HOUR});
-        let started = Instant::now();
-        loop {
-            let a = api.ok("range_many", everything.clone()).await;
-            let got: i64 = a["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["value"].as_i64().unwrap())
-                .sum();
-            if got == want {
-                break;
-            }
-            assert!(got < want, "more than every event: {got} > {want}");
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "stuck at {got} of {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_all(&api, total).await;
         check_queries(&api, total).await;
         check_errors(&api).await;
 

@@ -8,4 +8,5 @@ mod cli;
 mod common;
 mod crash;
 mod http;
+mod replay;
 mod seams;
