@@ -6,6 +6,7 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::get_item::GetItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use murmur_core::{AliasStore, StoreError};
@@ -24,7 +25,8 @@ const SWAPPED_AT: &str = "swapped_at_ms";
 /// A swap is one `UpdateItem` with the condition
 /// `attribute_not_exists(version) OR version < :v`, so it is atomic and never
 /// goes back; a refused swap reads the active version (strongly consistent)
-/// for its [`StoreError::StaleSwap`]. Reads are strongly consistent. The
+/// for its [`StoreError::StaleSwap`]. Reads are strongly consistent; a
+/// missing table reads as no swap yet (only a swap needs the table). The
 /// table has the checkpoint table's key schema (create it with
 /// [`ensure_alias_table`](crate::ensure_alias_table)); one table serves
 /// every pipeline.
@@ -68,11 +70,24 @@ impl DynamoDbAliasStore {
             .key(PK, AttributeValue::S(key.clone()))
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
-        let out = self
+        let out = match self
             .ctx
             .send(Op::GetItem, &stats, || request.clone().send())
             .await
-            .map_err(|f| f.into_error(&self.ctx.table, Op::GetItem, Some(key.clone())))?;
+        {
+            Ok(out) => out,
+            // No alias table: nothing was ever swapped (deployments from
+            // before versions, readers without --create-tables).
+            Err(f)
+                if matches!(
+                    f.service_error(),
+                    Some(GetItemError::ResourceNotFoundException(_))
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(f) => return Err(f.into_error(&self.ctx.table, Op::GetItem, Some(key.clone()))),
+        };
         self.ctx.capacity(Op::GetItem, out.consumed_capacity());
         let Some(item) = out.item else {
             return Ok(None);

@@ -66,8 +66,9 @@ pub struct ReplayArgs {
     /// state is version 0).
     #[arg(long = "to-version", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub version: u64,
-    /// Catch-up ends once every live lane's event-time lag is at most this
-    /// (or no record arrived for `--stop-after-idle`, default 2s).
+    /// Without `--until`, catch-up ends once every live lane's event-time
+    /// lag is at most this (or no record arrived for `--stop-after-idle`,
+    /// default 10s).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub catch_up_lag: Duration,
     /// Everything `run` takes.

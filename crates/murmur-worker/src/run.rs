@@ -136,6 +136,12 @@ impl WithPipeline for Worker<'_> {
         let active = backend.active(&alias).await?;
         let version = match self.mode {
             Mode::Run => active,
+            // Several replay processes would each swap after their own
+            // catch-up, while the others still write the new version.
+            Mode::Replay { .. } if args.worker_count > 1 => bail!(
+                "a replay runs as one process (--worker-count 1); its backfill runs \
+                 --lanes lanes with --concurrency readers"
+            ),
             Mode::Replay { version, .. } if version > active => version,
             Mode::Replay { version, .. } => bail!(
                 "cannot replay {alias} into version {version}: the active version is {active}, \
@@ -178,7 +184,7 @@ impl WithPipeline for Worker<'_> {
                 .await?
             {
                 Some(token) => Some(token),
-                None => return Ok(self.finish(summary, &stores, started)),
+                None => return self.swap(&backend, &alias, summary, &stores, started).await,
             }
         };
         if args.live == LiveKind::None || self.stop.is_cancelled() {
@@ -238,7 +244,6 @@ impl Worker<'_> {
             if ready {
                 backend
                     .aliases()
-                    .await?
                     .swap(alias, version)
                     .await
                     .with_context(|| format!("cannot swap {alias} to version {version}"))?;
@@ -472,12 +477,15 @@ impl Worker<'_> {
                 args.stop_after_idle,
                 None,
                 Some(Watch {
-                    aliases: backend.aliases().await?,
+                    aliases: backend.aliases(),
                     alias: pipeline.name().to_owned(),
                     version: stores.version,
                     moved: moved.clone(),
                 }),
             ),
+            // With --until the catch-up ends there; else once caught up or
+            // the stream is quiet.
+            Mode::Replay { .. } if args.until.is_some() => (args.stop_after_idle, None, None),
             Mode::Replay { catch_up_lag, .. } => (
                 Some(args.stop_after_idle.unwrap_or(CATCH_UP_IDLE)),
                 Some(catch_up_lag),
@@ -648,9 +656,10 @@ async fn wait_for_run(
     }
 }
 
-/// A replay's catch-up stops after this long without a record, unless
-/// `--stop-after-idle` says otherwise.
-const CATCH_UP_IDLE: Duration = Duration::from_secs(2);
+/// A replay's catch-up without `--until` stops after this long without a
+/// record, unless `--stop-after-idle` says otherwise (long enough for a
+/// consumer's first fetch on a loaded broker).
+const CATCH_UP_IDLE: Duration = Duration::from_secs(10);
 
 /// How often a live worker looks up the active version.
 const ALIAS_POLL: Duration = Duration::from_secs(1);

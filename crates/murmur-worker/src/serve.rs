@@ -122,11 +122,14 @@ impl Telemetry {
     }
 }
 
+/// A series' labels.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
 fn counter(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: &[(&[(&str, &str)], u64)],
+    samples: &[(Labels<'_>, u64)],
 ) -> std::fmt::Result {
     let mut family = encoder.encode_descriptor(
         name,
@@ -139,7 +142,7 @@ fn counter(
             ConstCounter::new(*value).encode(family)?;
             break;
         }
-        ConstCounter::new(*value).encode(family.encode_family(&labels.to_vec())?)?;
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -148,7 +151,7 @@ fn gauge(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: &[(Vec<(&str, &str)>, i64)],
+    samples: &[(Labels<'_>, i64)],
 ) -> std::fmt::Result {
     let mut family = encoder.encode_descriptor(
         name,
@@ -173,16 +176,10 @@ impl Collector for Telemetry {
             .filter_map(|(stage, p)| p.as_ref().map(|p| (*stage, p.snapshot())))
             .collect();
         let per_stage =
-            |f: fn(&murmur_bootstrap::ProgressSnapshot) -> u64| -> Vec<(&[(&str, &str)], u64)> {
+            |f: fn(&murmur_bootstrap::ProgressSnapshot) -> u64| -> Vec<(Labels<'_>, u64)> {
                 snaps
                     .iter()
-                    .map(|(stage, s)| {
-                        let labels: &[(&str, &str)] = match *stage {
-                            "backfill" => &[("stage", "backfill")],
-                            _ => &[("stage", "live")],
-                        };
-                        (labels, f(s))
-                    })
+                    .map(|(stage, s)| (vec![("stage", *stage)], f(s)))
                     .collect()
             };
         let e = &mut encoder;
@@ -227,7 +224,7 @@ impl Collector for Telemetry {
             e,
             "murmur_bad_records",
             "Undecodable rows routed to the error sink.",
-            &[(&[], bad)],
+            &[(vec![], bad)],
         )?;
         if let Some(p) = lock(&self.backfill).as_ref() {
             let s = p.snapshot();
@@ -243,7 +240,7 @@ impl Collector for Telemetry {
         }
         if let Some(p) = lock(&self.live).as_ref() {
             let lags = p.lane_lags();
-            let samples: Vec<(Vec<(&str, &str)>, i64)> = lags
+            let samples: Vec<(Labels<'_>, i64)> = lags
                 .iter()
                 .map(|(lane, lag)| (vec![("lane", lane.as_str())], *lag))
                 .collect();
@@ -261,38 +258,28 @@ impl Collector for Telemetry {
                 "murmur_store_requests",
                 "DynamoDB requests sent (every attempt).",
                 &[
-                    (&[("kind", "read")], m.read_requests),
-                    (&[("kind", "write")], m.write_requests),
-                    (&[("kind", "all")], m.requests),
+                    (vec![("kind", "read")], m.read_requests),
+                    (vec![("kind", "write")], m.write_requests),
+                    (vec![("kind", "all")], m.requests),
                 ],
             )?;
             counter(
                 e,
                 "murmur_store_retries",
                 "DynamoDB requests retried (throttling, 5xx, unprocessed keys, CAS conflicts).",
-                &[(&[], m.retries)],
+                &[(vec![], m.retries)],
             )?;
             counter(
                 e,
                 "murmur_store_throttled",
                 "DynamoDB attempts answered with a throttling error.",
-                &[(&[], m.throttled)],
+                &[(vec![], m.throttled)],
             )?;
         }
-        let queries: Vec<(&[(&str, &str)], u64)> = OPS
+        let queries: Vec<(Labels<'_>, u64)> = OPS
             .iter()
             .zip(&self.queries)
-            .map(|(op, n)| {
-                let labels: &[(&str, &str)] = match *op {
-                    "get" => &[("op", "get")],
-                    "get_many" => &[("op", "get_many")],
-                    "window" => &[("op", "window")],
-                    "window_many" => &[("op", "window_many")],
-                    "range" => &[("op", "range")],
-                    _ => &[("op", "range_many")],
-                };
-                (labels, n.load(Ordering::Relaxed))
-            })
+            .map(|(op, n)| (vec![("op", *op)], n.load(Ordering::Relaxed)))
             .collect();
         counter(
             e,
@@ -304,13 +291,13 @@ impl Collector for Telemetry {
             e,
             "murmur_query_reads",
             "Store reads made for queries (coalesced queries share one).",
-            &[(&[], self.reads.load(Ordering::Relaxed))],
+            &[(vec![], self.reads.load(Ordering::Relaxed))],
         )?;
         counter(
             e,
             "murmur_queries_coalesced",
             "Queries answered by another identical query's read.",
-            &[(&[], self.coalesced.load(Ordering::Relaxed))],
+            &[(vec![], self.coalesced.load(Ordering::Relaxed))],
         )?;
         Ok(())
     }

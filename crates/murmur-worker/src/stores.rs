@@ -68,6 +68,8 @@ pub enum Backend {
         args: StoreArgs,
         /// Request counters shared by every version's stores.
         metrics: Arc<Metrics>,
+        /// The alias store (`--alias-table`).
+        aliases: Arc<DynamoDbAliasStore>,
     },
 }
 
@@ -85,38 +87,36 @@ impl Backend {
                 })?;
                 Ok(Backend::Embedded { db, path })
             }
-            StoreKind::Dynamodb => Ok(Backend::Dynamodb {
-                client: aws_sdk_dynamodb::Client::new(&aws().await),
-                args: args.clone(),
-                metrics: Arc::new(Metrics::new()),
-            }),
+            StoreKind::Dynamodb => {
+                let client = aws_sdk_dynamodb::Client::new(&aws().await);
+                if args.create_tables {
+                    ensure_alias_table(&client, &args.alias_table).await?;
+                }
+                // Alias lookups (one a second at most per reader) keep their
+                // own counters: `metrics` counts the state's requests.
+                let aliases = DynamoDbAliasStore::new(&client, StoreConfig::new(&args.alias_table));
+                Ok(Backend::Dynamodb {
+                    client,
+                    args: args.clone(),
+                    metrics: Arc::new(Metrics::new()),
+                    aliases: Arc::new(aliases),
+                })
+            }
         }
     }
 
     /// The alias store (the database file, or the `--alias-table`).
-    pub async fn aliases(&self) -> anyhow::Result<Arc<dyn AliasStore>> {
-        Ok(match self {
+    pub fn aliases(&self) -> Arc<dyn AliasStore> {
+        match self {
             Backend::Embedded { db, .. } => Arc::new(db.clone()),
-            Backend::Dynamodb {
-                client,
-                args,
-                metrics,
-            } => {
-                if args.create_tables {
-                    ensure_alias_table(client, &args.alias_table).await?;
-                }
-                Arc::new(
-                    DynamoDbAliasStore::new(client, StoreConfig::new(&args.alias_table))
-                        .with_metrics(metrics.clone()),
-                )
-            }
-        })
+            Backend::Dynamodb { aliases, .. } => aliases.clone(),
+        }
     }
 
     /// The active version of `pipeline` (0 before any swap).
     pub async fn active(&self, pipeline: &str) -> anyhow::Result<u64> {
-        let aliases = self.aliases().await?;
-        let active = aliases
+        let active = self
+            .aliases()
             .active(pipeline)
             .await
             .with_context(|| format!("cannot read the active version of {pipeline}"))?;
@@ -145,6 +145,7 @@ impl Backend {
                 client,
                 args,
                 metrics,
+                ..
             } => {
                 let name = |flag: &Option<String>, default: String| {
                     versioned(flag.as_deref().unwrap_or(&default), version)

@@ -2,6 +2,7 @@
 //! implementations.
 
 use crate::common::{config, moto};
+use murmur_core::AliasStore as _;
 use murmur_state_ddb::{
     DynamoDbAliasStore, DynamoDbCheckpointStore, DynamoDbDeduper, DynamoDbStore,
 };
@@ -48,6 +49,10 @@ async fn alias_store_passes_core_conformance() {
     let table = moto.checkpoint_table("conf-alias").await;
     let aliases = DynamoDbAliasStore::new(&moto.client, config(&table));
     murmur_core::conformance::alias_store(&aliases).await;
+    // Without the table nothing was swapped yet; a swap needs the table.
+    let missing = DynamoDbAliasStore::new(&moto.client, config("no-such-alias-table"));
+    assert_eq!(missing.active("p").await.unwrap(), None);
+    assert!(missing.swap("p", 1).await.is_err());
 }
 
 /// Reopening a DynamoDB store is building a new one on the same tables.

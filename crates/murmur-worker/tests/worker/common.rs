@@ -471,3 +471,39 @@ pub fn embedded(dir: &Path, pipeline: &str) -> EmbeddedStore {
         .unwrap()
         .with_namespace(pipeline)
 }
+
+/// Held by the tests that load moto with a worker's writes (crash, HTTP,
+/// replay): one at a time, so none of them waits on the others' requests
+/// (moto serves from one Python process).
+pub fn moto_heavy() -> std::sync::MutexGuard<'static, ()> {
+    static MOTO: Mutex<()> = Mutex::new(());
+    MOTO.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A DynamoDB table name no other test or run uses.
+pub fn unique_table(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{nanos}")
+}
+
+/// The store flags of a DynamoDB run on tables named after `table`
+/// (`table`, `table-cp`, `table-dedup`, `table-aliases`).
+pub fn dynamodb_flags(table: &str) -> Vec<String> {
+    [
+        "--store",
+        "dynamodb",
+        "--table",
+        table,
+        "--checkpoint-table",
+        &format!("{table}-cp"),
+        "--dedup-table",
+        &format!("{table}-dedup"),
+        "--alias-table",
+        &format!("{table}-aliases"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}

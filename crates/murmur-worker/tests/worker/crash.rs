@@ -227,28 +227,11 @@ fn sigkill_at_20_points_dynamodb_sum_is_exact() {
     write_export(&p(&dir, "export"), history);
     let (_broker, topic) = Topic::new();
     rt.block_on(topic.produce(history));
-    let table = format!(
-        "crash-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let _moto = moto_heavy();
+    let table = unique_table("crash");
     let mut args = run_args(&p(&dir, "export"), &topic.brokers);
-    args.extend(
-        [
-            "--store",
-            "dynamodb",
-            "--create-tables",
-            "--table",
-            &table,
-            "--checkpoint-table",
-            &format!("{table}-cp"),
-            "--dedup-table",
-            &format!("{table}-dedup"),
-        ]
-        .map(str::to_owned),
-    );
+    args.extend(dynamodb_flags(&table));
+    args.push("--create-tables".into());
     let mut rng = StdRng::seed_from_u64(seed());
     let crashed = crash_and_finish(&topic, &args, plan(&mut rng, 20), 10);
     assert_spread(&crashed, 20);

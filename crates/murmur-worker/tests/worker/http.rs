@@ -508,25 +508,9 @@ fn serve_over_dynamodb_is_exact_and_identical_queries_share_a_read() {
     let n = 4_000;
     let export = p(&dir, "export");
     write_export(&export, n);
-    let table = format!(
-        "http-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let store: Vec<String> = [
-        "--store",
-        "dynamodb",
-        "--table",
-        &table,
-        "--checkpoint-table",
-        &format!("{table}-cp"),
-        "--dedup-table",
-        &format!("{table}-dedup"),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let _moto = moto_heavy();
+    let table = unique_table("http");
+    let store = dynamodb_flags(&table);
     let mut args: Vec<String> = [
         "run",
         "--backfill",

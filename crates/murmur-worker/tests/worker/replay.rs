@@ -25,29 +25,11 @@ fn replay_into_a_new_version_and_swap_while_live_events_flow() {
     write_export(&export, n);
     let (_broker, topic) = Topic::new();
     rt.block_on(topic.produce(n));
-    let table = format!(
-        "replay-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let _moto = moto_heavy();
+    let table = unique_table("replay");
     let aliases = format!("{table}-aliases");
-    let store: Vec<String> = [
-        "--store",
-        "dynamodb",
-        "--create-tables",
-        "--table",
-        &table,
-        "--checkpoint-table",
-        &format!("{table}-cp"),
-        "--dedup-table",
-        &format!("{table}-dedup"),
-        "--alias-table",
-        &aliases,
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut store = dynamodb_flags(&table);
+    store.push("--create-tables".into());
 
     // Batches of up to 1,000 rows: moto answers a few hundred requests a
     // second, and two writers share it here.
