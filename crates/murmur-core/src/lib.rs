@@ -18,6 +18,8 @@
 //!   batch.
 //! * [`StateStore`] and [`CheckpointStore`]: the fenced batch write protocol
 //!   (see [`store`]); [`MemoryStore`] and [`EmbeddedStore`] implement both.
+//! * [`AliasStore`]: which version of a pipeline's state is active, swapped
+//!   forward only (a replay builds a new version and swaps it in).
 //! * [`HandoffToken`]: where live starts after a backfill.
 //! * [`query`]: one batched read and a fold per query.
 //!

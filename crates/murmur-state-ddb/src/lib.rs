@@ -4,9 +4,11 @@
 //! [`StateStore`](murmur_core::StateStore) ([`DynamoDbStore`]), the
 //! [`CheckpointStore`](murmur_core::CheckpointStore)
 //! ([`DynamoDbCheckpointStore`]), the per-event
-//! [`Deduper`](murmur_core::Deduper) ([`DynamoDbDeduper`]) and table
+//! [`Deduper`](murmur_core::Deduper) ([`DynamoDbDeduper`]), the
+//! [`AliasStore`](murmur_core::AliasStore) saying which version of a
+//! pipeline's state is active ([`DynamoDbAliasStore`]) and table
 //! provisioning ([`ensure_state_table`], [`ensure_checkpoint_table`],
-//! [`ensure_dedup_table`]).
+//! [`ensure_dedup_table`], [`ensure_alias_table`]).
 //!
 //! The library takes typed configuration: an `aws_sdk_dynamodb::Client` (or
 //! an `aws_config::SdkConfig`) plus a [`StoreConfig`]. It never reads the
