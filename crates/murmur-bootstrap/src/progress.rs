@@ -124,6 +124,21 @@ impl Progress {
         }
     }
 
+    /// Resolves once no record was read for `limit` (checked every 100 ms):
+    /// the stop condition of a bounded live run (`stop_after_idle`).
+    pub async fn idle(&self, limit: std::time::Duration) {
+        let (mut last, mut since) = (self.snapshot().records, std::time::Instant::now());
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = self.snapshot().records;
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            } else if since.elapsed() >= limit {
+                return;
+            }
+        }
+    }
+
     /// Forgets a lane's lag (it was revoked from this worker).
     pub(crate) fn lane_gone(&self, lane: &murmur_core::LaneId) {
         let mut lanes = self.lane_lag_ms.lock().unwrap_or_else(|e| e.into_inner());

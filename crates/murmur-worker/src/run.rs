@@ -198,10 +198,7 @@ impl WithPipeline for Worker<'_> {
                          live cannot know where the export ends; pass --token"
                     );
                 }
-                match args.start {
-                    StartKind::Earliest => Start::Earliest,
-                    StartKind::Latest => Start::Latest,
-                }
+                self.start_without_token()
             }
             Some(t) => {
                 summary.token = serde_json::from_str(&t.to_json()).ok();
@@ -264,6 +261,14 @@ impl Worker<'_> {
         Ok(self.finish(summary, stores, started))
     }
 
+    /// Where live starts when no token says (`--start`).
+    fn start_without_token(&self) -> Start {
+        match self.args.start {
+            StartKind::Earliest => Start::Earliest,
+            StartKind::Latest => Start::Latest,
+        }
+    }
+
     /// The backfill run id.
     fn run_id(&self, pipeline: &str) -> String {
         self.args
@@ -283,10 +288,7 @@ impl Worker<'_> {
         match stores.checkpoints.run(&run_id).await? {
             Some(run) if run.status == RunStatus::Completed => {
                 Ok(match run.token.unwrap_or(HandoffToken::None) {
-                    HandoffToken::None => match self.args.start {
-                        StartKind::Earliest => Start::Earliest,
-                        StartKind::Latest => Start::Latest,
-                    },
+                    HandoffToken::None => self.start_without_token(),
                     token => Start::Token(token),
                 })
             }
@@ -712,17 +714,8 @@ async fn shutdown(
         let Some(idle) = stops.idle else {
             return std::future::pending().await;
         };
-        let (mut last, mut since) = (progress.snapshot().records, Instant::now());
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = progress.snapshot().records;
-            if now != last {
-                (last, since) = (now, Instant::now());
-            } else if since.elapsed() >= idle {
-                tracing::info!(idle = ?idle, "no record for the idle limit; stopping");
-                return;
-            }
-        }
+        progress.idle(idle).await;
+        tracing::info!(idle = ?idle, "no record for the idle limit; stopping");
     };
     let caught_up = async {
         let Some(lag) = stops.caught_up else {

@@ -28,7 +28,7 @@ use murmur_state_ddb::{
     ensure_state_table,
 };
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SKEW: Duration = Duration::from_secs(300);
 
@@ -117,16 +117,7 @@ async fn main() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
-        let (mut seen, mut since) = (0, Instant::now());
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = progress.snapshot().records;
-            if now != seen {
-                (seen, since) = (now, Instant::now());
-            } else if since.elapsed() >= idle {
-                break;
-            }
-        }
+        progress.idle(idle).await;
     };
     let stats = live(
         &pipeline,

@@ -19,7 +19,7 @@ use murmur_core::{CheckpointStore, CountEvent, EmbeddedStore, Pipeline, StateSto
 use murmur_source_live::{Decoder, KinesisConfig, KinesisSource};
 use murmur_source_snapshot::{CountEventLines, JsonLinesSource, ObjectListing};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -84,18 +84,7 @@ async fn main() -> anyhow::Result<()> {
             None => {
                 let _ = tokio::signal::ctrl_c().await;
             }
-            Some(idle) => {
-                let (mut seen, mut since) = (0, Instant::now());
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let now = progress.snapshot().records;
-                    if now != seen {
-                        (seen, since) = (now, Instant::now());
-                    } else if since.elapsed() >= idle {
-                        break;
-                    }
-                }
-            }
+            Some(idle) => progress.idle(idle).await,
         }
     };
     let stats = live(&pipeline, &mut source, state, checkpoints, &options, stop).await?;
