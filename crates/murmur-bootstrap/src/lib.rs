@@ -22,5 +22,5 @@ mod progress;
 pub use backfill::{BackfillOptions, BackfillOutcome, BackfillStats, backfill};
 pub use error::{Error, Result};
 pub use lane::{BatchReport, Dedup, LaneWriter, Resume};
-pub use live::{LiveOptions, LiveStats, live};
+pub use live::{LaneSink, LaneSinks, LiveOptions, LiveStats, live, live_into};
 pub use progress::{Progress, ProgressSnapshot};

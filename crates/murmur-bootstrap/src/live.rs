@@ -5,13 +5,126 @@ use crate::error::{Error, Result};
 use crate::lane::{BatchReport, Dedup, LaneWriter, Resume};
 use crate::progress::{Progress, keep_counted};
 use murmur_core::{
-    CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Record, StateStore,
+    CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
+    StateStore,
 };
 use murmur_source_live::{LiveSource, SourceEvent, Start};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// One lane's durable writer, as the live driver ([`live`], [`live_into`])
+/// drives it.
+///
+/// [`LaneWriter`] is the one that folds records into fenced rows of a state
+/// store; an archive writing objects is another. Either way a sink keeps
+/// the lane protocol of the crate docs: an intent is recorded in the
+/// checkpoint store before anything is written, and every [`BatchReport`]
+/// a method returns is a batch already **committed** there, in the lane's
+/// order. The driver acknowledges each report's `end` to the source, in the
+/// order returned, and nothing else.
+#[async_trait::async_trait]
+pub trait LaneSink<T>: Send {
+    /// Writes the pending batch again from exactly its records (those of
+    /// `[intent.start, intent.end)`) and commits it.
+    async fn replay(&mut self, records: Vec<Record<T>>) -> Result<BatchReport>;
+
+    /// Adds a chunk read from `start` up to `end` (exclusive); returns the
+    /// batches that became durable meanwhile.
+    async fn push_chunk(
+        &mut self,
+        records: Vec<Record<T>>,
+        start: &Position,
+        end: &Position,
+    ) -> Result<Vec<BatchReport>>;
+
+    /// Whether [`flush`](Self::flush) has something to do now (an aged open
+    /// batch; a write finished in the background). Polled on idle ticks.
+    fn should_flush(&self) -> bool;
+
+    /// Cuts the open batch if it is due and returns what became durable.
+    async fn flush(&mut self) -> Result<Vec<BatchReport>>;
+
+    /// Makes everything pushed so far durable (shutdown, revocation).
+    async fn drain(&mut self) -> Result<Vec<BatchReport>>;
+}
+
+/// Opens a [`LaneSink`] per lane assigned to the live driver.
+#[async_trait::async_trait]
+pub trait LaneSinks<T>: Send + Sync {
+    /// The sink type.
+    type Sink: LaneSink<T>;
+
+    /// Where the sinks keep the lanes' checkpoints.
+    fn checkpoints(&self) -> &Arc<dyn CheckpointStore>;
+
+    /// Opens `lane`, creating its checkpoint at `start` if it is new;
+    /// returns the sink and where the lane resumes.
+    async fn open(&self, lane: &LaneId, start: Position) -> Result<(Self::Sink, Resume)>;
+}
+
+#[async_trait::async_trait]
+impl<T: Send + Sync + 'static, M: Monoid> LaneSink<T> for LaneWriter<T, M> {
+    async fn replay(&mut self, records: Vec<Record<T>>) -> Result<BatchReport> {
+        LaneWriter::replay(self, &records).await
+    }
+
+    async fn push_chunk(
+        &mut self,
+        records: Vec<Record<T>>,
+        start: &Position,
+        end: &Position,
+    ) -> Result<Vec<BatchReport>> {
+        Ok(LaneWriter::push_chunk(self, records, start, end)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    fn should_flush(&self) -> bool {
+        LaneWriter::should_flush(self)
+    }
+
+    async fn flush(&mut self) -> Result<Vec<BatchReport>> {
+        Ok(LaneWriter::flush(self).await?.into_iter().collect())
+    }
+
+    async fn drain(&mut self) -> Result<Vec<BatchReport>> {
+        LaneSink::flush(self).await
+    }
+}
+
+/// The state-store sinks of [`live`]: a [`LaneWriter`] per lane.
+struct StateSinks<T, M: Monoid> {
+    pipeline: Pipeline<T, M>,
+    state: Arc<dyn StateStore>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    flush: FlushPolicy,
+    dedup: Option<Dedup>,
+}
+
+#[async_trait::async_trait]
+impl<T: Send + Sync + 'static, M: Monoid> LaneSinks<T> for StateSinks<T, M> {
+    type Sink = LaneWriter<T, M>;
+
+    fn checkpoints(&self) -> &Arc<dyn CheckpointStore> {
+        &self.checkpoints
+    }
+
+    async fn open(&self, lane: &LaneId, start: Position) -> Result<(Self::Sink, Resume)> {
+        let (writer, resume) = LaneWriter::open(
+            self.pipeline.clone(),
+            self.state.clone(),
+            self.checkpoints.clone(),
+            lane.clone(),
+            start,
+            self.flush,
+        )
+        .await?;
+        Ok((writer.with_dedup(self.dedup.clone()), resume))
+    }
+}
 
 /// How to run the live stage.
 #[derive(Debug, Clone)]
@@ -20,10 +133,13 @@ pub struct LiveOptions {
     /// token). Resolved once per lane and persisted before consuming.
     pub start: Start,
     /// Batch flush policy; `max_age` bounds the latency of a stored update.
+    /// (Used by [`live`]'s state-store writers; a [`LaneSinks`] given to
+    /// [`live_into`] has its own.)
     pub flush: FlushPolicy,
     /// How often idle lanes are checked for an aged batch.
     pub tick: Duration,
-    /// Per-event deduplication, for sources that overlap each other.
+    /// Per-event deduplication, for sources that overlap each other
+    /// (used by [`live`]'s state-store writers).
     pub dedup: Option<Dedup>,
     /// Counters updated as the run goes (events in, batches, rows, lag).
     pub progress: Arc<Progress>,
@@ -87,14 +203,38 @@ pub async fn live<T, M, L>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<LiveStats>
 where
-    T: Send + 'static,
+    T: Send + Sync + 'static,
     M: Monoid,
     L: LiveSource<T>,
 {
-    let mut run = Live {
-        pipeline,
+    let sinks = StateSinks {
+        pipeline: pipeline.clone(),
         state,
         checkpoints,
+        flush: options.flush,
+        dedup: options.dedup.clone(),
+    };
+    live_into(&sinks, source, options, shutdown).await
+}
+
+/// The live driver over any [`LaneSinks`]: what [`live`] does, with the
+/// writes of each lane going to the sink `sinks` opens for it. Uses
+/// `options.start`, `tick` and `progress` (`flush` and `dedup` belong to
+/// [`live`]'s state-store writers). A [`BatchReport`]'s `rows` is what the
+/// sink counts as written (rows, objects).
+pub async fn live_into<T, S, L>(
+    sinks: &S,
+    source: &mut L,
+    options: &LiveOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LiveStats>
+where
+    T: Send + Sync + 'static,
+    S: LaneSinks<T>,
+    L: LiveSource<T>,
+{
+    let mut run = Live {
+        sinks,
         options,
         writers: HashMap::new(),
         stats: LiveStats::default(),
@@ -115,7 +255,7 @@ where
     }
     let lanes: Vec<LaneId> = run.writers.keys().cloned().collect();
     for lane in lanes {
-        run.flush_lane(source, &lane).await?;
+        run.drain_lane(source, &lane).await?;
     }
     tracing::info!(
         records = run.stats.records,
@@ -126,16 +266,14 @@ where
     Ok(run.stats)
 }
 
-struct Live<'a, T, M: Monoid> {
-    pipeline: &'a Pipeline<T, M>,
-    state: Arc<dyn StateStore>,
-    checkpoints: Arc<dyn CheckpointStore>,
+struct Live<'a, T, S: LaneSinks<T>> {
+    sinks: &'a S,
     options: &'a LiveOptions,
-    writers: HashMap<LaneId, LaneWriter<T, M>>,
+    writers: HashMap<LaneId, S::Sink>,
     stats: LiveStats,
 }
 
-impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
+impl<T: Send + Sync + 'static, S: LaneSinks<T>> Live<'_, T, S> {
     async fn handle<L: LiveSource<T>>(
         &mut self,
         source: &mut L,
@@ -153,7 +291,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                     // A lost guard means another owner may already write:
                     // abandon the open batch; the checkpoint is the truth.
                     if source.guard(&lane).and_then(|g| g.check()).is_ok() {
-                        self.flush_lane(source, &lane).await?;
+                        self.drain_lane(source, &lane).await?;
                     }
                     self.writers.remove(&lane);
                     self.options.progress.lane_gone(&lane);
@@ -173,7 +311,8 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                 }
                 let records = keep_after(self.options, chunk.records, &mut self.stats);
                 check_guard(source, &chunk.lane)?;
-                if let Some(report) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
+                let reports = writer.push_chunk(records, &chunk.start, &chunk.end).await?;
+                for report in reports {
                     let progress = &self.options.progress;
                     committed(
                         source,
@@ -194,7 +333,8 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
     async fn assign<L: LiveSource<T>>(&mut self, source: &mut L, lane: LaneId) -> Result<()> {
         self.stats.lanes_assigned += 1;
         let existing = self
-            .checkpoints
+            .sinks
+            .checkpoints()
             .lane(&lane)
             .await
             .map_err(|e| Error::Store {
@@ -208,16 +348,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                 .await
                 .map_err(|e| Error::source(lane.as_str(), e))?,
         };
-        let (writer, resume) = LaneWriter::open(
-            self.pipeline.clone(),
-            self.state.clone(),
-            self.checkpoints.clone(),
-            lane.clone(),
-            start,
-            self.options.flush,
-        )
-        .await?;
-        let mut writer = writer.with_dedup(self.options.dedup.clone());
+        let (mut writer, resume) = self.sinks.open(&lane, start).await?;
         let at = match resume {
             Resume::From(p) => p,
             Resume::Pending(intent) => {
@@ -227,7 +358,7 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
                     .map_err(|e| Error::source(lane.as_str(), e))?;
                 let records = keep_after(self.options, records, &mut self.stats);
                 check_guard(source, &lane)?;
-                let report = writer.replay(&records).await?;
+                let report = writer.replay(records).await?;
                 let progress = &self.options.progress;
                 committed(source, &lane, &report, true, &mut self.stats, progress).await?;
                 report.end
@@ -256,11 +387,29 @@ impl<T: Send + 'static, M: Monoid> Live<'_, T, M> {
     }
 
     async fn flush_lane<L: LiveSource<T>>(&mut self, source: &mut L, lane: &LaneId) -> Result<()> {
+        self.write_lane(source, lane, false).await
+    }
+
+    async fn drain_lane<L: LiveSource<T>>(&mut self, source: &mut L, lane: &LaneId) -> Result<()> {
+        self.write_lane(source, lane, true).await
+    }
+
+    async fn write_lane<L: LiveSource<T>>(
+        &mut self,
+        source: &mut L,
+        lane: &LaneId,
+        drain: bool,
+    ) -> Result<()> {
         let Some(writer) = self.writers.get_mut(lane) else {
             return Ok(());
         };
         check_guard(source, lane)?;
-        if let Some(report) = writer.flush().await? {
+        let reports = if drain {
+            writer.drain().await?
+        } else {
+            writer.flush().await?
+        };
+        for report in reports {
             let progress = &self.options.progress;
             committed(source, lane, &report, false, &mut self.stats, progress).await?;
         }
@@ -303,8 +452,24 @@ async fn committed<T: Send + 'static, L: LiveSource<T>>(
     stats.rows += report.rows;
     stats.replayed += u64::from(replayed);
     progress.batch(report, replayed);
-    source
-        .ack(lane, &report.end)
-        .await
-        .map_err(|e| Error::source(lane.as_str(), e))
+    // The batch is committed: the checkpoint is the truth, so an ack that
+    // fails (a group commit during a rebalance, a throttled lease update)
+    // is retried with backoff before the run gives up.
+    let mut backoff = ACK_BACKOFF;
+    for attempt in 1.. {
+        match source.ack(lane, &report.end).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < ACK_ATTEMPTS => {
+                tracing::warn!(lane = %lane, attempt, error = %e, "ack failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(Error::source(lane.as_str(), e)),
+        }
+    }
+    unreachable!("the loop returns")
 }
+
+/// Attempts at acknowledging a committed batch, and the first backoff.
+const ACK_ATTEMPTS: u32 = 5;
+const ACK_BACKOFF: Duration = Duration::from_millis(100);

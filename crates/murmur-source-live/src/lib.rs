@@ -150,4 +150,6 @@ pub use kinesis::{KinesisConfig, KinesisSource, kinesis_lane};
 pub use lease::ensure_lease_table;
 pub use murmur_core::CountEvent;
 pub use sequence::SequenceNumber;
-pub use source::{Chunk, LeaseGuard, LiveSource, Metrics, OnExpired, SourceEvent, Start};
+pub use source::{
+    Chunk, LeaseGuard, LiveSource, Metrics, OnExpired, SourceEvent, Start, position_after,
+};

@@ -265,3 +265,31 @@ pub trait LiveSource<T: Send + 'static>: Send {
     /// The source's counters.
     fn metrics(&self) -> Metrics;
 }
+
+/// The lane position just after a delivered record, from the record's own
+/// [`position`](Record::position): where a batch may end inside a
+/// [`Chunk`] (the chunk's next records then start the following batch, and
+/// [`LiveSource::read_range`] of the batch's range re-reads exactly the
+/// records up to this one). Kafka: the next offset; Kinesis: the record's
+/// sequence number (lane positions are the last sequence consumed). `None`
+/// for positions that are not a live record's.
+///
+/// ```
+/// use murmur_core::Position;
+/// use murmur_source_live::position_after;
+/// assert_eq!(position_after(&Position::Offset { offset: 41 }), Some(Position::Offset { offset: 42 }));
+/// assert_eq!(position_after(&Position::Unknown), None);
+/// ```
+pub fn position_after(record: &Position) -> Option<Position> {
+    match record {
+        Position::Offset { offset } => Some(Position::Offset {
+            offset: offset.checked_add(1)?,
+        }),
+        Position::Sequence { sequence } if !sequence.starts_with("at_timestamp:") => {
+            Some(Position::Sequence {
+                sequence: sequence.clone(),
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,278 @@
+//! Writing one object: streamed, create-only, and verified when it already
+//! exists.
+//!
+//! Bytes are hashed (SHA-256) as they are produced. An object that stays
+//! under the part size is written with one create-only `PUT`
+//! (`If-None-Match: *` on S3); a larger one checks that the key is free and
+//! then streams a multipart upload, so only one part is ever held. When the
+//! key is taken (a retried batch, a restart after a crash between the write
+//! and the checkpoint), the existing object is read back and hashed: the
+//! same bytes count as done, other bytes are [`Error::Conflict`]. Batch
+//! contents and their encoding are deterministic, so a retry writes the
+//! same bytes and never a second copy.
+
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use futures::future::BoxFuture;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, WriteMultipart};
+use sha2::{Digest as _, Sha256};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How objects are uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadOptions {
+    /// Objects up to this size are one `PUT`; larger ones a multipart
+    /// upload of parts this size (S3's minimum is 5 MiB). Default 8 MiB.
+    pub part_size: usize,
+    /// Parts of one object uploaded at once. Default 4.
+    pub part_concurrency: usize,
+    /// Attempts at writing one object (and at each checkpoint update)
+    /// before the batch fails. Default 5.
+    pub attempts: u32,
+    /// Backoff before the second attempt, doubled after each. Default 200 ms.
+    pub backoff: Duration,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            part_size: 8 << 20,
+            part_concurrency: 4,
+            attempts: 5,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What writing an object did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// The object's size.
+    pub bytes: u64,
+    /// It already existed with the same content (nothing was uploaded).
+    pub existed: bool,
+}
+
+enum State {
+    Buffering(Vec<u8>),
+    Multipart(WriteMultipart),
+    /// The key was taken when the first part was due: only hash the rest.
+    Exists,
+}
+
+/// A streaming, create-only writer of one object.
+pub(crate) struct ObjectSink {
+    store: Arc<dyn ObjectStore>,
+    key: Path,
+    options: UploadOptions,
+    state: State,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl ObjectSink {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, key: Path, options: UploadOptions) -> Self {
+        ObjectSink {
+            store,
+            key,
+            options,
+            state: State::Buffering(Vec::new()),
+            hasher: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Appends bytes to the object.
+    pub(crate) async fn push(&mut self, bytes: Bytes) -> Result<()> {
+        self.hasher.update(&bytes);
+        self.size += bytes.len() as u64;
+        match &mut self.state {
+            State::Buffering(buf) => {
+                buf.extend_from_slice(&bytes);
+                if buf.len() >= self.options.part_size {
+                    let buf = std::mem::take(buf);
+                    self.start_multipart(buf).await?;
+                }
+            }
+            State::Multipart(upload) => {
+                upload
+                    .wait_for_capacity(self.options.part_concurrency)
+                    .await
+                    .map_err(|e| Error::object(&self.key, e))?;
+                upload.put(bytes);
+            }
+            State::Exists => {}
+        }
+        Ok(())
+    }
+
+    async fn start_multipart(&mut self, first: Vec<u8>) -> Result<()> {
+        match self.store.head(&self.key).await {
+            Ok(_) => {
+                self.state = State::Exists;
+                Ok(())
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                let upload = self
+                    .store
+                    .put_multipart(&self.key)
+                    .await
+                    .map_err(|e| Error::object(&self.key, e))?;
+                let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_size);
+                upload.put(first.into());
+                self.state = State::Multipart(upload);
+                Ok(())
+            }
+            Err(e) => Err(Error::object(&self.key, e)),
+        }
+    }
+
+    /// Completes the object: the one create-only `PUT`, or the multipart
+    /// upload's completion, or the check of an existing object.
+    pub(crate) async fn finish(self) -> Result<Written> {
+        let ours = hex(&self.hasher.finalize());
+        let written = Written {
+            bytes: self.size,
+            existed: false,
+        };
+        match self.state {
+            State::Buffering(buf) => {
+                let options = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                match self.store.put_opts(&self.key, buf.into(), options).await {
+                    Ok(_) => Ok(written),
+                    Err(
+                        object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. },
+                    ) => verify(&*self.store, &self.key, &ours, self.size).await,
+                    Err(e) => Err(Error::object(&self.key, e)),
+                }
+            }
+            State::Multipart(upload) => {
+                upload
+                    .finish()
+                    .await
+                    .map_err(|e| Error::object(&self.key, e))?;
+                Ok(written)
+            }
+            State::Exists => verify(&*self.store, &self.key, &ours, self.size).await,
+        }
+    }
+}
+
+/// The key is taken: the same bytes count as written, others conflict.
+async fn verify(store: &dyn ObjectStore, key: &Path, ours: &str, size: u64) -> Result<Written> {
+    let mut hasher = Sha256::new();
+    let mut stream = store
+        .get(key)
+        .await
+        .map_err(|e| Error::object(key, e))?
+        .into_stream();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| Error::object(key, e))? {
+        hasher.update(&chunk);
+    }
+    let existing = hex(&hasher.finalize());
+    if existing == ours {
+        tracing::info!(key = %key, "object already written by an earlier attempt");
+        Ok(Written {
+            bytes: size,
+            existed: true,
+        })
+    } else {
+        Err(Error::Conflict {
+            key: key.to_string(),
+            existing,
+            ours: ours.to_owned(),
+        })
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An [`ObjectSink`] as the Parquet writer's output.
+pub(crate) struct ParquetSink {
+    sink: Option<ObjectSink>,
+    /// The sink's own error (the Parquet writer only passes on a string),
+    /// then the outcome of `complete`.
+    outcome: Arc<Mutex<Option<Result<Written>>>>,
+}
+
+impl ParquetSink {
+    pub(crate) fn new(sink: ObjectSink) -> (Self, Arc<Mutex<Option<Result<Written>>>>) {
+        let outcome = Arc::new(Mutex::new(None));
+        (
+            ParquetSink {
+                sink: Some(sink),
+                outcome: outcome.clone(),
+            },
+            outcome,
+        )
+    }
+
+    fn fail(&self, e: Error) -> parquet::errors::ParquetError {
+        let message = e.to_string();
+        *self.outcome.lock().expect("outcome lock") = Some(Err(e));
+        parquet::errors::ParquetError::General(message)
+    }
+}
+
+impl parquet::arrow::async_writer::AsyncFileWriter for ParquetSink {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            let Some(sink) = self.sink.as_mut() else {
+                return Err(parquet::errors::ParquetError::General(
+                    "write after complete".into(),
+                ));
+            };
+            let pushed = sink.push(bs).await;
+            pushed.map_err(|e| self.fail(e))
+        })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            let Some(sink) = self.sink.take() else {
+                return Ok(());
+            };
+            match sink.finish().await {
+                Ok(w) => {
+                    *self.outcome.lock().expect("outcome lock") = Some(Ok(w));
+                    Ok(())
+                }
+                Err(e) => Err(self.fail(e)),
+            }
+        })
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `options.attempts`
+/// are spent, with doubling backoff.
+pub(crate) async fn retry<T, F, Fut>(options: &UploadOptions, what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = options.backoff;
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && n < options.attempts => {
+                tracing::warn!(what, attempt = n, error = %e, "retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                n += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
