@@ -593,12 +593,11 @@ async fn write_object<T>(
         reason,
     };
     // The sink's own error when the writer failed because of it.
-    let failed = |e: parquet::errors::ParquetError| {
-        match outcome.lock().expect("outcome lock").take() {
+    let failed =
+        |e: parquet::errors::ParquetError| match outcome.lock().expect("outcome lock").take() {
             Some(Err(sink_error)) => sink_error,
             _ => encode_error(e.to_string()),
-        }
-    };
+        };
     let mut writer = AsyncArrowWriter::try_new(
         sink,
         shared.encoder.schema().clone(),

@@ -88,7 +88,8 @@ impl<T: Serialize + 'static> Encoder<T> {
         let encode_schema = schema.clone();
         Encoder::new(schema, move |records| {
             let values: Vec<&T> = records.iter().map(|r| &r.value).collect();
-            let batch = serde_arrow::to_record_batch(&fields, &values).map_err(|e| e.to_string())?;
+            let batch =
+                serde_arrow::to_record_batch(&fields, &values).map_err(|e| e.to_string())?;
             // serde_arrow builds the schema from the fields; keep ours
             // (with its metadata) for the writer.
             RecordBatch::try_new(encode_schema.clone(), batch.columns().to_vec())
@@ -227,7 +228,10 @@ mod tests {
         });
         let batch = e.encode(&[&v, &v]).unwrap();
         assert_eq!(batch.num_rows(), 2);
-        assert_eq!(e.bytes(&v.value), r#"{"page":"/a","ms":1,"referrer":null}"#.len());
+        assert_eq!(
+            e.bytes(&v.value),
+            r#"{"page":"/a","ms":1,"referrer":null}"#.len()
+        );
     }
 
     #[test]

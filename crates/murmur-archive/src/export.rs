@@ -146,8 +146,8 @@ where
     }
     let started_at = chrono::Utc::now();
     let segments = options.scan.segments;
-    let source = DynamoDbScanSource::<T>::new(client.clone(), options.scan, |_| 0)
-        .map_err(scan_error)?;
+    let source =
+        DynamoDbScanSource::<T>::new(client.clone(), options.scan, |_| 0).map_err(scan_error)?;
     let streams_handoff = match streams {
         Some(streams) if has_stream(&client, &table).await? => Some(
             source
@@ -278,7 +278,10 @@ async fn export_segment<T: Serialize + Send + Sync + 'static>(
                 let sink = ObjectSink::new(store.clone(), key.clone(), upload);
                 let writer = match &*format {
                     ExportFormat::JsonLinesGzip => FileWriter::Gzip {
-                        gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()),
+                        gz: flate2::write::GzEncoder::new(
+                            Vec::new(),
+                            flate2::Compression::default(),
+                        ),
                         sink,
                     },
                     ExportFormat::Parquet(encoder) => {

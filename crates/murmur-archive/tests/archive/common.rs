@@ -107,7 +107,10 @@ pub fn decode(bytes: Bytes) -> Vec<CountEvent> {
     let mut events = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        let ids = batch.column_by_name("entity_id").unwrap().as_string::<i32>();
+        let ids = batch
+            .column_by_name("entity_id")
+            .unwrap()
+            .as_string::<i32>();
         let counts = batch
             .column_by_name("count")
             .unwrap()

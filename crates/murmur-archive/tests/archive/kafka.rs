@@ -119,7 +119,10 @@ async fn archive_topic(
         for lane in lanes(topic, partitions) {
             states.push(checkpoints.lane(&lane).await.unwrap());
         }
-        panic!("the archive did not catch up: {states:?} {:?}", archive.metrics());
+        panic!(
+            "the archive did not catch up: {states:?} {:?}",
+            archive.metrics()
+        );
     }
     outcome.unwrap().unwrap();
 }
@@ -131,10 +134,17 @@ async fn batches_honour_the_record_and_byte_limits_and_split_by_hour() {
     cluster.create_topic("events", 2, 1).unwrap();
     const N: i64 = 700;
     for p in 0..2 {
-        produce(&brokers, "events", p, (0..N).map(|i| payload(&event(p, i))).collect()).await;
+        produce(
+            &brokers,
+            "events",
+            p,
+            (0..N).map(|i| payload(&event(p, i))).collect(),
+        )
+        .await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
 
     // Records: at most 100 per batch, cut inside chunks.
     let mem = MemoryStore::new();
@@ -150,7 +160,10 @@ async fn batches_honour_the_record_and_byte_limits_and_split_by_hour() {
     archive_topic(&brokers, "events", 2, N, &archive, cps.clone()).await;
     for lane in lanes("events", 2) {
         let state = cps.lane(&lane).await.unwrap().unwrap();
-        assert_eq!(state.committed_seq, 7, "{lane}: 700 records in batches of 100");
+        assert_eq!(
+            state.committed_seq, 7,
+            "{lane}: 700 records in batches of 100"
+        );
     }
     let objects = read_objects(&*store, &Path::from("by-records")).await;
     let mut ids = check_objects(&objects, "events");
@@ -160,7 +173,11 @@ async fn batches_honour_the_record_and_byte_limits_and_split_by_hour() {
     assert_eq!((m.batches, m.records), (14, 1_400));
     assert_eq!(m.objects, objects.len() as u64);
     // A batch of 100 events 37 s apart spans one or two hours.
-    assert!((14..=28).contains(&objects.len()), "{} objects", objects.len());
+    assert!(
+        (14..=28).contains(&objects.len()),
+        "{} objects",
+        objects.len()
+    );
 
     // Bytes: the batches are exactly the greedy packing of the events'
     // sizes under the limit.
@@ -192,7 +209,10 @@ async fn batches_honour_the_record_and_byte_limits_and_split_by_hour() {
         batches += 1;
         let state = cps.lane(&kafka_lane("events", p)).await.unwrap().unwrap();
         assert_eq!(state.committed_seq, batches, "partition {p}");
-        assert!(batches > 10, "the byte limit cut the lane ({batches} batches)");
+        assert!(
+            batches > 10,
+            "the byte limit cut the lane ({batches} batches)"
+        );
     }
     let objects = read_objects(&*store, &Path::from("by-bytes")).await;
     let mut ids = check_objects(&objects, "events");
@@ -210,7 +230,8 @@ async fn an_aged_batch_is_written_and_acknowledged_while_the_archive_runs() {
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("slow", 1, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
     let cps: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
     let archive = Arc::new(
         Archive::new(
@@ -241,7 +262,13 @@ async fn an_aged_batch_is_written_and_acknowledged_while_the_archive_runs() {
                 .unwrap()
         })
     };
-    produce(&brokers, "slow", 0, (0..10).map(|i| payload(&event(0, i))).collect()).await;
+    produce(
+        &brokers,
+        "slow",
+        0,
+        (0..10).map(|i| payload(&event(0, i))).collect(),
+    )
+    .await;
     // Neither the record nor the byte limit can cut this batch: only age.
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -263,7 +290,11 @@ async fn poison_messages_go_to_the_dead_letter_topic_not_into_a_file() {
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("mixed", 1, 1).unwrap();
     cluster.create_topic("mixed.dlq", 1, 1).unwrap();
-    let poison: [&[u8]; 3] = [b"{not json", b"", br#"{"entity_id":"x","occurred_at_unix_ms":5}"#];
+    let poison: [&[u8]; 3] = [
+        b"{not json",
+        b"",
+        br#"{"entity_id":"x","occurred_at_unix_ms":5}"#,
+    ];
     let mut payloads = Vec::new();
     let mut valid = Vec::new();
     for i in 0..60 {
@@ -277,7 +308,8 @@ async fn poison_messages_go_to_the_dead_letter_topic_not_into_a_file() {
     }
     produce(&brokers, "mixed", 0, payloads).await;
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
     let cps: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
     let archive = Archive::new(
         store.clone(),
@@ -307,7 +339,10 @@ async fn poison_messages_go_to_the_dead_letter_topic_not_into_a_file() {
     assert_eq!(source.metrics().dead_letters, 3);
     let objects = read_objects(&*store, &Path::from("mixed")).await;
     let archived: Vec<CountEvent> = objects.into_iter().flat_map(|o| o.events).collect();
-    assert_eq!(archived, valid, "the 57 valid events, in order, and nothing else");
+    assert_eq!(
+        archived, valid,
+        "the 57 valid events, in order, and nothing else"
+    );
 
     // The dead-letter topic holds the three payloads, with their offsets.
     let consumer: BaseConsumer = ClientConfig::new()
@@ -438,7 +473,14 @@ fn committed(brokers: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Optio
     (0..partitions)
         .map(|p| {
             let o = got.find_partition(topic, p).unwrap().offset();
-            (p, if let Offset::Offset(o) = o { Some(o) } else { None })
+            (
+                p,
+                if let Offset::Offset(o) = o {
+                    Some(o)
+                } else {
+                    None
+                },
+            )
         })
         .collect()
 }
@@ -453,7 +495,13 @@ async fn killed_mid_flush_every_message_lands_in_exactly_one_object() {
     cluster.create_topic("crashy", 2, 1).unwrap();
     const N: i64 = 1_500;
     for p in 0..2 {
-        produce(&brokers, "crashy", p, (0..N).map(|i| payload(&event(p, i))).collect()).await;
+        produce(
+            &brokers,
+            "crashy",
+            p,
+            (0..N).map(|i| payload(&event(p, i))).collect(),
+        )
+        .await;
     }
     let prefix = Path::from("crashy");
     let cps: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
@@ -536,7 +584,13 @@ async fn an_archive_backfills_to_the_state_of_the_live_aggregation() {
     cluster.create_topic("views", 3, 1).unwrap();
     const N: i64 = 400;
     for p in 0..3 {
-        produce(&brokers, "views", p, (0..N).map(|i| payload(&event(p, i))).collect()).await;
+        produce(
+            &brokers,
+            "views",
+            p,
+            (0..N).map(|i| payload(&event(p, i))).collect(),
+        )
+        .await;
     }
     let pipeline = || {
         Pipeline::builder("views", Sum)
@@ -549,9 +603,12 @@ async fn an_archive_backfills_to_the_state_of_the_live_aggregation() {
 
     // Live aggregation of the stream.
     let live_state = MemoryStore::new();
-    let mut source = KafkaSource::connect(KafkaConfig::assign(&brokers, "views"), Decoder::count_events())
-        .await
-        .unwrap();
+    let mut source = KafkaSource::connect(
+        KafkaConfig::assign(&brokers, "views"),
+        Decoder::count_events(),
+    )
+    .await
+    .unwrap();
     let live_cps: Arc<dyn CheckpointStore> = Arc::new(live_state.clone());
     tokio::time::timeout(
         Duration::from_secs(60),
@@ -612,6 +669,10 @@ async fn an_archive_backfills_to_the_state_of_the_live_aggregation() {
             .collect()
     };
     let want = values(&live_state);
-    assert!(want.len() >= 13 * 4, "13 entities over 4+ hours: {} rows", want.len());
+    assert!(
+        want.len() >= 13 * 4,
+        "13 entities over 4+ hours: {} rows",
+        want.len()
+    );
     assert_eq!(values(&backfilled), want, "same rows, same values");
 }
