@@ -1,1 +1,188 @@
-fn main() {}
+//! Archive throughput and peak memory, against the encode-only rate of
+//! the same records measured in the same run.
+//!
+//! `cargo bench -p murmur-archive --bench archive` (events:
+//! `MURMUR_ARCHIVE_EVENTS`, default 5,000,000). Records are generated on
+//! the fly over 4 lanes (as 4 Kafka partitions), 2,000 per chunk, event
+//! times spread over 72 hours. Two phases:
+//!
+//! * **encode-only** (baseline): the same records, through the same
+//!   [`Encoder`] and Parquet writer settings (Snappy, 65,536-row groups),
+//!   into a byte counter — what any archive must at least pay;
+//! * **archive**: the records pushed through [`Archive`]'s lane sinks
+//!   (batching, hour split, create-only objects on a local directory,
+//!   intents and commits in a memory checkpoint store, 4 flush workers).
+//!
+//! Each phase reports events/s, MB/s and the peak resident set (Linux:
+//! `VmHWM`, reset between phases through `/proc/self/clear_refs`).
+
+use murmur_archive::{Archive, ArchiveOptions, Encoder};
+use murmur_bootstrap::{LaneSink as _, LaneSinks as _};
+use murmur_core::{CheckpointStore, CountEvent, LaneId, MemoryStore, Position, Record};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const LANES: u64 = 4;
+const CHUNK: u64 = 2_000;
+const T0: i64 = 1_778_198_400_000;
+
+fn record(lane: u64, offset: u64, events: u64) -> Record<CountEvent> {
+    let i = offset * LANES + lane;
+    let span = 72 * 3_600_000;
+    let at = T0 + (i as i64 * span) / events as i64;
+    let event = CountEvent {
+        entity_id: format!("user-{:06}", (i.wrapping_mul(2_654_435_761)) % 100_000),
+        count: 1 + (i % 3) as i64,
+        occurred_at_ms: at,
+        event_id: Some(format!("ev-{i}")),
+    };
+    Record::new(event, at).at(Position::Offset {
+        offset: offset as i64,
+    })
+}
+
+/// Chunks of lane `lane`: (records, start offset, end offset).
+fn chunks(lane: u64, events: u64) -> impl Iterator<Item = (Vec<Record<CountEvent>>, u64, u64)> {
+    let per_lane = events / LANES;
+    (0..per_lane).step_by(CHUNK as usize).map(move |start| {
+        let end = (start + CHUNK).min(per_lane);
+        let records = (start..end).map(|o| record(lane, o, events)).collect();
+        (records, start, end)
+    })
+}
+
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Counter(u64);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encode-only: every lane's records into one Parquet stream each.
+fn encode_only(events: u64) -> (f64, u64) {
+    let encoder = Encoder::count_events();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(65_536))
+        .build();
+    let started = Instant::now();
+    let mut bytes = 0;
+    for lane in 0..LANES {
+        let mut writer =
+            ArrowWriter::try_new(Counter(0), encoder.schema().clone(), Some(props.clone()))
+                .unwrap();
+        for (records, _, _) in chunks(lane, events) {
+            let refs: Vec<&Record<CountEvent>> = records.iter().collect();
+            writer.write(&encoder.encode(&refs).unwrap()).unwrap();
+        }
+        bytes += writer.into_inner().unwrap().0;
+    }
+    (started.elapsed().as_secs_f64(), bytes)
+}
+
+async fn archive(events: u64, dir: &std::path::Path) -> (f64, u64, u64) {
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(MemoryStore::new());
+    let archive = Archive::new(
+        store,
+        "bench".into(),
+        checkpoints,
+        Encoder::count_events(),
+        ArchiveOptions::default(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let lanes = (0..LANES).map(|lane| {
+        let archive = &archive;
+        async move {
+            let id = LaneId::new(format!("kafka:bench:{lane}"));
+            let (mut sink, _) = archive
+                .open(&id, Position::Offset { offset: 0 })
+                .await
+                .unwrap();
+            for (records, start, end) in chunks(lane, events) {
+                let start = Position::Offset {
+                    offset: start as i64,
+                };
+                let end = Position::Offset { offset: end as i64 };
+                sink.push_chunk(records, &start, &end).await.unwrap();
+                // Let the flush workers run between chunks, as a source's
+                // I/O waits would.
+                tokio::task::yield_now().await;
+            }
+            sink.drain().await.unwrap();
+        }
+    });
+    futures::future::join_all(lanes).await;
+    let m = archive.metrics();
+    assert_eq!(m.records, events / LANES * LANES);
+    (started.elapsed().as_secs_f64(), m.bytes, m.objects)
+}
+
+fn main() {
+    let events: u64 = std::env::var("MURMUR_ARCHIVE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    println!("archive bench: {events} events over {LANES} lanes");
+
+    reset_peak();
+    let (secs, bytes) = encode_only(events);
+    let base_rate = events as f64 / secs;
+    let peak = peak_mib();
+    println!(
+        "encode-only  {:>10.0} events/s  {:>7.1} MB/s  {:>8.1} MB  peak RSS {}",
+        base_rate,
+        bytes as f64 / secs / 1e6,
+        bytes as f64 / 1e6,
+        peak.map_or("n/a".into(), |p| format!("{p:.0} MiB"))
+    );
+
+    reset_peak();
+    let (secs, bytes, objects) = rt.block_on(archive(events, dir.path()));
+    let rate = events as f64 / secs;
+    let peak_archive = peak_mib();
+    println!(
+        "archive      {:>10.0} events/s  {:>7.1} MB/s  {:>8.1} MB in {objects} objects  peak RSS {}",
+        rate,
+        bytes as f64 / secs / 1e6,
+        bytes as f64 / 1e6,
+        peak_archive.map_or("n/a".into(), |p| format!("{p:.0} MiB"))
+    );
+    println!(
+        "ratio        archive / encode-only = {:.2}x the events/s",
+        rate / base_rate
+    );
+}

@@ -526,7 +526,7 @@ async fn write_batch<T: Send + Sync + 'static>(
 ) -> Result<BatchReport> {
     let n = records.len() as u64;
     let records = Arc::new(records);
-    let mut hours: BTreeMap<Option<(i32, u32, u32, u32)>, Vec<usize>> = BTreeMap::new();
+    let mut hours: BTreeMap<Option<Hour>, Vec<usize>> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
         hours.entry(hour_of(r.event_time_ms)).or_default().push(i);
     }
@@ -614,8 +614,11 @@ async fn write_object<T>(
     done.unwrap_or_else(|| Err(encode_error("the writer closed without completing".into())))
 }
 
-/// The UTC hour of an event time: (year, month, day, hour).
-fn hour_of(ms: i64) -> Option<(i32, u32, u32, u32)> {
+/// A UTC hour: (year, month, day, hour).
+type Hour = (i32, u32, u32, u32);
+
+/// The UTC hour of an event time.
+fn hour_of(ms: i64) -> Option<Hour> {
     let t = DateTime::from_timestamp_millis(ms)?;
     Some((t.year(), t.month(), t.day(), t.hour()))
 }
@@ -623,7 +626,7 @@ fn hour_of(ms: i64) -> Option<(i32, u32, u32, u32)> {
 /// `<prefix>/year=YYYY/month=MM/day=DD/hour=HH/part-<lane>-<first>-<last>.parquet`.
 fn object_key(
     prefix: &Path,
-    hour: Option<(i32, u32, u32, u32)>,
+    hour: Option<Hour>,
     label: &str,
     first: &Position,
     last: &Position,

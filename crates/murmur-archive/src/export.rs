@@ -242,8 +242,8 @@ impl From<Error> for SegmentError {
 /// One open output file.
 enum FileWriter<'a, T> {
     Gzip {
-        gz: flate2::write::GzEncoder<Vec<u8>>,
-        sink: ObjectSink,
+        gz: Box<flate2::write::GzEncoder<Vec<u8>>>,
+        sink: Box<ObjectSink>,
     },
     Parquet {
         writer: Box<AsyncArrowWriter<ParquetSink>>,
@@ -278,11 +278,11 @@ async fn export_segment<T: Serialize + Send + Sync + 'static>(
                 let sink = ObjectSink::new(store.clone(), key.clone(), upload);
                 let writer = match &*format {
                     ExportFormat::JsonLinesGzip => FileWriter::Gzip {
-                        gz: flate2::write::GzEncoder::new(
+                        gz: Box::new(flate2::write::GzEncoder::new(
                             Vec::new(),
                             flate2::Compression::default(),
-                        ),
-                        sink,
+                        )),
+                        sink: Box::new(sink),
                     },
                     ExportFormat::Parquet(encoder) => {
                         let (sink, outcome) = ParquetSink::new(sink);
@@ -383,7 +383,7 @@ fn parquet_error(
 async fn close<T>(writer: FileWriter<'_, T>, mut file: ExportedFile) -> Result<ExportedFile> {
     let written = match writer {
         FileWriter::Gzip { gz, mut sink } => {
-            let rest = gz.finish().map_err(|e| encode_error(&file.key, e))?;
+            let rest = (*gz).finish().map_err(|e| encode_error(&file.key, e))?;
             sink.push(Bytes::from(rest)).await?;
             sink.finish().await?
         }

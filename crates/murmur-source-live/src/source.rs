@@ -293,3 +293,45 @@ pub fn position_after(record: &Position) -> Option<Position> {
         _ => None,
     }
 }
+
+/// A boxed source is a source: binaries pick Kafka or Kinesis at run time
+/// and drive either through one code path.
+#[async_trait::async_trait]
+impl<T: Send + 'static> LiveSource<T> for Box<dyn LiveSource<T> + Sync> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    async fn resolve_start(&self, lane: &LaneId, start: &Start) -> Result<Position> {
+        (**self).resolve_start(lane, start).await
+    }
+
+    async fn start_lane(&self, lane: &LaneId, at: &Position) -> Result<Position> {
+        (**self).start_lane(lane, at).await
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent<T>> {
+        (**self).next().await
+    }
+
+    async fn read_range(
+        &self,
+        lane: &LaneId,
+        start: &Position,
+        end: &Position,
+    ) -> Result<Vec<Record<T>>> {
+        (**self).read_range(lane, start, end).await
+    }
+
+    async fn ack(&self, lane: &LaneId, end: &Position) -> Result<()> {
+        (**self).ack(lane, end).await
+    }
+
+    fn guard(&self, lane: &LaneId) -> Result<LeaseGuard> {
+        (**self).guard(lane)
+    }
+
+    fn metrics(&self) -> Metrics {
+        (**self).metrics()
+    }
+}

@@ -57,6 +57,129 @@ pub enum Command {
     /// a second; a `run` worker finishes its open batches and goes on in
     /// version N. Takes the flags of `run`; run it again to resume.
     Replay(Box<ReplayArgs>),
+    /// Archive a live stream (Kafka or Kinesis) as Hive-partitioned Parquet
+    /// (`year=/month=/day=/hour=` of the event time) under `--to`: batches
+    /// cut by records, bytes or age, each message acknowledged only once
+    /// the objects holding it are written, and in exactly one object even
+    /// across crashes (create-only keys from the batch's offsets; restart
+    /// to resume). The files are what `run --backfill parquet` reads.
+    /// Runs until SIGINT/SIGTERM, `--until` or `--stop-after-idle`.
+    Archive(Box<ArchiveArgs>),
+    /// Export a DynamoDB table to `--to` as gzipped JSON Lines or Parquet:
+    /// a parallel scan (segments, a read-capacity limit), then
+    /// `_manifest.json` (item count, segments, times, and the DynamoDB
+    /// Streams position captured before the scan) and `_SUCCESS`.
+    ExportDynamodb(ExportArgs),
+}
+
+/// `murmur-worker archive`.
+#[derive(Debug, Clone, Args)]
+pub struct ArchiveArgs {
+    /// Read settings from this TOML file (keys = long flag names); flags
+    /// on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the archive's lane checkpoints are kept.
+    #[command(flatten, next_help_heading = "Checkpoints")]
+    pub store: StoreArgs,
+    /// The archive's name: its embedded namespace, or its DynamoDB
+    /// checkpoint table `murmur-<name>-checkpoints`.
+    #[arg(long, default_value = "archive", help_heading = "Checkpoints")]
+    pub name: String,
+    /// The live source.
+    #[command(flatten)]
+    pub source: LiveArgs,
+    /// Where lanes without a checkpoint start, as a handoff token (JSON);
+    /// else `--start`.
+    #[arg(long, value_name = "JSON", help_heading = "Live")]
+    pub token: Option<String>,
+    /// Stop (exit 0) once every lane named in this Kafka or Kinesis token
+    /// has committed at or past its position.
+    #[arg(long, value_name = "JSON", help_heading = "Live")]
+    pub until: Option<String>,
+    /// Stop (exit 0) once no record arrived for this long.
+    #[arg(long, value_parser = parse_duration, help_heading = "Live")]
+    pub stop_after_idle: Option<Duration>,
+    /// The archive's location: `s3://bucket/prefix` or a local directory.
+    #[arg(long, value_name = "URI", help_heading = "Archive")]
+    pub to: String,
+    /// A lane's batch is written once it holds this many records...
+    #[arg(long, default_value_t = 1_000_000, help_heading = "Archive")]
+    pub max_records: usize,
+    /// ...or this many bytes (`64MiB`, `512KiB`, plain bytes)...
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB", help_heading = "Archive")]
+    pub max_bytes: usize,
+    /// ...or is this old.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", help_heading = "Archive")]
+    pub max_age: Duration,
+    /// Parquet compression.
+    #[arg(long, value_enum, default_value_t = CompressionKind::Snappy, help_heading = "Archive")]
+    pub compression: CompressionKind,
+    /// zstd level (with `--compression zstd`).
+    #[arg(long, default_value_t = 3, help_heading = "Archive")]
+    pub zstd_level: i32,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = 65_536, help_heading = "Archive")]
+    pub row_group_rows: usize,
+    /// Objects written at once (flush workers).
+    #[arg(long, default_value_t = 4, help_heading = "Archive")]
+    pub concurrent_objects: usize,
+}
+
+/// `--compression` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionKind {
+    /// Snappy (as Spark writes).
+    Snappy,
+    /// Zstandard (`--zstd-level`).
+    Zstd,
+    /// None.
+    None,
+}
+
+/// `murmur-worker export-dynamodb`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Read settings from this TOML file (keys = long flag names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The table to export.
+    #[arg(long)]
+    pub table: String,
+    /// Where the files go: `s3://bucket/prefix` or a local directory (must
+    /// be empty).
+    #[arg(long, value_name = "URI")]
+    pub to: String,
+    /// `jsonl`: every item as one plain JSON object per line, gzipped;
+    /// `parquet`: items as CountEvent columns (`entity_id`, `count`,
+    /// `occurred_at_unix_ms`, `event_id`).
+    #[arg(long, value_enum, default_value_t = ExportFormatKind::Jsonl)]
+    pub format: ExportFormatKind,
+    /// Parallel scan segments.
+    #[arg(long, default_value_t = 4)]
+    pub segments: u32,
+    /// Items per scan page.
+    #[arg(long)]
+    pub page_size: Option<u32>,
+    /// Consumed read capacity units per second, at most (all segments).
+    #[arg(long)]
+    pub rcu: Option<f64>,
+    /// A segment's items are split into files of at most this many.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_items_per_file: u64,
+    /// Do not capture the table's DynamoDB Streams position before the
+    /// scan (by default it is, when the table has a stream).
+    #[arg(long)]
+    pub no_stream_capture: bool,
+}
+
+/// `--format` values of `export-dynamodb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatKind {
+    /// Gzipped JSON Lines.
+    Jsonl,
+    /// Parquet (Snappy), CountEvent columns.
+    Parquet,
 }
 
 /// `murmur-worker replay`.
@@ -285,6 +408,32 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "30d", help_heading = "Handoff")]
     pub dedup_ttl: Duration,
 
+    /// Live source.
+    #[command(flatten)]
+    pub source: LiveArgs,
+    /// A batch is flushed when it holds this many distinct rows...
+    #[arg(long, default_value_t = 100_000, help_heading = "Batching")]
+    pub flush_max_keys: usize,
+    /// ...or is this old (the latency bound of a live update).
+    #[arg(long, value_parser = parse_duration, default_value = "5s", help_heading = "Batching")]
+    pub flush_max_age: Duration,
+    /// Stop (exit 0) once every lane named in this token has committed at
+    /// or past its position — a bounded live run, e.g.
+    /// `{"kind":"kafka","topic":"events","offsets":{"0":1000,"1":1000}}`.
+    #[arg(long, value_name = "JSON", help_heading = "Live")]
+    pub until: Option<String>,
+    /// Stop (exit 0) once no record arrived for this long.
+    #[arg(long, value_parser = parse_duration, help_heading = "Live")]
+    pub stop_after_idle: Option<Duration>,
+    /// Serve queries, `/healthz` and `/metrics` over HTTP on this address
+    /// while running (e.g. `127.0.0.1:8080`; port 0 picks a free one, logged).
+    #[arg(long, value_name = "ADDR", help_heading = "Queries")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The live source (`run`, `replay`, `archive`).
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
     /// Live source (`none`: stop after the backfill).
     #[arg(long, value_enum, default_value_t = LiveKind::None, help_heading = "Live")]
     pub live: LiveKind,
@@ -327,24 +476,6 @@ pub struct RunArgs {
     /// the cut minus this (late events), dropping events before the cut.
     #[arg(long, value_parser = parse_duration, default_value = "5m", help_heading = "Live")]
     pub cut_skew: Duration,
-    /// A batch is flushed when it holds this many distinct rows...
-    #[arg(long, default_value_t = 100_000, help_heading = "Batching")]
-    pub flush_max_keys: usize,
-    /// ...or is this old (the latency bound of a live update).
-    #[arg(long, value_parser = parse_duration, default_value = "5s", help_heading = "Batching")]
-    pub flush_max_age: Duration,
-    /// Stop (exit 0) once every lane named in this token has committed at
-    /// or past its position — a bounded live run, e.g.
-    /// `{"kind":"kafka","topic":"events","offsets":{"0":1000,"1":1000}}`.
-    #[arg(long, value_name = "JSON", help_heading = "Live")]
-    pub until: Option<String>,
-    /// Stop (exit 0) once no record arrived for this long.
-    #[arg(long, value_parser = parse_duration, help_heading = "Live")]
-    pub stop_after_idle: Option<Duration>,
-    /// Serve queries, `/healthz` and `/metrics` over HTTP on this address
-    /// while running (e.g. `127.0.0.1:8080`; port 0 picks a free one, logged).
-    #[arg(long, value_name = "ADDR", help_heading = "Queries")]
-    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `--backfill` values.
@@ -491,6 +622,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
+/// `64MiB`, `512KiB`, `1GiB`, `10MB` or plain bytes. (Four units: not worth
+/// a crate.)
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 64MiB, 512KiB, 1000"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("size {s:?} must be positive and fit in memory"))
+}
+
 /// RFC 3339 (`2026-05-08T14:00:00Z`) or epoch milliseconds.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
@@ -610,6 +765,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert!(parse_bytes("0").is_err());
+        assert!(
+            parse_bytes("5 parsecs")
+                .unwrap_err()
+                .contains("invalid size unit")
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
@@ -650,9 +818,9 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.lanes, 2, "the command line wins");
-        assert_eq!(run.kafka_topic.as_deref(), Some("u"));
+        assert_eq!(run.source.kafka_topic.as_deref(), Some("u"));
         assert!(run.dedup);
-        assert_eq!(run.kafka_properties, ["a=1", "b=2"]);
+        assert_eq!(run.source.kafka_properties, ["a=1", "b=2"]);
         assert_eq!(run.from.as_deref(), Some("s3://b/p"));
         assert!(cli.log.json);
 

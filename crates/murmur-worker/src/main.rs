@@ -13,6 +13,7 @@
 //! types call [`murmur_bootstrap::backfill`] and [`murmur_bootstrap::live`]
 //! the same way this binary does (see `src/run.rs`).
 
+mod archive;
 mod cli;
 mod demo;
 mod observe;
@@ -85,6 +86,27 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             };
             let summary = run::run(&args.run, mode, cli.log.progress, stop).await?;
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Archive(args) => {
+            let stop = observe::stop_on_signals();
+            let summary = archive::archive(&args, cli.log.progress, stop).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::ExportDynamodb(args) => {
+            let manifest = archive::export(&args).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "table": manifest.table,
+                    "items": manifest.items,
+                    "files": manifest.files.len(),
+                    "segments": manifest.segments,
+                    "consumed_read_capacity": manifest.consumed_read_capacity,
+                    "streams_handoff": manifest.streams_handoff.is_some(),
+                })
+            );
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Serve(args) => {

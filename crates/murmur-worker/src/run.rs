@@ -1,7 +1,7 @@
 //! `murmur-worker run`: backfill, handoff, live — the library's
 //! [`backfill`] and [`live`] with the sources and stores of the flags.
 
-use crate::cli::{BackfillKind, LiveKind, ProgressMode, RunArgs, StartKind};
+use crate::cli::{BackfillKind, LiveArgs, LiveKind, ProgressMode, RunArgs, StartKind};
 use crate::observe::Display;
 use crate::pipeline::{Render, WithPipeline, with_pipeline};
 use crate::serve::{self, Telemetry};
@@ -187,7 +187,7 @@ impl WithPipeline for Worker<'_> {
                 None => return self.swap(&backend, &alias, summary, &stores, started).await,
             }
         };
-        if args.live == LiveKind::None || self.stop.is_cancelled() {
+        if args.source.live == LiveKind::None || self.stop.is_cancelled() {
             return self.swap(&backend, &alias, summary, &stores, started).await;
         }
         let mut start = match token {
@@ -263,7 +263,7 @@ impl Worker<'_> {
 
     /// Where live starts when no token says (`--start`).
     fn start_without_token(&self) -> Start {
-        match self.args.start {
+        match self.args.source.start {
             StartKind::Earliest => Start::Earliest,
             StartKind::Latest => Start::Latest,
         }
@@ -506,59 +506,8 @@ impl Worker<'_> {
             progress.clone(),
         );
         let display = Display::start(self.progress, "live", progress.clone());
-        let stats = match args.live {
-            LiveKind::None => unreachable!("checked by the caller"),
-            LiveKind::Kafka => {
-                let brokers = args
-                    .kafka_brokers
-                    .as_deref()
-                    .context("--live kafka needs --kafka-brokers")?;
-                let topic = args
-                    .kafka_topic
-                    .as_deref()
-                    .context("--live kafka needs --kafka-topic")?;
-                let mut config = match &args.kafka_group {
-                    Some(group) => KafkaConfig::subscribe(brokers, topic, &self.own(group)),
-                    None => KafkaConfig::assign(brokers, topic),
-                }
-                .event_time_cut_skew(args.cut_skew);
-                if let Some(dlq) = &args.kafka_dead_letter_topic {
-                    config = config.dead_letter_topic(dlq);
-                }
-                for kv in &args.kafka_properties {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .with_context(|| format!("--kafka-property {kv:?} is not KEY=VALUE"))?;
-                    config = config.property(k, v);
-                }
-                let mut source = KafkaSource::connect(config, Decoder::count_events()).await?;
-                drive_live(pipeline, &mut source, stores, &options, shutdown).await?
-            }
-            LiveKind::Kinesis => {
-                let stream = args
-                    .kinesis_stream
-                    .as_deref()
-                    .context("--live kinesis needs --kinesis-stream")?;
-                let sdk = stores::aws().await;
-                let mut config = KinesisConfig::new(stream).event_time_cut_skew(args.cut_skew);
-                if let Some(table) = &args.kinesis_lease_table {
-                    let table = self.own(table);
-                    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-                    ensure_lease_table(&ddb, &table).await?;
-                    config = config.leases(ddb, &table, Duration::from_secs(30));
-                }
-                if let Some(dlq) = &args.kinesis_dead_letter_stream {
-                    config = config.dead_letter_stream(dlq);
-                }
-                let mut source = KinesisSource::connect(
-                    config,
-                    aws_sdk_kinesis::Client::new(&sdk),
-                    Decoder::count_events(),
-                )
-                .await?;
-                drive_live(pipeline, &mut source, stores, &options, shutdown).await?
-            }
-        };
+        let mut source = connect_live(&args.source, |name| self.own(name)).await?;
+        let stats = drive_live(pipeline, &mut source, stores, &options, shutdown).await?;
         display.finish().await;
         summary.add_batches(&progress.snapshot());
         let moved = moved.load(std::sync::atomic::Ordering::SeqCst);
@@ -574,6 +523,68 @@ impl Worker<'_> {
             Mode::Replay { version, .. } => format!("{name}-replay-v{version}"),
         }
     }
+}
+
+/// The live source of the flags (Kafka or Kinesis), decoding
+/// `CountEvent`s; `own` names this process's consumer group or lease
+/// table. One code path for `run`, `replay` and `archive`.
+pub(crate) async fn connect_live(
+    args: &LiveArgs,
+    own: impl Fn(&str) -> String,
+) -> anyhow::Result<Box<dyn LiveSource<CountEvent> + Sync>> {
+    Ok(match args.live {
+        LiveKind::None => bail!("no live source: set --live kafka or --live kinesis"),
+        LiveKind::Kafka => {
+            let brokers = args
+                .kafka_brokers
+                .as_deref()
+                .context("--live kafka needs --kafka-brokers")?;
+            let topic = args
+                .kafka_topic
+                .as_deref()
+                .context("--live kafka needs --kafka-topic")?;
+            let mut config = match &args.kafka_group {
+                Some(group) => KafkaConfig::subscribe(brokers, topic, &own(group)),
+                None => KafkaConfig::assign(brokers, topic),
+            }
+            .event_time_cut_skew(args.cut_skew);
+            if let Some(dlq) = &args.kafka_dead_letter_topic {
+                config = config.dead_letter_topic(dlq);
+            }
+            for kv in &args.kafka_properties {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--kafka-property {kv:?} is not KEY=VALUE"))?;
+                config = config.property(k, v);
+            }
+            Box::new(KafkaSource::connect(config, Decoder::count_events()).await?)
+        }
+        LiveKind::Kinesis => {
+            let stream = args
+                .kinesis_stream
+                .as_deref()
+                .context("--live kinesis needs --kinesis-stream")?;
+            let sdk = stores::aws().await;
+            let mut config = KinesisConfig::new(stream).event_time_cut_skew(args.cut_skew);
+            if let Some(table) = &args.kinesis_lease_table {
+                let table = own(table);
+                let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+                ensure_lease_table(&ddb, &table).await?;
+                config = config.leases(ddb, &table, Duration::from_secs(30));
+            }
+            if let Some(dlq) = &args.kinesis_dead_letter_stream {
+                config = config.dead_letter_stream(dlq);
+            }
+            Box::new(
+                KinesisSource::connect(
+                    config,
+                    aws_sdk_kinesis::Client::new(&sdk),
+                    Decoder::count_events(),
+                )
+                .await?,
+            )
+        }
+    })
 }
 
 /// The backfill over one concrete source; also returns its bad-row count.
@@ -667,7 +678,7 @@ const CATCH_UP_IDLE: Duration = Duration::from_secs(10);
 const ALIAS_POLL: Duration = Duration::from_secs(1);
 
 /// Watches the alias for a newer version than the one live writes.
-struct Watch {
+pub(crate) struct Watch {
     aliases: Arc<dyn AliasStore>,
     alias: String,
     version: u64,
@@ -676,18 +687,18 @@ struct Watch {
 }
 
 /// The conditions, besides a stop request and `--until`, that end live.
-struct Stops {
+pub(crate) struct Stops {
     /// No record for this long.
-    idle: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
     /// Every lane's event-time lag at most this (a replay's catch-up).
-    caught_up: Option<Duration>,
+    pub(crate) caught_up: Option<Duration>,
     /// The alias moved on (a live worker).
-    watch: Option<Watch>,
+    pub(crate) watch: Option<Watch>,
 }
 
 /// Resolves on a stop request, once every lane of `until` has committed at
 /// or past its position, or on one of `stops`.
-async fn shutdown(
+pub(crate) async fn shutdown(
     stop: CancellationToken,
     checkpoints: Arc<dyn CheckpointStore>,
     until: Option<HandoffToken>,

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
     ScalarAttributeType, Select, StreamSpecification, StreamViewType, WriteRequest,
 };
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use murmur_archive::{Encoder, ExportFormat, ExportOptions, MANIFEST, export_dynamodb};
 use murmur_core::CountEvent;
 use murmur_source_snapshot::dynamodb::DynamoDbScanOptions;

@@ -3,6 +3,7 @@
 //! One test binary per crate: every module below links against the same
 //! build, which keeps link time and disk use down.
 
+mod archive;
 mod cli;
 #[allow(dead_code)] // each module uses a different part of it
 mod common;
