@@ -173,7 +173,7 @@ struct Shared<T> {
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let s3 = object_store::aws::AmazonS3Builder::from_env().with_bucket_name("lake").build()?;
-/// let checkpoints = Arc::new(EmbeddedStore::open("archive.redb", "events")?);
+/// let checkpoints = Arc::new(EmbeddedStore::open("archive.redb")?.with_namespace("events"));
 /// let archive = Archive::new(
 ///     Arc::new(s3),
 ///     "events".into(),
@@ -185,9 +185,9 @@ struct Shared<T> {
 /// let mut source = KafkaSource::connect(config, Decoder::count_events()).await?;
 /// let mut options = LiveOptions::from_token(HandoffToken::None);
 /// options.start = Start::Earliest;
-/// archive.run(&mut source, &options, tokio::signal::ctrl_c().map(|_| ())).await?;
+/// let stop = std::future::pending::<()>(); // e.g. a signal handler's future
+/// archive.run(&mut source, &options, stop).await?;
 /// # Ok(()) }
-/// # use futures::FutureExt as _;
 /// ```
 pub struct Archive<T> {
     shared: Arc<Shared<T>>,
@@ -304,7 +304,7 @@ impl<T: Send + Sync + 'static> LaneSinks<T> for Archive<T> {
             lane: lane.clone(),
             label: lane.as_str().replace([':', '/'], "-").into(),
             next_seq: state.committed_seq + 1,
-            pending: state.pending.is_some(),
+            pending: state.pending.clone(),
             open: Vec::new(),
             open_start: None,
             open_end: None,
@@ -330,8 +330,8 @@ pub struct ArchiveLane<T> {
     label: Arc<str>,
     /// Sequence number of the next batch to cut.
     next_seq: u64,
-    /// A pending intent must be replayed first.
-    pending: bool,
+    /// The intent a crash left pending: replayed before anything else.
+    pending: Option<BatchIntent>,
     open: Vec<Record<T>>,
     open_start: Option<Position>,
     open_end: Option<Position>,
@@ -416,30 +416,17 @@ impl<T: Send + Sync + 'static> ArchiveLane<T> {
 #[async_trait::async_trait]
 impl<T: Send + Sync + 'static> LaneSink<T> for ArchiveLane<T> {
     async fn replay(&mut self, records: Vec<Record<T>>) -> murmur_bootstrap::Result<BatchReport> {
-        if !self.pending {
+        let Some(intent) = self.pending.clone() else {
             return Err(Error::Protocol {
                 lane: self.lane.clone(),
                 reason: "replay called but no batch is pending".into(),
-            }
-            .into());
-        }
-        let state = self
-            .shared
-            .checkpoints
-            .lane(&self.lane)
-            .await
-            .map_err(|e| checkpoint_error(&self.lane, e))?;
-        let Some(intent) = state.and_then(|s| s.pending) else {
-            return Err(Error::Protocol {
-                lane: self.lane.clone(),
-                reason: "the pending batch is gone from the checkpoint store".into(),
             }
             .into());
         };
         tracing::info!(lane = %self.lane, seq = intent.seq, records = records.len(), "re-writing pending batch");
         self.next_seq = intent.seq + 1;
         let report = write_batch(self.shared.clone(), self.label.clone(), intent, records).await?;
-        self.pending = false;
+        self.pending = None;
         Ok(report)
     }
 
@@ -449,7 +436,7 @@ impl<T: Send + Sync + 'static> LaneSink<T> for ArchiveLane<T> {
         start: &Position,
         end: &Position,
     ) -> murmur_bootstrap::Result<Vec<BatchReport>> {
-        if self.pending {
+        if self.pending.is_some() {
             return Err(Error::Protocol {
                 lane: self.lane.clone(),
                 reason: "a pending batch must be replayed before new records".into(),
