@@ -146,7 +146,23 @@ async fn archive(events: u64, dir: &std::path::Path) -> (f64, u64, u64) {
     (started.elapsed().as_secs_f64(), m.bytes, m.objects)
 }
 
+fn report(name: &str, events: u64, secs: f64, bytes: u64, what: &str) {
+    println!(
+        "{name:<12} {:>10.0} events/s  {:>7.1} MB/s  {:>8.1} MB{what}  peak RSS {}",
+        events as f64 / secs,
+        bytes as f64 / secs / 1e6,
+        bytes as f64 / 1e6,
+        peak_mib().map_or("n/a".into(), |p| format!("{p:.0} MiB"))
+    );
+}
+
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not:
+    // do not archive 5M events in a debug build.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("archive bench: run it with `cargo bench -p murmur-archive --bench archive`");
+        return;
+    }
     let events: u64 = std::env::var("MURMUR_ARCHIVE_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -161,25 +177,16 @@ fn main() {
     reset_peak();
     let (secs, bytes) = encode_only(events);
     let base_rate = events as f64 / secs;
-    let peak = peak_mib();
-    println!(
-        "encode-only  {:>10.0} events/s  {:>7.1} MB/s  {:>8.1} MB  peak RSS {}",
-        base_rate,
-        bytes as f64 / secs / 1e6,
-        bytes as f64 / 1e6,
-        peak.map_or("n/a".into(), |p| format!("{p:.0} MiB"))
-    );
-
+    report("encode-only", events, secs, bytes, "");
     reset_peak();
     let (secs, bytes, objects) = rt.block_on(archive(events, dir.path()));
     let rate = events as f64 / secs;
-    let peak_archive = peak_mib();
-    println!(
-        "archive      {:>10.0} events/s  {:>7.1} MB/s  {:>8.1} MB in {objects} objects  peak RSS {}",
-        rate,
-        bytes as f64 / secs / 1e6,
-        bytes as f64 / 1e6,
-        peak_archive.map_or("n/a".into(), |p| format!("{p:.0} MiB"))
+    report(
+        "archive",
+        events,
+        secs,
+        bytes,
+        &format!(" in {objects} objects"),
     );
     println!(
         "ratio        archive / encode-only = {:.2}x the events/s",

@@ -3,14 +3,13 @@
 
 use crate::encode::Encoder;
 use crate::error::{Error, Result};
-use crate::object::{ObjectSink, ParquetSink, UploadOptions, Written, retry};
+use crate::object::{ObjectSink, ParquetObject, UploadOptions, Written, encode_error, retry};
 use chrono::{DateTime, Datelike as _, Timelike as _};
 use murmur_bootstrap::{BatchReport, LaneSink, LaneSinks, LiveOptions, LiveStats, Resume};
 use murmur_core::{ApplyReport, BatchIntent, CheckpointStore, LaneId, Position, Record};
 use murmur_source_live::{LiveSource, position_after};
 use object_store::ObjectStore;
 use object_store::path::Path;
-use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
@@ -574,31 +573,20 @@ async fn write_object<T>(
     rows: &[usize],
 ) -> Result<Written> {
     let sink = ObjectSink::new(shared.store.clone(), key.clone(), shared.options.upload);
-    let (sink, outcome) = ParquetSink::new(sink);
-    let encode_error = |reason: String| Error::Encode {
-        key: key.to_string(),
-        reason,
-    };
-    // The sink's own error when the writer failed because of it.
-    let failed =
-        |e: parquet::errors::ParquetError| match outcome.lock().expect("outcome lock").take() {
-            Some(Err(sink_error)) => sink_error,
-            _ => encode_error(e.to_string()),
-        };
-    let mut writer = AsyncArrowWriter::try_new(
+    let mut object = ParquetObject::new(
         sink,
         shared.encoder.schema().clone(),
-        Some(shared.properties.clone()),
-    )
-    .map_err(|e| encode_error(e.to_string()))?;
+        shared.properties.clone(),
+    )?;
     for group in rows.chunks(shared.options.row_group_rows) {
         let refs: Vec<&Record<T>> = group.iter().map(|&i| &records[i]).collect();
-        let batch = shared.encoder.encode(&refs).map_err(encode_error)?;
-        writer.write(&batch).await.map_err(failed)?;
+        let batch = shared
+            .encoder
+            .encode(&refs)
+            .map_err(|e| encode_error(key.as_ref(), e))?;
+        object.write(&batch).await?;
     }
-    writer.close().await.map_err(failed)?;
-    let done = outcome.lock().expect("outcome lock").take();
-    done.unwrap_or_else(|| Err(encode_error("the writer closed without completing".into())))
+    object.close().await
 }
 
 /// A UTC hour: (year, month, day, hour).

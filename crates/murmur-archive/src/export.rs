@@ -4,7 +4,7 @@
 
 use crate::encode::Encoder;
 use crate::error::{Error, Result};
-use crate::object::{ObjectSink, ParquetSink, UploadOptions, Written};
+use crate::object::{ObjectSink, ParquetObject, UploadOptions, encode_error};
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use murmur_core::{Position, Record};
@@ -12,7 +12,6 @@ use murmur_source_snapshot::SnapshotSource as _;
 use murmur_source_snapshot::dynamodb::{DynamoDbScanOptions, DynamoDbScanSource, StreamsHandoff};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
-use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::de::DeserializeOwned;
@@ -246,8 +245,7 @@ enum FileWriter<'a, T> {
         sink: Box<ObjectSink>,
     },
     Parquet {
-        writer: Box<AsyncArrowWriter<ParquetSink>>,
-        outcome: Arc<std::sync::Mutex<Option<Result<Written>>>>,
+        object: Box<ParquetObject>,
         encoder: &'a Encoder<T>,
     },
 }
@@ -285,19 +283,15 @@ async fn export_segment<T: Serialize + Send + Sync + 'static>(
                         sink: Box::new(sink),
                     },
                     ExportFormat::Parquet(encoder) => {
-                        let (sink, outcome) = ParquetSink::new(sink);
                         let properties = WriterProperties::builder()
                             .set_compression(Compression::SNAPPY)
                             .build();
-                        let writer = AsyncArrowWriter::try_new(
-                            sink,
-                            encoder.schema().clone(),
-                            Some(properties),
-                        )
-                        .map_err(|e| encode_error(&key, e))?;
                         FileWriter::Parquet {
-                            writer: Box::new(writer),
-                            outcome,
+                            object: Box::new(ParquetObject::new(
+                                sink,
+                                encoder.schema().clone(),
+                                properties,
+                            )?),
                             encoder,
                         }
                     }
@@ -328,13 +322,6 @@ async fn export_segment<T: Serialize + Send + Sync + 'static>(
     Ok(files)
 }
 
-fn encode_error(key: &impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
-    Error::Encode {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
-}
-
 async fn write_records<T: Serialize>(
     writer: &mut FileWriter<'_, T>,
     key: &str,
@@ -343,8 +330,8 @@ async fn write_records<T: Serialize>(
     match writer {
         FileWriter::Gzip { gz, sink } => {
             for r in records {
-                serde_json::to_writer(&mut *gz, &r.value).map_err(|e| encode_error(&key, e))?;
-                gz.write_all(b"\n").map_err(|e| encode_error(&key, e))?;
+                serde_json::to_writer(&mut *gz, &r.value).map_err(|e| encode_error(key, e))?;
+                gz.write_all(b"\n").map_err(|e| encode_error(key, e))?;
             }
             // Hand the compressed bytes so far to the upload: memory stays
             // at about one page.
@@ -353,31 +340,13 @@ async fn write_records<T: Serialize>(
                 sink.push(Bytes::from(compressed)).await?;
             }
         }
-        FileWriter::Parquet {
-            writer,
-            outcome,
-            encoder,
-        } => {
+        FileWriter::Parquet { object, encoder } => {
             let refs: Vec<&Record<T>> = records.iter().collect();
-            let batch = encoder.encode(&refs).map_err(|e| encode_error(&key, e))?;
-            writer
-                .write(&batch)
-                .await
-                .map_err(|e| parquet_error(outcome, key, e))?;
+            let batch = encoder.encode(&refs).map_err(|e| encode_error(key, e))?;
+            object.write(&batch).await?;
         }
     }
     Ok(())
-}
-
-fn parquet_error(
-    outcome: &std::sync::Mutex<Option<Result<Written>>>,
-    key: &str,
-    e: parquet::errors::ParquetError,
-) -> Error {
-    match outcome.lock().expect("outcome lock").take() {
-        Some(Err(sink_error)) => sink_error,
-        _ => encode_error(&key, e),
-    }
 }
 
 async fn close<T>(writer: FileWriter<'_, T>, mut file: ExportedFile) -> Result<ExportedFile> {
@@ -387,16 +356,7 @@ async fn close<T>(writer: FileWriter<'_, T>, mut file: ExportedFile) -> Result<E
             sink.push(Bytes::from(rest)).await?;
             sink.finish().await?
         }
-        FileWriter::Parquet {
-            writer, outcome, ..
-        } => {
-            writer
-                .close()
-                .await
-                .map_err(|e| parquet_error(&outcome, &file.key, e))?;
-            let done = outcome.lock().expect("outcome lock").take();
-            done.unwrap_or_else(|| Err(encode_error(&file.key, "the writer did not complete")))?
-        }
+        FileWriter::Parquet { object, .. } => object.close().await?,
     };
     file.bytes = written.bytes;
     Ok(file)

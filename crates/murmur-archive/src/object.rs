@@ -12,11 +12,15 @@
 //! same bytes and never a second copy.
 
 use crate::error::{Error, Result};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, WriteMultipart};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::file::properties::WriterProperties;
 use sha2::{Digest as _, Sha256};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -199,29 +203,91 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One Parquet object written through an [`ObjectSink`]: the Parquet
+/// writer hands over each row group as it completes, so one row group and
+/// one upload part are in memory.
+pub(crate) struct ParquetObject {
+    writer: AsyncArrowWriter<ParquetSink>,
+    outcome: Outcome,
+    key: String,
+}
+
+impl ParquetObject {
+    pub(crate) fn new(
+        sink: ObjectSink,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<Self> {
+        let key = sink.key.to_string();
+        let outcome = Outcome::default();
+        let sink = ParquetSink {
+            sink: Some(sink),
+            outcome: outcome.clone(),
+        };
+        let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties))
+            .map_err(|e| encode_error(&key, e))?;
+        Ok(ParquetObject {
+            writer,
+            outcome,
+            key,
+        })
+    }
+
+    /// Appends rows.
+    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let written = self.writer.write(batch).await;
+        written.map_err(|e| self.outcome.error(&self.key, e))
+    }
+
+    /// Writes the footer and completes the object.
+    pub(crate) async fn close(self) -> Result<Written> {
+        let ParquetObject {
+            writer,
+            outcome,
+            key,
+        } = self;
+        writer.close().await.map_err(|e| outcome.error(&key, e))?;
+        let done = outcome.0.lock().expect("outcome lock").take();
+        done.unwrap_or_else(|| Err(encode_error(&key, "the writer did not complete the object")))
+    }
+}
+
+pub(crate) fn encode_error(key: &str, e: impl std::fmt::Display) -> Error {
+    Error::Encode {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// The sink's own result: its error when a write failed because of it (the
+/// Parquet writer only passes a string on), then what `complete` did.
+#[derive(Clone, Default)]
+struct Outcome(Arc<Mutex<Option<Result<Written>>>>);
+
+impl Outcome {
+    /// The error behind a failed writer call: the sink's, or the encoder's.
+    fn error(&self, key: &str, e: parquet::errors::ParquetError) -> Error {
+        match self.0.lock().expect("outcome lock").take() {
+            Some(Err(sink_error)) => sink_error,
+            _ => encode_error(key, e),
+        }
+    }
+
+    fn set(&self, result: Result<Written>) {
+        *self.0.lock().expect("outcome lock") = Some(result);
+    }
+}
+
 /// An [`ObjectSink`] as the Parquet writer's output.
-pub(crate) struct ParquetSink {
+struct ParquetSink {
     sink: Option<ObjectSink>,
-    /// The sink's own error (the Parquet writer only passes on a string),
-    /// then the outcome of `complete`.
-    outcome: Arc<Mutex<Option<Result<Written>>>>,
+    outcome: Outcome,
 }
 
 impl ParquetSink {
-    pub(crate) fn new(sink: ObjectSink) -> (Self, Arc<Mutex<Option<Result<Written>>>>) {
-        let outcome = Arc::new(Mutex::new(None));
-        (
-            ParquetSink {
-                sink: Some(sink),
-                outcome: outcome.clone(),
-            },
-            outcome,
-        )
-    }
-
     fn fail(&self, e: Error) -> parquet::errors::ParquetError {
         let message = e.to_string();
-        *self.outcome.lock().expect("outcome lock") = Some(Err(e));
+        self.outcome.set(Err(e));
         parquet::errors::ParquetError::General(message)
     }
 }
@@ -246,7 +312,7 @@ impl parquet::arrow::async_writer::AsyncFileWriter for ParquetSink {
             };
             match sink.finish().await {
                 Ok(w) => {
-                    *self.outcome.lock().expect("outcome lock") = Some(Ok(w));
+                    self.outcome.set(Ok(w));
                     Ok(())
                 }
                 Err(e) => Err(self.fail(e)),

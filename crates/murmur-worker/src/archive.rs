@@ -4,7 +4,7 @@
 
 use crate::cli::{ArchiveArgs, CompressionKind, ExportArgs, ExportFormatKind, ProgressMode};
 use crate::observe::Display;
-use crate::run::{Stops, connect_live, shutdown};
+use crate::run::{Stops, connect_live, shutdown, token_flag};
 use crate::stores::{self, Backend};
 use anyhow::Context as _;
 use murmur_archive::{
@@ -90,12 +90,7 @@ pub async fn archive(
     live.start = start;
     live.tick = Duration::from_millis(100).min(args.max_age.max(Duration::from_millis(10)));
     live.progress = progress.clone();
-    let until = args
-        .until
-        .as_deref()
-        .map(HandoffToken::from_json)
-        .transpose()
-        .context("--until is not a token")?;
+    let until = token_flag(args.until.as_deref(), "--until")?;
     let stops = Stops {
         idle: args.stop_after_idle,
         caught_up: None,

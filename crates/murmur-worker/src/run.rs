@@ -168,12 +168,7 @@ impl WithPipeline for Worker<'_> {
             version,
             ..Summary::default()
         };
-        let explicit = args
-            .token
-            .as_deref()
-            .map(HandoffToken::from_json)
-            .transpose()
-            .context("--token is not a handoff token")?;
+        let explicit = token_flag(args.token.as_deref(), "--token")?;
 
         // Backfill, then the token live starts from.
         let token = if args.backfill == BackfillKind::None {
@@ -467,12 +462,7 @@ impl Worker<'_> {
             dedup: self.dedup(stores),
             progress: progress.clone(),
         };
-        let until = args
-            .until
-            .as_deref()
-            .map(HandoffToken::from_json)
-            .transpose()
-            .context("--until is not a token")?;
+        let until = token_flag(args.until.as_deref(), "--until")?;
         let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (idle, caught_up, watch) = match self.mode {
             Mode::Run => (
@@ -523,6 +513,13 @@ impl Worker<'_> {
             Mode::Replay { version, .. } => format!("{name}-replay-v{version}"),
         }
     }
+}
+
+/// A token flag's JSON (`--token`, `--until`), if given.
+pub(crate) fn token_flag(json: Option<&str>, flag: &str) -> anyhow::Result<Option<HandoffToken>> {
+    json.map(HandoffToken::from_json)
+        .transpose()
+        .with_context(|| format!("{flag} is not a handoff token"))
 }
 
 /// The live source of the flags (Kafka or Kinesis), decoding
