@@ -28,7 +28,11 @@ use tokio::task::JoinHandle;
 pub struct BatchLimits {
     /// Records per batch. Default 1,000,000.
     pub max_records: usize,
-    /// Bytes per batch, as the [`Encoder`] counts them. Default 64 MiB.
+    /// Bytes per batch, as the [`Encoder`] counts them (what the open
+    /// batch holds in memory). Default 64 MiB. A lane holds at most one
+    /// open batch and one being written, so the archive's memory is about
+    /// `2 × max_bytes × lanes`, plus one row group and one upload part per
+    /// object being written.
     pub max_bytes: usize,
     /// Age of the batch's first chunk. Default 60 s.
     pub max_age: Duration,

@@ -14,7 +14,10 @@ type EncodeFn<T> = dyn Fn(&[&Record<T>]) -> Result<RecordBatch, String> + Send +
 type SizeFn<T> = dyn Fn(&T) -> usize + Send + Sync;
 
 /// Turns records into Arrow record batches of one fixed schema, and says
-/// how many bytes a record counts for the batcher's byte limit.
+/// how many bytes a record counts for the batcher's byte limit: an
+/// estimate of what the record holds in memory while its batch is open
+/// (the record itself plus the heap data of its value), so that
+/// `max_bytes` bounds the archive's memory.
 ///
 /// * [`Encoder::count_events`]: the canonical [`CountEvent`] columns
 ///   (`entity_id`, `count`, `occurred_at_unix_ms`, `event_id`), which the
@@ -44,8 +47,8 @@ impl<T> fmt::Debug for Encoder<T> {
 impl<T> Encoder<T> {
     /// An encoder from a schema and a function building one record batch of
     /// that schema from records (in order). Records count
-    /// `size_of::<T>()` bytes until [`record_bytes`](Self::record_bytes)
-    /// says otherwise.
+    /// `size_of::<Record<T>>()` bytes until
+    /// [`record_bytes`](Self::record_bytes) says otherwise.
     pub fn new(
         schema: SchemaRef,
         encode: impl Fn(&[&Record<T>]) -> Result<RecordBatch, String> + Send + Sync + 'static,
@@ -53,14 +56,14 @@ impl<T> Encoder<T> {
         Encoder {
             schema,
             encode: Box::new(encode),
-            size: Box::new(|_| std::mem::size_of::<T>()),
+            size: Box::new(|_| std::mem::size_of::<Record<T>>()),
         }
     }
 
-    /// How many bytes a record counts for the byte limit (an estimate of
-    /// its raw size).
+    /// How many bytes a record counts for the byte limit, given its value
+    /// (the record's own size, `size_of::<Record<T>>()`, is added).
     pub fn record_bytes(mut self, size: impl Fn(&T) -> usize + Send + Sync + 'static) -> Self {
-        self.size = Box::new(size);
+        self.size = Box::new(move |v| std::mem::size_of::<Record<T>>() + size(v));
         self
     }
 
@@ -82,7 +85,8 @@ impl<T> Encoder<T> {
 
 impl<T: Serialize + 'static> Encoder<T> {
     /// Encodes `T` with `serde_arrow` into the given fields (top-level
-    /// struct fields by name). A record counts its JSON size in bytes.
+    /// struct fields by name). A value's heap data is estimated as its JSON
+    /// size.
     pub fn serde_with_schema(fields: Vec<FieldRef>) -> Self {
         let schema = Arc::new(Schema::new(fields.clone()));
         let encode_schema = schema.clone();
@@ -146,10 +150,7 @@ impl Encoder<CountEvent> {
             ];
             RecordBatch::try_new(encode_schema.clone(), columns).map_err(|e| e.to_string())
         })
-        .record_bytes(|e| {
-            // About the JSON message's size: the field names and values.
-            64 + e.entity_id.len() + e.event_id.as_ref().map_or(0, |id| 14 + id.len())
-        })
+        .record_bytes(|e| e.entity_id.len() + e.event_id.as_ref().map_or(0, String::len))
     }
 }
 
@@ -200,7 +201,8 @@ mod tests {
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), *e.schema());
         assert_eq!(batch.column(3).null_count(), 1);
-        assert_eq!(e.bytes(&a.value), 64 + 1 + 14 + 2);
+        let record = std::mem::size_of::<Record<CountEvent>>();
+        assert_eq!(e.bytes(&a.value), record + 1 + 2);
     }
 
     #[derive(Serialize, serde::Deserialize)]
@@ -230,7 +232,7 @@ mod tests {
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(
             e.bytes(&v.value),
-            r#"{"page":"/a","ms":1,"referrer":null}"#.len()
+            std::mem::size_of::<Record<View>>() + r#"{"page":"/a","ms":1,"referrer":null}"#.len()
         );
     }
 
