@@ -456,18 +456,19 @@ async fn committed<T: Send + 'static, L: LiveSource<T>>(
     // fails (a group commit during a rebalance, a throttled lease update)
     // is retried with backoff before the run gives up.
     let mut backoff = ACK_BACKOFF;
-    for attempt in 1.. {
+    let mut attempt = 1;
+    loop {
         match source.ack(lane, &report.end).await {
             Ok(()) => return Ok(()),
             Err(e) if attempt < ACK_ATTEMPTS => {
                 tracing::warn!(lane = %lane, attempt, error = %e, "ack failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
+                attempt += 1;
             }
             Err(e) => return Err(Error::source(lane.as_str(), e)),
         }
     }
-    unreachable!("the loop returns")
 }
 
 /// Attempts at acknowledging a committed batch, and the first backoff.
