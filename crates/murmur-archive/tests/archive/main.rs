@@ -5,3 +5,4 @@
 mod common;
 mod export;
 mod kafka;
+mod kinesis;
