@@ -434,7 +434,8 @@ pub struct RunArgs {
 /// The live source (`run`, `replay`, `archive`).
 #[derive(Debug, Clone, Args)]
 pub struct LiveArgs {
-    /// Live source (`none`: stop after the backfill).
+    /// Live source (`none`: `run` stops after the backfill; `archive` needs
+    /// one).
     #[arg(long, value_enum, default_value_t = LiveKind::None, help_heading = "Live")]
     pub live: LiveKind,
     /// Where live starts when there is no backfill and no `--token`
