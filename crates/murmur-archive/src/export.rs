@@ -33,6 +33,16 @@ pub enum ExportFormat<T> {
     Parquet(Encoder<T>),
 }
 
+impl<T> ExportFormat<T> {
+    /// The files' suffix, also the manifest's `format`.
+    fn extension(&self) -> &'static str {
+        match self {
+            ExportFormat::JsonLinesGzip => "jsonl.gz",
+            ExportFormat::Parquet(_) => "parquet",
+        }
+    }
+}
+
 impl<T> std::fmt::Debug for ExportFormat<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -184,11 +194,7 @@ where
     files.sort_by(|a, b| a.key.cmp(&b.key));
     let manifest = ExportManifest {
         table,
-        format: match &*format {
-            ExportFormat::JsonLinesGzip => "jsonl.gz",
-            ExportFormat::Parquet(_) => "parquet",
-        }
-        .to_owned(),
+        format: format.extension().to_owned(),
         segments,
         items: files.iter().map(|f| f.items).sum(),
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -268,10 +274,7 @@ async fn export_segment<T: Serialize + Send + Sync + 'static>(
                 let key = prefix.clone().join(format!(
                     "part-{segment:05}-{:05}.{}",
                     files.len(),
-                    match &*format {
-                        ExportFormat::JsonLinesGzip => "jsonl.gz",
-                        ExportFormat::Parquet(_) => "parquet",
-                    }
+                    format.extension()
                 ));
                 let sink = ObjectSink::new(store.clone(), key.clone(), upload);
                 let writer = match &*format {
