@@ -4,7 +4,7 @@
 //! | Murmur | baselines |
 //! |---|---|
 //! | Parquet scan + aggregation (`entity_id` x day Sum) into murmur-core's `Aggregator` and `MemoryStore` | (a) decode-only of the same three columns with the parquet crate, (b) DuckDB `GROUP BY entity_id, day` |
-//! | JSON Lines `.gz` scan + the same aggregation | (a) `gzip -dc \| wc -l`, (b) DuckDB `read_json` + `GROUP BY` |
+//! | JSON Lines `.gz` scan + the same aggregation | (a) `gzip -dc \| wc -l`, (b) DuckDB `read_json` + `GROUP BY`, (c) inflate + parse: flate2 and serde_json into `CountEvent`, threads split the files |
 //!
 //! ```text
 //! cargo bench -p murmur-source-snapshot --bench snapshot
@@ -343,6 +343,48 @@ fn collect_files(dir: &FsPath, suffix: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Baseline (c) for JSON Lines, the issue's "inflate + parse": every
+/// object inflated (flate2) and every line parsed into a `CountEvent` with
+/// `CountEvent::from_json` (serde_json), counts summed; threads split the
+/// objects. No positions, records or aggregation.
+fn inflate_parse(dir: &FsPath, threads: usize) -> Run {
+    use std::io::BufRead as _;
+    let mut files = Vec::new();
+    collect_files(&dir.join("json"), ".json.gz", &mut files);
+    files.sort();
+    let started = Instant::now();
+    let total: i64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let files = &files;
+                s.spawn(move || {
+                    let mut total = 0i64;
+                    let mut line = Vec::new();
+                    for f in files.iter().skip(t).step_by(threads) {
+                        let gz = flate2::read::MultiGzDecoder::new(std::fs::File::open(f).unwrap());
+                        let mut reader = std::io::BufReader::with_capacity(1 << 16, gz);
+                        loop {
+                            line.clear();
+                            if reader.read_until(b'\n', &mut line).unwrap() == 0 {
+                                break;
+                            }
+                            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                            total += CountEvent::from_json(text).unwrap().count;
+                        }
+                    }
+                    total
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        groups: None,
+        total: Some(total),
+    }
+}
+
 /// Baseline (a) for JSON Lines: `gzip -dc | wc -l` over all objects.
 fn gzip_wc(dir: &FsPath) -> Run {
     let mut files = Vec::new();
@@ -569,6 +611,15 @@ fn main() {
     );
     let g = gzip_wc(&dir);
     report("(a) gzip -dc | wc -l", &g, total_rows, json_bytes, Some(&m));
+    let c = inflate_parse(&dir, threads);
+    report(
+        "(c) inflate + parse (flate2, serde_json)",
+        &c,
+        total_rows,
+        json_bytes,
+        Some(&m),
+    );
+    assert_eq!(c.total, m.total, "inflate + parse sum of count");
     if let Some(py) = &python {
         let from = format!(
             "read_json('{}/json/**/*.json.gz', format='newline_delimited', hive_partitioning=false)",
