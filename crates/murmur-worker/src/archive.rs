@@ -4,7 +4,9 @@
 
 use crate::cli::{ArchiveArgs, CompressionKind, ExportArgs, ExportFormatKind, ProgressMode};
 use crate::observe::Display;
-use crate::run::{Stops, connect_live, shutdown, token_flag};
+use crate::run::{
+    Stops, connect_live, live_tick, shutdown, start_of, token_flag, warn_dead_letters,
+};
 use crate::stores::{self, Backend};
 use anyhow::Context as _;
 use murmur_archive::{
@@ -19,7 +21,6 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What an archive run did (printed as JSON when it stops).
@@ -76,19 +77,14 @@ pub async fn archive(
         Encoder::count_events(),
         options,
     )?;
-    let start = match &args.token {
-        Some(json) => {
-            Start::Token(HandoffToken::from_json(json).context("--token is not a token")?)
-        }
-        None => match args.source.start {
-            crate::cli::StartKind::Earliest => Start::Earliest,
-            crate::cli::StartKind::Latest => Start::Latest,
-        },
+    let start = match token_flag(args.token.as_deref(), "--token")? {
+        Some(token) => Start::Token(token),
+        None => start_of(args.source.start),
     };
     let progress = Arc::new(Progress::new());
     let mut live = LiveOptions::from_token(HandoffToken::None);
     live.start = start;
-    live.tick = Duration::from_millis(100).min(args.max_age.max(Duration::from_millis(10)));
+    live.tick = live_tick(args.max_age);
     live.progress = progress.clone();
     let until = token_flag(args.until.as_deref(), "--until")?;
     let stops = Stops {
@@ -110,13 +106,7 @@ pub async fn archive(
     display.finish().await;
     let stats = stats?;
     let m = archive.metrics();
-    let dead_letters = murmur_source_live::LiveSource::metrics(&source).dead_letters;
-    if dead_letters > 0 {
-        tracing::warn!(
-            dead_letters,
-            "undecodable messages were sent to the dead-letter destination"
-        );
-    }
+    let dead_letters = warn_dead_letters(&*source);
     Ok(ArchiveSummary {
         records: stats.records,
         batches: m.batches,

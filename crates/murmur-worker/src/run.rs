@@ -258,10 +258,7 @@ impl Worker<'_> {
 
     /// Where live starts when no token says (`--start`).
     fn start_without_token(&self) -> Start {
-        match self.args.source.start {
-            StartKind::Earliest => Start::Earliest,
-            StartKind::Latest => Start::Latest,
-        }
+        start_of(self.args.source.start)
     }
 
     /// The backfill run id.
@@ -458,7 +455,7 @@ impl Worker<'_> {
         let options = LiveOptions {
             start,
             flush: self.flush(),
-            tick: Duration::from_millis(100).min(args.flush_max_age.max(Duration::from_millis(10))),
+            tick: live_tick(args.flush_max_age),
             dedup: self.dedup(stores),
             progress: progress.clone(),
         };
@@ -636,14 +633,35 @@ async fn drive_live<M: Render, L: LiveSource<CountEvent>>(
         shutdown,
     )
     .await?;
-    let m = source.metrics();
-    if m.dead_letters > 0 {
+    warn_dead_letters(source);
+    Ok(stats)
+}
+
+/// Logs (and returns) how many undecodable messages the source sent to its
+/// dead-letter destination.
+pub(crate) fn warn_dead_letters<L: LiveSource<CountEvent> + ?Sized>(source: &L) -> u64 {
+    let dead_letters = source.metrics().dead_letters;
+    if dead_letters > 0 {
         tracing::warn!(
-            dead_letters = m.dead_letters,
+            dead_letters,
             "undecodable messages were sent to the dead-letter destination"
         );
     }
-    Ok(stats)
+    dead_letters
+}
+
+/// Where live starts for `--start` when no token says.
+pub(crate) fn start_of(kind: StartKind) -> Start {
+    match kind {
+        StartKind::Earliest => Start::Earliest,
+        StartKind::Latest => Start::Latest,
+    }
+}
+
+/// How often the live driver looks for aged batches: often enough for a
+/// batch age of `max_age`, at most every 100 ms.
+pub(crate) fn live_tick(max_age: Duration) -> Duration {
+    Duration::from_millis(100).min(max_age.max(Duration::from_millis(10)))
 }
 
 /// Waits for another worker to complete the run; the token, or `None` when
