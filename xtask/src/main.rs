@@ -3,28 +3,38 @@
 //! Run it through the alias in `.cargo/config.toml`:
 //!
 //! ```text
-//! cargo xtask test [--no-lint] [--without kinesalite] [-- <extra `cargo test` args>]
-//! cargo xtask services [--without kinesalite] [--ignore-stdin]
+//! cargo xtask test [--no-lint] [--no-e2e] [--without kinesalite] [-- <extra `cargo test` args>]
+//! cargo xtask e2e [--scenario NAME,...] [--seed N]
+//! cargo xtask services [--without kinesalite] [--with tansu] [--ignore-stdin]
 //! cargo xtask deny
 //! ```
 //!
 //! `cargo xtask test` is *the* test command of the project (the README and
 //! `.ci/run` call it). It lints (`cargo fmt --check`, `cargo clippy -D
 //! warnings`), installs and starts the local stand-ins for AWS that the tests
-//! talk to, runs `cargo test --workspace` against them and stops them again.
+//! talk to, runs `cargo test --workspace` against them, then the end-to-end
+//! scenarios of `cargo xtask e2e` (see the [`e2e`] module), and stops the
+//! services again.
 //!
 //! # Services
 //!
 //! | service | stand-in for | started | environment exported |
 //! |---|---|---|---|
-//! | `moto` (`moto[server]==5.2.5`, PyPI; its venv also gets `pyarrow` and `duckdb`) | DynamoDB, S3, Kinesis basics | always, unless `AWS_ENDPOINT_URL` is already set | `AWS_ENDPOINT_URL`, `MURMUR_PYTHON` (the venv's python) |
+//! | `moto` (`moto[server]==5.2.5`, PyPI; its venv also gets `pyarrow`, `duckdb` and `confluent-kafka`) | DynamoDB, S3, Kinesis basics | always, unless `AWS_ENDPOINT_URL` is already set | `AWS_ENDPOINT_URL`, `MURMUR_PYTHON` (the venv's python) |
 //! | `kinesalite` (`kinesalite@3.3.3`, npm) | Kinesis with real sequence numbers (the live source's tests need it) | by default; not with `--without kinesalite` or `MURMUR_TEST_KINESALITE=0`, nor when `MURMUR_KINESALITE_ENDPOINT` is already set | `AWS_ENDPOINT_URL_KINESIS`, `MURMUR_KINESALITE_ENDPOINT` |
+//! | `tansu` (`tansu@0.6.0 --features dynostore`, crates.io, built once in the debug profile: ~7 min) | Kafka over TCP (the e2e scenarios; the tests use librdkafka's in-process mock cluster) | for the e2e scenarios, or `services --with tansu`; not when `KAFKA_BROKERS` is already set | `KAFKA_BROKERS` |
 //!
-//! To run the tests against LocalStack or a moto server of your own, set the
-//! endpoint yourself; nothing is installed or started for it then:
+//! moto runs through `xtask/services/moto_server.py`, which serves one
+//! request at a time: `moto_server` itself races concurrent UpdateItem calls
+//! on one item and can lose an `ADD`, which DynamoDB never does.
+//!
+//! To run the tests against LocalStack, a moto server of your own or a Kafka
+//! cluster, set the endpoint yourself; nothing is installed or started for it
+//! then (the moto venv is still installed: the tests' Python helpers need
+//! it):
 //!
 //! ```text
-//! AWS_ENDPOINT_URL=http://localhost:4566 cargo xtask test
+//! AWS_ENDPOINT_URL=http://localhost:4566 KAFKA_BROKERS=broker:9092 cargo xtask test
 //! ```
 //!
 //! The tests always get `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -42,7 +52,8 @@
 //!
 //! Installs live outside the repository, in `$MURMUR_CACHE_DIR`, else
 //! `$XDG_CACHE_HOME/murmur`, else `$HOME/.cache/murmur`:
-//! `venv-moto-5.2.5-pyarrow-26.0.1-duckdb-2.0.0/`, `kinesalite-3.3.3/` and `logs/<service>-<port>.log`.
+//! `venv-moto-5.2.5-pyarrow-26.0.1-duckdb-2.0.0-confluent-kafka-2.16.1/`,
+//! `kinesalite-3.3.3/`, `tansu-0.6.0/` and `logs/<service>-<port>.log`.
 //! An install is complete once its stamp file exists; the stamp is written
 //! only after the installer succeeded, so an interrupted install is redone
 //! from scratch on the next run. Delete the cache directory to reinstall.
@@ -53,6 +64,7 @@
 //!
 //! [cargo-xtask]: https://github.com/matklad/cargo-xtask
 
+mod e2e;
 mod services;
 mod signals;
 
@@ -66,7 +78,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::services::{ServiceSet, Services};
+use crate::{
+    e2e::E2eArgs,
+    services::{ServiceSet, Services, TANSU},
+};
 
 /// Project automation for Murmur.
 #[derive(Debug, Parser)]
@@ -80,8 +95,12 @@ struct Cli {
 /// The tasks `cargo xtask` knows.
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Lint, start the test services, run `cargo test --workspace`, stop the services.
+    /// Lint, start the test services, run `cargo test --workspace`, then the
+    /// end-to-end scenarios (`e2e`), stop the services.
     Test(TestArgs),
+    /// Start every service (moto, kinesalite, tansu), build the worker and
+    /// run the end-to-end scenarios against them; stop everything.
+    E2e(E2eArgs),
     /// Start the test services for local development and print their `export` lines.
     ///
     /// Runs until Ctrl-C, SIGTERM or end of standard input, then stops them.
@@ -107,6 +126,13 @@ struct TestArgs {
         conflicts_with = "with"
     )]
     without: Vec<Optional>,
+    /// Skip the end-to-end scenarios (they also skip when the extra
+    /// `cargo test` arguments select packages).
+    #[arg(long)]
+    no_e2e: bool,
+    /// The end-to-end scenarios' options.
+    #[command(flatten)]
+    e2e: E2eArgs,
     /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p murmur-core -- --nocapture`).
     #[arg(last = true)]
     cargo_test_args: Vec<OsString>,
@@ -136,6 +162,9 @@ struct ServicesArgs {
 enum Optional {
     /// kinesalite, a Kinesis stand-in with real sequence numbers (npm).
     Kinesalite,
+    /// tansu, a Kafka-compatible broker (crates.io); not started by default
+    /// by `services` and `test` (the e2e scenarios start it themselves).
+    Tansu,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +174,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.task {
         Task::Test(args) => test(args),
+        Task::E2e(args) => e2e_cmd(args),
         Task::Services(args) => services_cmd(args),
         Task::Deny => deny(),
     };
@@ -222,6 +252,7 @@ fn selected(with: &[Optional], without: &[Optional]) -> Services {
     let wanted = |s: Optional| with.contains(&s) || (!without.contains(&s) && !env_off);
     Services {
         kinesalite: wanted(Optional::Kinesalite),
+        tansu: with.contains(&Optional::Tansu),
     }
 }
 
@@ -280,12 +311,45 @@ fn test(args: TestArgs) -> Result<ExitCode> {
     );
     let mut child = cmd.spawn().context("cannot run cargo test")?;
     let status = signals::wait_forwarding(&mut child).context("waiting for cargo test")?;
-    drop(services);
-
-    if status.success() {
-        say!("tests passed ({:.1?} in total)", started.elapsed());
-    } else {
+    if !status.success() {
         say!("cargo test failed: {status}");
+        return Ok(exit_code(status));
+    }
+    say!("cargo test passed ({:.1?} so far)", started.elapsed());
+    if args.no_e2e || selects_packages(&args.cargo_test_args) {
+        say!("e2e: skipped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut services = services;
+    if !services.has(&TANSU) {
+        services.add(TANSU)?;
+    }
+    let status = e2e::run(&services, &args.e2e)?;
+    drop(services);
+    if status.success() {
+        say!(
+            "tests and e2e scenarios passed ({:.1?} in total)",
+            started.elapsed()
+        );
+    } else {
+        say!("e2e failed: {status}");
+    }
+    Ok(exit_code(status))
+}
+
+/// `cargo xtask e2e`.
+fn e2e_cmd(args: E2eArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let services = services::start(Services {
+        kinesalite: true,
+        tansu: true,
+    })?;
+    let status = e2e::run(&services, &args)?;
+    drop(services);
+    if status.success() {
+        say!("e2e scenarios passed ({:.1?})", started.elapsed());
+    } else {
+        say!("e2e failed: {status}");
     }
     Ok(exit_code(status))
 }

@@ -60,6 +60,17 @@ pub enum Install {
         /// Prefix directory inside the cache.
         dir: &'static str,
     },
+    /// A binary crate from crates.io, `cargo install --locked --debug
+    /// --root <cache>/<dir> <args>`. The debug profile: a test stand-in needs
+    /// no optimisation, and it builds in a fraction of the release time.
+    /// Its build directory (`<cache>/<dir>.build`) survives an interrupted
+    /// install, so the next attempt picks the compiled crates up again.
+    Cargo {
+        /// The `cargo install` arguments: features and `crate@version`, pinned.
+        args: &'static str,
+        /// Root directory inside the cache (the binary lands in `bin/`).
+        dir: &'static str,
+    },
 }
 
 impl Install {
@@ -68,6 +79,7 @@ impl Install {
         match self {
             Install::PipVenv { requirement, dir } => (dir, requirement),
             Install::Npm { package, dir } => (dir, package),
+            Install::Cargo { args, dir } => (dir, args),
         }
     }
 }
@@ -84,6 +96,8 @@ pub enum Readiness {
     },
     /// `GET /` gets any HTTP response at all.
     AnyHttp,
+    /// The port accepts a TCP connection.
+    Tcp,
 }
 
 /// A local service the tests can use.
@@ -97,7 +111,10 @@ pub struct Service {
     pub command: fn(install_dir: &Path, port: u16) -> Command,
     /// How to tell it is ready.
     pub readiness: Readiness,
-    /// Variables that receive its URL (`http://127.0.0.1:<port>`). If the
+    /// What precedes `127.0.0.1:<port>` in its address (`http://`, or
+    /// nothing for a Kafka bootstrap server list).
+    pub scheme: &'static str,
+    /// Variables that receive its address (`<scheme>127.0.0.1:<port>`). If the
     /// first one is already set in the environment, the service is not
     /// started: that URL is used instead (and copied into the others that are
     /// unset).
@@ -108,26 +125,38 @@ pub struct Service {
 }
 
 /// moto server: DynamoDB, S3 and Kinesis basics in one process. Its venv
-/// also holds pyarrow (tests read data Murmur did not write) and DuckDB
-/// (benchmark baselines); its `python` is exported as `MURMUR_PYTHON`.
+/// also holds pyarrow (tests read data Murmur did not write), DuckDB
+/// (benchmark baselines) and confluent-kafka (the e2e producers); its
+/// `python` is exported as `MURMUR_PYTHON`.
 pub const MOTO: Service = Service {
     name: "moto",
     install: Install::PipVenv {
-        requirement: "moto[server]==5.2.5 pyarrow==26.0.1 duckdb==2.0.0",
-        dir: "venv-moto-5.2.5-pyarrow-26.0.1-duckdb-2.0.0",
+        requirement: "moto[server]==5.2.5 pyarrow==26.0.1 duckdb==2.0.0 confluent-kafka==2.16.1",
+        dir: "venv-moto-5.2.5-pyarrow-26.0.1-duckdb-2.0.0-confluent-kafka-2.16.1",
     },
     command: moto_command,
     readiness: Readiness::HttpStatus {
         path: "/moto-api/",
         status: 200,
     },
+    scheme: "http://",
     endpoint_env: &["AWS_ENDPOINT_URL"],
     is_aws: true,
 };
 
+/// moto's own `moto_server` serves requests on concurrent threads against
+/// backends without locks, so two UpdateItem calls on one item can lose an
+/// `ADD`; `xtask/services/moto_server.py` serves them one at a time, as
+/// atomic as DynamoDB's item writes.
 fn moto_command(dir: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(dir.join("bin").join("moto_server"));
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let mut cmd = Command::new(dir.join("bin").join("python"));
+    cmd.arg(
+        crate::workspace_root()
+            .join("xtask")
+            .join("services")
+            .join("moto_server.py"),
+    )
+    .args(["127.0.0.1", &port.to_string()]);
     cmd
 }
 
@@ -140,6 +169,7 @@ pub const KINESALITE: Service = Service {
     },
     command: kinesalite_command,
     readiness: Readiness::AnyHttp,
+    scheme: "http://",
     endpoint_env: &["MURMUR_KINESALITE_ENDPOINT", "AWS_ENDPOINT_URL_KINESIS"],
     is_aws: false,
 };
@@ -158,11 +188,44 @@ fn kinesalite_command(dir: &Path, port: u16) -> Command {
     cmd
 }
 
+/// tansu: a Kafka-compatible broker, for runs that talk Kafka over TCP
+/// (`cargo xtask e2e`; the unit tests use librdkafka's in-process mock
+/// cluster). In-memory storage; nothing outlives the process.
+pub const TANSU: Service = Service {
+    name: "tansu",
+    install: Install::Cargo {
+        args: "--features dynostore tansu@0.6.0",
+        dir: "tansu-0.6.0",
+    },
+    command: tansu_command,
+    readiness: Readiness::Tcp,
+    scheme: "",
+    endpoint_env: &["KAFKA_BROKERS"],
+    is_aws: false,
+};
+
+fn tansu_command(dir: &Path, port: u16) -> Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(dir.join("bin").join("tansu"));
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--storage-engine", "memory://tansu/"])
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// Which optional services to start (moto always is, unless external).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Services {
     /// Start kinesalite too.
     pub kinesalite: bool,
+    /// Start tansu too.
+    pub tansu: bool,
 }
 
 /// The cache directory for installs and logs (outside the repository):
@@ -319,45 +382,69 @@ impl Drop for ServiceSet {
 /// Installs (if needed) and starts the selected services, waiting until they
 /// answer. On error, whatever was already started is stopped again.
 pub fn start(selection: Services) -> Result<ServiceSet> {
-    let mut wanted = vec![MOTO];
-    if selection.kinesalite {
-        wanted.push(KINESALITE);
-    }
     let mut set = ServiceSet::default();
-    let mut cache: Option<PathBuf> = None;
-    for service in wanted {
+    set.add(MOTO)?;
+    if selection.kinesalite {
+        set.add(KINESALITE)?;
+    }
+    if selection.tansu {
+        set.add(TANSU)?;
+    }
+    Ok(set)
+}
+
+impl ServiceSet {
+    /// The Python of the installed venv (`MURMUR_PYTHON`), if there is one.
+    pub fn python(&self) -> Option<&Path> {
+        self.python.as_deref()
+    }
+
+    /// Whether `service` is already part of the set.
+    pub fn has(&self, service: &Service) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.service.name == service.name)
+    }
+
+    /// Installs (if needed) and starts one more service, waiting until it
+    /// answers; or takes its address from the environment.
+    pub fn add(&mut self, service: Service) -> Result<()> {
         let primary = service.endpoint_env[0];
+        let pip = matches!(service.install, Install::PipVenv { .. });
         if let Some(url) = std::env::var(primary).ok().filter(|v| !v.is_empty()) {
             say!(
                 "{}: using {primary}={url} from the environment; not starting it",
                 service.name
             );
-            set.endpoints.push(Endpoint {
+            if pip {
+                // The venv's Python tools (pyarrow, boto3, ...) serve the
+                // tests whichever AWS endpoint they talk to.
+                let dir = install(&service, &cache_dir()?)?;
+                self.python = Some(dir.join("bin").join("python"));
+            }
+            self.endpoints.push(Endpoint {
                 service,
                 url,
                 external: true,
             });
-            continue;
+            return Ok(());
         }
-        if cache.is_none() {
-            cache = Some(cache_dir()?);
-        }
-        let cache = cache.as_deref().expect("just set");
-        let dir = install(&service, cache)?;
-        if matches!(service.install, Install::PipVenv { .. }) {
-            set.python = Some(dir.join("bin").join("python"));
+        let cache = cache_dir()?;
+        let dir = install(&service, &cache)?;
+        if pip {
+            self.python = Some(dir.join("bin").join("python"));
         }
         signals::check()?;
-        let running = launch(&service, &dir, cache)?;
-        set.endpoints.push(Endpoint {
+        let running = launch(&service, &dir, &cache)?;
+        self.endpoints.push(Endpoint {
             service,
             url: running.url.clone(),
             external: false,
         });
-        set.running.push(running);
+        self.running.push(running);
         signals::check()?;
+        Ok(())
     }
-    Ok(set)
 }
 
 /// Installs `service` into the cache unless its stamp file says it is there.
@@ -441,6 +528,25 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
                 "needs Node.js and npm (Debian: apt-get install nodejs npm) and access to the npm registry",
             )?;
         }
+        Install::Cargo { args, .. } => {
+            say!(
+                "{name}: cargo install {args} into {} (first run only, several minutes)",
+                dir.display()
+            );
+            let build = cache.join(format!("{dir_name}.build"));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut install = Command::new(cargo);
+            install
+                .args(["install", "--locked", "--debug", "--root"])
+                .arg(&dir)
+                .args(args.split_whitespace())
+                // Its own build directory, never the workspace's `target/`.
+                .env("CARGO_TARGET_DIR", &build)
+                .env("CARGO_PROFILE_DEV_DEBUG", "0")
+                .env_remove("RUSTFLAGS");
+            run_installer(install, "cargo install", "needs access to crates.io")?;
+            let _ = fs::remove_dir_all(&build);
+        }
     }
     // Written only now: an interrupted install has no stamp and is redone.
     let tmp = dir.join(format!("{STAMP}.tmp"));
@@ -513,7 +619,7 @@ fn launch(service: &Service, dir: &Path, cache: &Path) -> Result<Running> {
             .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
         let mut running = Running {
             name,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}127.0.0.1:{port}", service.scheme),
             pid: child.id(),
             child,
             log,
@@ -584,6 +690,11 @@ fn wait_ready(
         let ok = match readiness {
             Readiness::HttpStatus { path, status } => http_status(port, path) == Some(status),
             Readiness::AnyHttp => http_status(port, "/").is_some(),
+            Readiness::Tcp => TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(500),
+            )
+            .is_ok(),
         };
         if ok {
             return Ok(());

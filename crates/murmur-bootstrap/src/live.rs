@@ -182,6 +182,8 @@ pub struct LiveStats {
     pub lanes_assigned: u64,
     /// Lanes given up.
     pub lanes_revoked: u64,
+    /// Lanes that reached their end (finished Kinesis shards).
+    pub lanes_finished: u64,
 }
 
 /// Runs the live stage until `shutdown` resolves, then flushes every open
@@ -293,6 +295,16 @@ impl<T: Send + Sync + 'static, S: LaneSinks<T>> Live<'_, T, S> {
                     if source.guard(&lane).and_then(|g| g.check()).is_ok() {
                         self.drain_lane(source, &lane).await?;
                     }
+                    self.writers.remove(&lane);
+                    self.options.progress.lane_gone(&lane);
+                }
+            }
+            SourceEvent::Finished(lanes) => {
+                // The source finished these after the ack of their last
+                // batch: their writers hold nothing, and their guards are
+                // gone (a final drain would fail on them).
+                for lane in lanes {
+                    self.stats.lanes_finished += 1;
                     self.writers.remove(&lane);
                     self.options.progress.lane_gone(&lane);
                 }

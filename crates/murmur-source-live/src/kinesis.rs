@@ -1306,6 +1306,9 @@ impl<T: Send + 'static> Coordinator<T> {
         self.finished.insert(shard.to_owned());
         self.relist = true;
         tracing::info!(%lane, "shard finished");
+        let _ = self
+            .control
+            .send(Ctl::Event(SourceEvent::Finished(vec![lane])));
         Ok(())
     }
 

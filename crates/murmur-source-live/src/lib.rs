@@ -54,6 +54,8 @@
 //! 5. [`SourceEvent::Revoked`]: flush or abandon the lanes' open batches
 //!    before calling `next` again (Kafka waits for that before letting the
 //!    partitions go; the new owner resumes from the checkpoint).
+//! 6. [`SourceEvent::Finished`]: the lanes ended (a split or merged Kinesis
+//!    shard, read and checkpointed to its end); drop their writers.
 //!
 //! ```no_run
 //! use murmur_core::{CheckpointStore, MemoryStore};

@@ -76,6 +76,12 @@ pub enum SourceEvent<T> {
     /// for that call (bounded by its revoke timeout) before it lets the
     /// partitions go. For Kinesis the lease is already lost: abandon.
     Revoked(Vec<LaneId>),
+    /// These lanes reached their end and were let go: a closed Kinesis shard
+    /// read to its last record, whose final batch was acked (the ack of
+    /// [`Position::End`](murmur_core::Position::End)). Nothing of them is
+    /// left to write; the runner drops their writers. (Their children were
+    /// or will be [`Assigned`](SourceEvent::Assigned).)
+    Finished(Vec<LaneId>),
     /// Records of a started lane.
     Chunk(Chunk<T>),
 }

@@ -86,6 +86,8 @@ pub struct Runner<S, T> {
     pub lanes: Vec<LaneId>,
     pub assigned_events: usize,
     pub revoked_events: usize,
+    /// Lanes the source reported finished, in order.
+    pub finished: Vec<LaneId>,
     /// Ends of every acknowledged batch, per lane.
     pub acked_ends: HashMap<LaneId, Vec<Position>>,
 }
@@ -105,6 +107,7 @@ impl<S: LiveSource<T>, T: Clone + Send + 'static> Runner<S, T> {
             lanes: Vec::new(),
             assigned_events: 0,
             revoked_events: 0,
+            finished: Vec::new(),
             acked_ends: HashMap::new(),
         }
     }
@@ -123,6 +126,13 @@ impl<S: LiveSource<T>, T: Clone + Send + 'static> Runner<S, T> {
                 self.assigned_events += 1;
                 for lane in lanes {
                     self.start_lane(lane).await;
+                }
+            }
+            SourceEvent::Finished(lanes) => {
+                for lane in lanes {
+                    self.lanes.retain(|l| *l != lane);
+                    self.tip.remove(&lane);
+                    self.finished.push(lane);
                 }
             }
             SourceEvent::Revoked(lanes) => {

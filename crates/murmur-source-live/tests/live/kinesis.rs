@@ -325,6 +325,15 @@ async fn kinesis_split_shard_reads_children_after_parents() {
         Position::End
     );
     assert_eq!(runner.acked_ends[&parent_lane].last(), Some(&Position::End));
+    // ...and the runner was told, so it drops the lane (its guard is gone).
+    assert_eq!(runner.finished, vec![parent_lane.clone()]);
+    assert!(
+        runner
+            .source
+            .guard(&parent_lane)
+            .and_then(|g| g.check())
+            .is_err()
+    );
     for (child, _) in &children {
         let lane = kinesis_lane(&stream, child);
         let n = runner.delivered.iter().filter(|(l, _)| *l == lane).count();
