@@ -523,15 +523,35 @@ def kafka_scenario(ctx: Context, name: str, kills: int) -> str:
             f"live {summary['live_records']} records; {compared}")
 
 
-def kinesis_scenario(ctx: Context, name: str) -> str:
-    """gzipped JSON Lines on S3 -> backfill -> event-time-cut handoff ->
-    Kinesis (3 shards, one split while the producer sends)."""
+def dynamodb_table(ctx: Context, name: str, events: list[Event]) -> str:
+    """The events as items of a DynamoDB table (as a stream consumer that
+    persists them would have written them); returns the table name."""
+    ddb = boto3.resource("dynamodb")
+    table = ddb.create_table(
+        TableName=f"{ctx.run}-{name}-events",
+        KeySchema=[{"AttributeName": "event_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "event_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    table.wait_until_exists()
+    with table.batch_writer() as batch:
+        for e in events:
+            batch.put_item(Item={"event_id": e.event_id, "entity_id": e.entity_id, "count": e.count,
+                                 "occurred_at_unix_ms": e.occurred_at_ms})
+    return table.name
+
+
+def kinesis_scenario(ctx: Context, name: str, history_in: str) -> str:
+    """History (gzipped JSON Lines on S3, or a DynamoDB table scanned in
+    parallel) -> backfill -> event-time-cut handoff -> Kinesis (3 shards, one
+    split while the producer sends)."""
     rng = ctx.rng
     now = int(time.time() * 1000)
     cut = now - 60_000
     stream = f"{ctx.run}-{name}"
     pipeline = stream
-    older = make_events(rng, 20_000, cut - 30 * HOUR_MS, cut - 10 * 60_000, entities=25)
+    older = make_events(rng, 20_000 if history_in == "jsonl" else 8_000,
+                        cut - 30 * HOUR_MS, cut - 10 * 60_000, entities=25)
     overlap = make_events(rng, 2_000, cut - 10 * 60_000, cut, entities=25)  # export and stream
     early = make_events(rng, 1_000, cut, now, entities=25)  # export and stream, after the cut
     late = make_events(rng, 8_000, cut, now + HOUR_MS, entities=25)  # stream only
@@ -568,13 +588,20 @@ def kinesis_scenario(ctx: Context, name: str) -> str:
 
     # Before the export: the tail of the history and the first live events.
     put(overlap + early, None, None)
-    bucket = ctx.bucket(name)
     token = {"kind": "event_time_cut", "at_ms": cut}
-    objects = spark_jsonl_gz(ctx.s3, bucket, "events", older + overlap + early, token)
+    if history_in == "jsonl":
+        bucket = ctx.bucket(name)
+        objects = spark_jsonl_gz(ctx.s3, bucket, "events", older + overlap + early, token)
+        where = f"{objects} JSON Lines objects"
+        backfill = ["--backfill", "jsonl", "--from", f"s3://{bucket}/events"]
+    else:
+        table = dynamodb_table(ctx, name, older + overlap + early)
+        where = f"table {table} (4-segment parallel scan, at most 400 RCU/s)"
+        backfill = ["--backfill", "dynamodb", "--scan-table", table, "--scan-segments", "4",
+                    "--scan-rcu", "400", "--token", json.dumps(token)]
 
     args = ["run", "--store", "dynamodb", "--create-tables", "--pipeline", pipeline,
-            "--window", "hour", "--backfill", "jsonl", "--from", f"s3://{bucket}/events",
-            "--live", "kinesis", "--kinesis-stream", stream, "--cut-skew", "10m",
+            "--window", "hour", *backfill, "--live", "kinesis", "--kinesis-stream", stream, "--cut-skew", "10m",
             "--flush-max-age", "1s", "--progress", "never", "--stop-after-idle", "15s"]
     log = ctx.work / f"{name}-worker.log"
     worker = Worker(args, log).start()
@@ -598,7 +625,7 @@ def kinesis_scenario(ctx: Context, name: str) -> str:
         compared = compare(endpoint, truth, rng)
     finally:
         endpoint.close()
-    return (f"{len(older) + len(overlap) + len(early)} events in {objects} JSON Lines objects, "
+    return (f"{len(older) + len(overlap) + len(early)} events in {where}, "
             f"{len(overlap) + len(early) + len(late)} over Kinesis ({KINESIS_SHARDS} shards -> {shards} after a split); "
             f"cut: backfill kept {got['backfill_records']} (skipped {got['backfill_after_cut']} after it), "
             f"live kept {got['live_records']} (dropped {got['live_before_cut']} before it); {compared}")
@@ -606,7 +633,8 @@ def kinesis_scenario(ctx: Context, name: str) -> str:
 
 SCENARIOS = {
     "parquet-kafka": lambda ctx: kafka_scenario(ctx, "parquet-kafka", kills=0),
-    "jsonl-kinesis": lambda ctx: kinesis_scenario(ctx, "jsonl-kinesis"),
+    "jsonl-kinesis": lambda ctx: kinesis_scenario(ctx, "jsonl-kinesis", history_in="jsonl"),
+    "dynamodb-kinesis": lambda ctx: kinesis_scenario(ctx, "dynamodb-kinesis", history_in="dynamodb"),
     "crash": lambda ctx: kafka_scenario(ctx, "crash", kills=5),
 }
 

@@ -34,7 +34,7 @@ pub struct E2eArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Scenarios to run (default: all): parquet-kafka, jsonl-kinesis,
-    /// dynamodb-streams, crash.
+    /// dynamodb-kinesis, crash.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
 }
