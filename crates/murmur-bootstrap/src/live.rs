@@ -257,6 +257,13 @@ where
     }
     let lanes: Vec<LaneId> = run.writers.keys().cloned().collect();
     for lane in lanes {
+        // A lane let go just now (a lease lost, a shard finished, its event
+        // still on the way) is abandoned as on `Revoked`: whoever reads it
+        // next resumes from its checkpoint.
+        if let Err(e) = source.guard(&lane).and_then(|g| g.check()) {
+            tracing::info!(%lane, reason = %e, "lane no longer ours at shutdown; not drained");
+            continue;
+        }
         run.drain_lane(source, &lane).await?;
     }
     tracing::info!(
