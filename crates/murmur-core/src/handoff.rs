@@ -28,6 +28,20 @@ pub enum HandoffToken {
         /// Last included sequence number per shard id.
         sequence_numbers: BTreeMap<String, String>,
     },
+    /// DynamoDB Streams: where each shard of a table's stream stood when the
+    /// backfill's scan began (captured *before* it), so live replays every
+    /// change the scan may have missed. Changes the scan saw too come round
+    /// again: run live with per-event dedup.
+    #[serde(rename = "dynamodb_streams")]
+    DynamoDbStreams {
+        /// The table whose stream is read.
+        table: String,
+        /// Per shard id: the last sequence number at capture time (live
+        /// reads `AFTER_SEQUENCE_NUMBER`), or `null` to read the shard from
+        /// its beginning (it was empty, or the capture fell back to the
+        /// trim horizon).
+        shards: BTreeMap<String, Option<String>>,
+    },
     /// Event-time cut: the backfill kept events with `event_time < at_ms`; the
     /// live stage starts at the broker position for `at_ms - skew` and drops
     /// events with `event_time < at_ms`.
@@ -94,12 +108,24 @@ mod tests {
                     "49590338271490256608559692538361571095921575989136588898".into(),
                 )]),
             },
+            HandoffToken::DynamoDbStreams {
+                table: "events".into(),
+                shards: BTreeMap::from([
+                    ("shardId-1".into(), Some("4100000000000000000001".into())),
+                    ("shardId-2".into(), None),
+                ]),
+            },
             HandoffToken::EventTimeCut { at_ms: -5 },
             HandoffToken::None,
         ];
         for t in tokens {
             assert_eq!(HandoffToken::from_json(&t.to_json()).unwrap(), t);
         }
+        let streams = r#"{"kind":"dynamodb_streams","table":"t","shards":{"s1":"7","s2":null}}"#;
+        assert!(matches!(
+            HandoffToken::from_json(streams).unwrap(),
+            HandoffToken::DynamoDbStreams { shards, .. } if shards["s1"].as_deref() == Some("7") && shards["s2"].is_none()
+        ));
         let doc = r#"{"kind":"kafka","topic":"events","offsets":{"0":42,"1":17}}"#;
         let parsed = HandoffToken::from_json(doc).unwrap();
         assert_eq!(

@@ -73,6 +73,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A DynamoDB Streams (or the table's `DescribeTable`) call failed,
+    /// after the retries the source makes itself.
+    #[error("dynamodb streams {operation} on table {table}{} failed: {message}", shard.as_deref().map(|s| format!(" shard {s}")).unwrap_or_default())]
+    DynamoDbStreams {
+        /// What was being done (`DescribeStream`, `GetRecords`, ...).
+        operation: &'static str,
+        /// The table whose stream is read.
+        table: String,
+        /// The shard, if the call was about one.
+        shard: Option<String>,
+        /// The service's error, with its context.
+        message: String,
+    },
+
     /// A lease table call failed.
     #[error("lease table {table}: {operation} failed: {message}")]
     LeaseTable {

@@ -18,9 +18,7 @@ use crate::source::{
     Chunk, Counters, GuardState, LeaseGuard, LiveSource, Metrics, SourceEvent, Start,
 };
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use murmur_core::{HandoffToken, LaneId, Position, Record};
@@ -30,6 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+/// The lane prefix of DynamoDB Streams sources.
+pub(crate) const DYNAMODB_STREAMS: &str = "dynamodb-streams";
 
 /// Prefix of the lane-start-only position "read `AT_TIMESTAMP`" (see the
 /// crate docs): `Position::Sequence { sequence: "at_timestamp:<ms>" }`.
@@ -46,9 +47,9 @@ fn at_timestamp(ms: i64) -> Position {
     }
 }
 
-/// A Kinesis lane position, decoded.
+/// A shard lane position, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Cursor {
+pub(crate) enum Cursor {
     /// `TRIM_HORIZON`.
     Beginning,
     /// `AT_TIMESTAMP` (ms).
@@ -150,6 +151,11 @@ impl KinesisConfig {
         }
     }
 
+    /// The stream read (for DynamoDB Streams: the table).
+    pub(crate) fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
     /// This worker's name in the lease table (default `worker-<pid>`; make
     /// it unique per process).
     pub fn worker_id(mut self, id: &str) -> Self {
@@ -219,20 +225,20 @@ impl KinesisConfig {
 
 /// A shard as listed.
 #[derive(Debug, Clone)]
-struct ShardInfo {
-    parents: Vec<String>,
+pub(crate) struct ShardInfo {
+    pub(crate) parents: Vec<String>,
 }
 
 /// What a failed call calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(crate) enum Class {
     Expired,
     Throttled,
     Transient,
     Fatal,
 }
 
-fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
+pub(crate) fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             Class::Transient
@@ -242,6 +248,7 @@ fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
             Some(
                 "ProvisionedThroughputExceededException"
                 | "LimitExceededException"
+                | "RequestLimitExceeded"
                 | "KMSThrottlingException"
                 | "ThrottlingException",
             ) => Class::Throttled,
@@ -287,75 +294,104 @@ impl Backoff {
     }
 }
 
-struct LaneEntry {
-    guard: Arc<GuardState>,
-    epoch: u64,
+/// A failed call of a [`ShardApi`]: what it calls for, and the error to
+/// report if it is not retried.
+pub(crate) struct CallError {
+    pub(crate) class: Class,
+    pub(crate) error: Error,
 }
 
-struct Shared<T> {
-    config: KinesisConfig,
-    name: String,
-    decoder: Decoder<T>,
-    counters: Counters,
+/// One record of a `GetRecords` page.
+pub(crate) struct RawRecord {
+    pub(crate) sequence: String,
+    /// When the service received it (Unix ms).
+    pub(crate) arrival_ms: Option<i64>,
+    /// The event's bytes (JSON for DynamoDB Streams), or why the record
+    /// carries no event (a DynamoDB `REMOVE`): passed over, position kept.
+    pub(crate) data: std::result::Result<Vec<u8>, &'static str>,
+}
+
+/// One `GetRecords` page.
+pub(crate) struct Page {
+    pub(crate) records: Vec<RawRecord>,
+    /// `None`: the shard is closed and this was its last page.
+    pub(crate) next: Option<String>,
+    /// How far behind the tip the page is, when the service says.
+    pub(crate) millis_behind: Option<i64>,
+}
+
+/// The calls a shard-stream source makes, so that Kinesis and DynamoDB
+/// Streams (the same shard / iterator / lineage model) share one reader,
+/// one coordinator and one lease protocol.
+#[async_trait::async_trait]
+pub(crate) trait ShardApi: Send + Sync + 'static {
+    /// The lane prefix (`kinesis`, `dynamodb-streams`).
+    fn kind(&self) -> &'static str;
+    /// Every shard of the stream, with its parents.
+    async fn list_shards(&self) -> std::result::Result<BTreeMap<String, ShardInfo>, CallError>;
+    /// A shard iterator at `cursor`.
+    async fn iterator(
+        &self,
+        shard: &str,
+        cursor: &Cursor,
+    ) -> std::result::Result<String, CallError>;
+    /// One page from `iterator`.
+    async fn get_records(
+        &self,
+        shard: &str,
+        iterator: &str,
+        limit: i32,
+    ) -> std::result::Result<Page, CallError>;
+}
+
+/// [`ShardApi`] over Kinesis.
+struct KinesisApi {
     client: Client,
-    leases: Option<LeaseTable>,
-    lanes: Mutex<HashMap<String, LaneEntry>>,
-    failure: Mutex<Option<String>>,
+    stream: String,
 }
 
-impl<T: Send + 'static> Shared<T> {
-    fn lane(&self, shard: &str) -> LaneId {
-        kinesis_lane(&self.config.stream, shard)
-    }
-
-    fn shard_of(&self, lane: &LaneId) -> Result<String> {
-        let prefix = format!("kinesis:{}:", self.config.stream);
-        match lane.as_str().strip_prefix(&prefix) {
-            Some(shard) if !shard.is_empty() && !shard.contains(':') => Ok(shard.to_owned()),
-            _ => Err(Error::UnknownLane {
-                lane: lane.clone(),
-                reason: format!("this source's lanes are {prefix}<shardId>"),
-            }),
-        }
-    }
-
-    fn kinesis_err<E, R>(
+impl KinesisApi {
+    fn err<E, R>(
         &self,
         operation: &'static str,
         shard: Option<&str>,
-        e: &SdkError<E, R>,
-    ) -> Error
+        e: SdkError<E, R>,
+    ) -> CallError
     where
-        E: std::error::Error + 'static,
+        E: std::error::Error + ProvideErrorMetadata + 'static,
         R: fmt::Debug,
     {
-        Error::Kinesis {
-            operation,
-            stream: self.config.stream.clone(),
-            shard: shard.map(str::to_owned),
-            message: DisplayErrorContext(e).to_string(),
+        CallError {
+            class: classify(&e),
+            error: Error::Kinesis {
+                operation,
+                stream: self.stream.clone(),
+                shard: shard.map(str::to_owned),
+                message: DisplayErrorContext(&e).to_string(),
+            },
         }
     }
+}
 
-    async fn list_shards(&self) -> Result<BTreeMap<String, ShardInfo>> {
+#[async_trait::async_trait]
+impl ShardApi for KinesisApi {
+    fn kind(&self) -> &'static str {
+        "kinesis"
+    }
+
+    async fn list_shards(&self) -> std::result::Result<BTreeMap<String, ShardInfo>, CallError> {
         let mut shards = BTreeMap::new();
         let mut token: Option<String> = None;
-        let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
             let mut req = self.client.list_shards();
             req = match &token {
                 Some(t) => req.next_token(t),
-                None => req.stream_name(&self.config.stream),
+                None => req.stream_name(&self.stream),
             };
-            let out = match req.send().await {
-                Ok(out) => out,
-                Err(e) if matches!(classify(&e), Class::Throttled | Class::Transient) => {
-                    Counters::add(&self.counters.throttled, 1);
-                    backoff.wait().await;
-                    continue;
-                }
-                Err(e) => return Err(self.kinesis_err("ListShards", None, &e)),
-            };
+            let out = req
+                .send()
+                .await
+                .map_err(|e| self.err("ListShards", None, e))?;
             for s in out.shards() {
                 let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
                     .into_iter()
@@ -375,11 +411,11 @@ impl<T: Send + 'static> Shared<T> {
         &self,
         shard: &str,
         cursor: &Cursor,
-    ) -> Result<String, SdkError<GetShardIteratorError, HttpResponse>> {
+    ) -> std::result::Result<String, CallError> {
         let req = self
             .client
             .get_shard_iterator()
-            .stream_name(&self.config.stream)
+            .stream_name(&self.stream)
             .shard_id(shard);
         let req = match cursor {
             Cursor::Beginning | Cursor::End => {
@@ -392,44 +428,147 @@ impl<T: Send + 'static> Shared<T> {
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(s.as_str()),
         };
-        let out = req.send().await?;
-        Ok(out.shard_iterator().unwrap_or_default().to_owned())
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.err("GetShardIterator", Some(shard), e))?;
+        Ok(out.shard_iterator.unwrap_or_default())
     }
 
-    /// Decodes one `GetRecords` page; records at or before `after` are
-    /// dropped (never delivered twice).
+    async fn get_records(
+        &self,
+        shard: &str,
+        iterator: &str,
+        limit: i32,
+    ) -> std::result::Result<Page, CallError> {
+        let out = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| self.err("GetRecords", Some(shard), e))?;
+        Ok(Page {
+            records: out
+                .records
+                .into_iter()
+                .map(|r| RawRecord {
+                    arrival_ms: r
+                        .approximate_arrival_timestamp
+                        .and_then(|t| t.to_millis().ok()),
+                    sequence: r.sequence_number,
+                    data: Ok(r.data.into_inner()),
+                })
+                .collect(),
+            next: out.next_shard_iterator,
+            millis_behind: out.millis_behind_latest,
+        })
+    }
+}
+
+struct LaneEntry {
+    guard: Arc<GuardState>,
+    epoch: u64,
+}
+
+struct Shared<T> {
+    config: KinesisConfig,
+    name: String,
+    decoder: Decoder<T>,
+    counters: Counters,
+    api: Arc<dyn ShardApi>,
+    /// Where dead letters go, with [`KinesisConfig::dead_letter_stream`].
+    dead_letter_client: Option<Client>,
+    leases: Option<LeaseTable>,
+    lanes: Mutex<HashMap<String, LaneEntry>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl<T: Send + 'static> Shared<T> {
+    fn lane(&self, shard: &str) -> LaneId {
+        LaneId::new(format!("{}{shard}", self.lane_prefix()))
+    }
+
+    /// `<kind>:<stream>:`, what every lane id of this source starts with.
+    fn lane_prefix(&self) -> String {
+        format!("{}:{}:", self.api.kind(), self.config.stream)
+    }
+
+    fn shard_of(&self, lane: &LaneId) -> Result<String> {
+        let prefix = self.lane_prefix();
+        match lane.as_str().strip_prefix(&prefix) {
+            Some(shard) if !shard.is_empty() && !shard.contains(':') => Ok(shard.to_owned()),
+            _ => Err(Error::UnknownLane {
+                lane: lane.clone(),
+                reason: format!("this source's lanes are {prefix}<shardId>"),
+            }),
+        }
+    }
+
+    /// Every shard, retrying throttled and transient failures.
+    async fn list_shards(&self) -> Result<BTreeMap<String, ShardInfo>> {
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        loop {
+            match self.api.list_shards().await {
+                Ok(shards) => return Ok(shards),
+                Err(e) if matches!(e.class, Class::Throttled | Class::Transient) => {
+                    Counters::add(&self.counters.throttled, 1);
+                    backoff.wait().await;
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    /// Decodes one `GetRecords` page read from `from`; records at or
+    /// before it (a sequence number, or arrival before an `AT_TIMESTAMP`
+    /// start, which DynamoDB Streams only has this way) are dropped (never
+    /// delivered twice).
     fn decode(
         &self,
         shard: &str,
-        after: Option<&SequenceNumber>,
-        records: &[aws_sdk_kinesis::types::Record],
+        from: &Cursor,
+        records: Vec<RawRecord>,
     ) -> (Vec<Record<T>>, Vec<DeadLetter>, Option<SequenceNumber>, u64) {
         let mut out = Vec::with_capacity(records.len());
         let mut dead = Vec::new();
         let mut last = None;
         let mut skipped = 0;
         for r in records {
-            let Some(seq) = SequenceNumber::parse(r.sequence_number()) else {
+            let payload =
+                |data: std::result::Result<Vec<u8>, &'static str>| data.unwrap_or_default();
+            let Some(seq) = SequenceNumber::parse(&r.sequence) else {
                 dead.push(DeadLetter {
                     shard: shard.to_owned(),
-                    sequence: r.sequence_number().to_owned(),
+                    sequence: r.sequence,
                     reason: "invalid sequence number".into(),
-                    payload: r.data().as_ref().to_vec(),
+                    payload: payload(r.data),
                 });
                 continue;
             };
-            if after.is_some_and(|a| seq <= *a) {
+            let before_start = match from {
+                Cursor::After(a) => seq <= *a,
+                Cursor::AtTimestamp(ms) => last.is_none() && r.arrival_ms.is_some_and(|t| t < *ms),
+                _ => false,
+            };
+            if before_start {
                 continue;
             }
-            let arrival = r
-                .approximate_arrival_timestamp()
-                .and_then(|t| t.to_millis().ok());
+            let data = match r.data {
+                Ok(data) => data,
+                Err(what) => {
+                    tracing::debug!(%shard, sequence = %seq, what, "record without an event passed over");
+                    last = Some(seq);
+                    continue;
+                }
+            };
             let position = Position::Sequence {
                 sequence: Arc::from(seq.as_str()),
             };
             match self
                 .decoder
-                .decode_message(Some(r.data().as_ref()), arrival, position)
+                .decode_message(Some(&data), r.arrival_ms, position)
             {
                 Outcome::Record(rec) => out.push(rec),
                 Outcome::BeforeCut => skipped += 1,
@@ -437,7 +576,7 @@ impl<T: Send + 'static> Shared<T> {
                     shard: shard.to_owned(),
                     sequence: seq.as_str().to_owned(),
                     reason,
-                    payload: r.data().as_ref().to_vec(),
+                    payload: data,
                 }),
             }
             last = Some(seq);
@@ -468,7 +607,12 @@ impl<T: Send + 'static> Shared<T> {
             });
             tracing::warn!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason, dead_letter_stream = %dlq,
                 "undecodable record sent to the dead-letter stream");
-            self.client
+            let Some(client) = &self.dead_letter_client else {
+                return Err(Error::Config {
+                    reason: "a dead-letter stream without a Kinesis client".into(),
+                });
+            };
+            client
                 .put_record()
                 .stream_name(dlq)
                 .partition_key(&d.shard)
@@ -536,10 +680,7 @@ impl<T: Send + 'static> Shared<T> {
             return Ok(Vec::new());
         }
         let mut records = Vec::new();
-        let mut after = match &from {
-            Cursor::After(s) => Some(s.clone()),
-            _ => None,
-        };
+        let mut at = from.clone();
         let mut iterator: Option<String> = None;
         let mut backoff = Backoff::new(self.config.max_backoff);
         let mut empty_at_tip = 0;
@@ -547,34 +688,23 @@ impl<T: Send + 'static> Shared<T> {
         loop {
             let it = match iterator.take() {
                 Some(it) => it,
-                None => {
-                    let cursor = after
-                        .clone()
-                        .map(Cursor::After)
-                        .unwrap_or_else(|| from.clone());
-                    match self.iterator(shard, &cursor).await {
-                        Ok(it) => it,
-                        Err(e) if classify(&e) != Class::Fatal => {
-                            backoff.wait().await;
-                            continue;
-                        }
-                        Err(e) => {
-                            return Err(self.kinesis_err("GetShardIterator", Some(shard), &e));
-                        }
+                None => match self.api.iterator(shard, &at).await {
+                    Ok(it) => it,
+                    Err(e) if e.class != Class::Fatal => {
+                        backoff.wait().await;
+                        continue;
                     }
-                }
+                    Err(e) => return Err(e.error),
+                },
             };
             pace(&mut last_call, self.config.min_call_interval).await;
             let out = match self
-                .client
-                .get_records()
-                .shard_iterator(&it)
-                .limit(self.config.get_records_limit)
-                .send()
+                .api
+                .get_records(shard, &it, self.config.get_records_limit)
                 .await
             {
                 Ok(out) => out,
-                Err(e) => match classify(&e) {
+                Err(e) => match e.class {
                     Class::Expired => continue,
                     Class::Throttled | Class::Transient => {
                         Counters::add(&self.counters.throttled, 1);
@@ -582,45 +712,41 @@ impl<T: Send + 'static> Shared<T> {
                         iterator = Some(it);
                         continue;
                     }
-                    Class::Fatal => return Err(self.kinesis_err("GetRecords", Some(shard), &e)),
+                    Class::Fatal => return Err(e.error),
                 },
             };
             backoff.reset();
-            let page: Vec<_> = match &last {
+            let listed = out.records.len();
+            let page: Vec<RawRecord> = match &last {
                 Some(l) => out
-                    .records()
-                    .iter()
-                    .take_while(|r| {
-                        SequenceNumber::parse(r.sequence_number()).is_some_and(|s| s <= *l)
-                    })
-                    .cloned()
+                    .records
+                    .into_iter()
+                    .take_while(|r| SequenceNumber::parse(&r.sequence).is_some_and(|s| s <= *l))
                     .collect(),
-                None => out.records().to_vec(),
+                None => out.records,
             };
-            let reached_end = last.is_some() && page.len() < out.records().len();
-            let (mut got, dead, seen, _) = self.decode(shard, after.as_ref(), &page);
+            let reached_end = last.is_some() && page.len() < listed;
+            let (mut got, dead, seen, _) = self.decode(shard, &at, page);
             self.dead_letters(dead).await?;
             records.append(&mut got);
             if let Some(s) = seen {
-                after = Some(s);
+                at = Cursor::After(s);
             }
-            if reached_end || (last.is_some() && after.as_ref() == last.as_ref()) {
+            let done = matches!((&at, &last), (Cursor::After(a), Some(l)) if a == l);
+            if reached_end || done {
                 return Ok(records);
             }
-            match out.next_shard_iterator() {
+            match out.next {
                 None if last.is_none() => return Ok(records),
                 None => return Err(replay_err("the shard closed before the range end".into())),
-                Some(next) => iterator = Some(next.to_owned()),
+                Some(next) => iterator = Some(next),
             }
-            if out.records().is_empty() {
+            if listed == 0 {
                 empty_at_tip += 1;
-                if empty_at_tip >= 20 && out.millis_behind_latest() == Some(0) {
+                if empty_at_tip >= 20 && out.millis_behind == Some(0) {
                     return Err(replay_err(format!(
                         "the shard holds nothing after {}",
-                        after
-                            .as_ref()
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "the start".into())
+                        at.position()
                     )));
                 }
             } else {
@@ -730,6 +856,21 @@ impl<T: Send + 'static> KinesisSource<T> {
         client: Client,
         decoder: Decoder<T>,
     ) -> Result<Self> {
+        let api = Arc::new(KinesisApi {
+            client: client.clone(),
+            stream: config.stream.clone(),
+        });
+        let dead_letters = config.dead_letter_stream.is_some().then_some(client);
+        Self::connect_api(config, api, dead_letters, decoder).await
+    }
+
+    /// Starts the coordinator over any [`ShardApi`].
+    pub(crate) async fn connect_api(
+        config: KinesisConfig,
+        api: Arc<dyn ShardApi>,
+        dead_letter_client: Option<Client>,
+        decoder: Decoder<T>,
+    ) -> Result<Self> {
         if config.stream.is_empty() || config.stream.contains(':') {
             return Err(Error::Config {
                 reason: format!("invalid stream name {:?}", config.stream),
@@ -742,10 +883,11 @@ impl<T: Send + 'static> KinesisSource<T> {
             duration: l.duration,
         });
         let shared = Arc::new(Shared {
-            name: format!("kinesis:{}", config.stream),
+            name: format!("{}:{}", api.kind(), config.stream),
             decoder,
             counters: Counters::default(),
-            client,
+            api,
+            dead_letter_client,
             leases,
             lanes: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
@@ -788,6 +930,28 @@ impl<T: Send + 'static> KinesisSource<T> {
         }
     }
 
+    /// Where `shard` starts under a token of positions per shard of
+    /// `stream` (see [`resolve_token`]).
+    async fn from_token(
+        &self,
+        lane: &LaneId,
+        shard: &str,
+        stream: &str,
+        positions: &BTreeMap<String, Option<String>>,
+    ) -> Result<Position> {
+        if stream != self.shared.config.stream {
+            return Err(Error::Token {
+                lane: lane.clone(),
+                reason: format!(
+                    "the token is for stream {stream}, this source reads {}",
+                    self.shared.config.stream
+                ),
+            });
+        }
+        let shards = self.shared.list_shards().await?;
+        resolve_token(lane, shard, &shards, positions)
+    }
+
     async fn command(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Cmd) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.cmds
@@ -819,24 +983,24 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
             Start::Token(HandoffToken::Kinesis {
                 stream,
                 sequence_numbers,
-            }) => {
-                if *stream != self.shared.config.stream {
-                    return Err(Error::Token {
-                        lane: lane.clone(),
-                        reason: format!(
-                            "the token is for stream {stream}, this source reads {}",
-                            self.shared.config.stream
-                        ),
-                    });
-                }
-                let shards = self.shared.list_shards().await?;
-                resolve_token(lane, &shard, &shards, sequence_numbers)?
+            }) if self.shared.api.kind() == "kinesis" => {
+                let positions = sequence_numbers
+                    .iter()
+                    .map(|(shard, seq)| (shard.clone(), Some(seq.clone())))
+                    .collect();
+                self.from_token(lane, &shard, stream, &positions).await?
+            }
+            Start::Token(HandoffToken::DynamoDbStreams { table, shards })
+                if self.shared.api.kind() == DYNAMODB_STREAMS =>
+            {
+                self.from_token(lane, &shard, table, shards).await?
             }
             Start::Token(other) => {
                 return Err(Error::Token {
                     lane: lane.clone(),
                     reason: format!(
-                        "a Kinesis source cannot start from token {}",
+                        "a {} source cannot start from token {}",
+                        self.shared.api.kind(),
                         other.to_json()
                     ),
                 });
@@ -936,16 +1100,20 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
     }
 }
 
-/// Where a shard starts under a Kinesis handoff token: its sequence
-/// number; the beginning for shards born after the token's shards
-/// (descendants); the end for shards the token's shards descend from.
+/// Where a shard starts under a handoff token of positions per shard: after
+/// its sequence number (its beginning for `None`); the beginning for shards
+/// born after the token's shards (descendants); the end for shards the
+/// token's shards descend from.
 fn resolve_token(
     lane: &LaneId,
     shard: &str,
     shards: &BTreeMap<String, ShardInfo>,
-    token: &BTreeMap<String, String>,
+    token: &BTreeMap<String, Option<String>>,
 ) -> Result<Position> {
     if let Some(seq) = token.get(shard) {
+        let Some(seq) = seq else {
+            return Ok(Position::Beginning);
+        };
         let seq = SequenceNumber::parse(seq).ok_or_else(|| Error::Token {
             lane: lane.clone(),
             reason: format!("{seq:?} is not a sequence number"),
@@ -1155,7 +1323,7 @@ impl<T: Send + 'static> Coordinator<T> {
 
     async fn tick_leases(&mut self) -> Result<()> {
         let table = self.shared.leases.clone().expect("lease mode");
-        let prefix = format!("kinesis:{}:", self.shared.config.stream);
+        let prefix = self.shared.lane_prefix();
         let rows = table.scan(&prefix).await?;
         let now = Instant::now();
         let by_shard: HashMap<String, _> = rows
@@ -1360,27 +1528,24 @@ impl<T: Send + 'static> Reader<T> {
             }
             let it = match iterator.take() {
                 Some(it) => it,
-                None => match s.iterator(shard, &pos).await {
+                None => match s.api.iterator(shard, &pos).await {
                     Ok(it) => it,
-                    Err(e) if classify(&e) != Class::Fatal => {
+                    Err(e) if e.class != Class::Fatal => {
                         Counters::add(&s.counters.throttled, 1);
                         backoff.wait().await;
                         continue;
                     }
-                    Err(e) => return Err(s.kinesis_err("GetShardIterator", Some(shard), &e)),
+                    Err(e) => return Err(e.error),
                 },
             };
             pace(&mut last_call, s.config.min_call_interval).await;
             let out = match s
-                .client
-                .get_records()
-                .shard_iterator(&it)
-                .limit(s.config.get_records_limit)
-                .send()
+                .api
+                .get_records(shard, &it, s.config.get_records_limit)
                 .await
             {
                 Ok(out) => out,
-                Err(e) => match classify(&e) {
+                Err(e) => match e.class {
                     Class::Expired => {
                         Counters::add(&s.counters.iterators_renewed, 1);
                         tracing::debug!(%lane, position = %pos.position(), "shard iterator expired; renewing from the last position");
@@ -1388,22 +1553,19 @@ impl<T: Send + 'static> Reader<T> {
                     }
                     Class::Throttled | Class::Transient => {
                         Counters::add(&s.counters.throttled, 1);
-                        tracing::debug!(%lane, error = %DisplayErrorContext(&e), "GetRecords throttled or failed; backing off");
+                        tracing::debug!(%lane, error = %e.error, "GetRecords throttled or failed; backing off");
                         backoff.wait().await;
                         iterator = Some(it);
                         continue;
                     }
-                    Class::Fatal => return Err(s.kinesis_err("GetRecords", Some(shard), &e)),
+                    Class::Fatal => return Err(e.error),
                 },
             };
             backoff.reset();
-            let next = out.next_shard_iterator().map(str::to_owned);
-            if !out.records().is_empty() || next.is_none() {
-                let after = match &pos {
-                    Cursor::After(a) => Some(a),
-                    _ => None,
-                };
-                let (records, dead, last, skipped) = s.decode(shard, after, out.records());
+            let next = out.next;
+            let listed = out.records.len();
+            if listed > 0 || next.is_none() {
+                let (records, dead, last, skipped) = s.decode(shard, &pos, out.records);
                 s.dead_letters(dead).await?;
                 Counters::add(&s.counters.skipped_before_cut, skipped);
                 let end = match (&next, last) {
@@ -1436,7 +1598,7 @@ impl<T: Send + 'static> Reader<T> {
                 }
                 Some(n) => iterator = Some(n),
             }
-            if out.records().is_empty() {
+            if listed == 0 {
                 tokio::time::sleep(
                     s.config
                         .idle_wait
@@ -1477,8 +1639,8 @@ mod tests {
         ]);
         let seq = "49590338271490256608559692538361571095921575989136588898";
         let token = BTreeMap::from([
-            ("1".to_string(), seq.to_string()),
-            ("2".to_string(), seq.to_string()),
+            ("1".to_string(), Some(seq.to_string())),
+            ("2".to_string(), Some(seq.to_string())),
         ]);
         let lane = LaneId::new("kinesis:s:x");
         let r = |s: &str| resolve_token(&lane, s, &graph, &token);
@@ -1487,6 +1649,12 @@ mod tests {
             Position::Sequence {
                 sequence: Arc::from(seq)
             }
+        );
+        // A shard captured empty starts at its beginning.
+        let empty = BTreeMap::from([("1".to_string(), None)]);
+        assert_eq!(
+            resolve_token(&lane, "1", &graph, &empty).unwrap(),
+            Position::Beginning
         );
         assert_eq!(r("0").unwrap(), Position::End);
         assert_eq!(r("3").unwrap(), Position::Beginning);

@@ -133,6 +133,7 @@
 //! offsets involved.
 
 mod decode;
+mod dynamodb_streams;
 mod error;
 mod kafka;
 mod kinesis;
@@ -141,6 +142,7 @@ mod sequence;
 mod source;
 
 pub use decode::Decoder;
+pub use dynamodb_streams::{DynamoDbStreamsConfig, DynamoDbStreamsSource, dynamodb_streams_lane};
 // The canonical counting event lives in murmur-core (one type for backfill
 // and live); re-exported for `Decoder::count_events` users.
 pub use error::{Error, Result};

@@ -49,6 +49,23 @@ pub async fn moto_dynamodb(test: &str) -> Option<aws_sdk_dynamodb::Client> {
     Some(aws_sdk_dynamodb::Client::new(&sdk(&endpoint).await))
 }
 
+/// Runs `runner` until `done` or the deadline.
+pub async fn drive<S: LiveSource<T>, T: Clone + Send + 'static>(
+    runner: &mut Runner<S, T>,
+    secs: u64,
+    done: impl Fn(&Runner<S, T>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !done(runner) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: timed out",
+            runner.name
+        );
+        runner.step(Duration::from_millis(200)).await;
+    }
+}
+
 /// A name unique to this test run.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)

@@ -1,6 +1,6 @@
 //! The Kafka source against librdkafka's in-process mock cluster.
 
-use crate::common::Runner;
+use crate::common::{Runner, drive};
 use murmur_core::{CheckpointStore, HandoffToken, LaneId, MemoryStore, Position};
 use murmur_source_live::{
     CountEvent, Decoder, Error, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
@@ -48,19 +48,6 @@ fn offset(p: &Position) -> i64 {
     match p {
         Position::Offset { offset } => *offset,
         other => panic!("not an offset: {other}"),
-    }
-}
-
-/// Runs `runner` until `done` or the deadline.
-async fn drive<S: LiveSource<CountEvent>>(
-    runner: &mut Runner<S, CountEvent>,
-    secs: u64,
-    done: impl Fn(&Runner<S, CountEvent>) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done(runner) {
-        assert!(Instant::now() < deadline, "{}: timed out", runner.name);
-        runner.step(Duration::from_millis(200)).await;
     }
 }
 

@@ -1,14 +1,14 @@
 //! The Kinesis source against kinesalite (real 56-digit sequence numbers)
 //! and, for shard leases, moto's DynamoDB.
 
-use crate::common::{Runner, kinesalite, moto_dynamodb, unique};
+use crate::common::{Runner, drive, kinesalite, moto_dynamodb, unique};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use murmur_core::{CheckpointStore, HandoffToken, LaneId, MemoryStore, Position, store::now_ms};
 use murmur_source_live::{
-    CountEvent, Decoder, KinesisConfig, KinesisSource, LiveSource, SequenceNumber, Start,
-    ensure_lease_table, kinesis_lane,
+    Decoder, KinesisConfig, KinesisSource, LiveSource, SequenceNumber, Start, ensure_lease_table,
+    kinesis_lane,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -90,18 +90,6 @@ fn seq(p: &Position) -> SequenceNumber {
 
 fn config(stream: &str) -> KinesisConfig {
     KinesisConfig::new(stream).idle_wait(Duration::from_millis(200))
-}
-
-async fn drive<S: LiveSource<CountEvent>>(
-    runner: &mut Runner<S, CountEvent>,
-    secs: u64,
-    done: impl Fn(&Runner<S, CountEvent>) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done(runner) {
-        assert!(Instant::now() < deadline, "{}: timed out", runner.name);
-        runner.step(Duration::from_millis(300)).await;
-    }
 }
 
 #[tokio::test]
