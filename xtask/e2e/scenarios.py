@@ -523,22 +523,34 @@ def kafka_scenario(ctx: Context, name: str, kills: int) -> str:
             f"live {summary['live_records']} records; {compared}")
 
 
-def dynamodb_table(ctx: Context, name: str, events: list[Event]) -> str:
+def dynamodb_table(ctx: Context, name: str, events: list[Event], stream: bool = False):
     """The events as items of a DynamoDB table (as a stream consumer that
-    persists them would have written them); returns the table name."""
+    persists them would have written them), optionally with a stream of new
+    images; returns the boto3 table."""
     ddb = boto3.resource("dynamodb")
+    extra = {"StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}} if stream else {}
     table = ddb.create_table(
         TableName=f"{ctx.run}-{name}-events",
         KeySchema=[{"AttributeName": "event_id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "event_id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
+        **extra,
     )
     table.wait_until_exists()
+    put_items(table, events)
+    return table
+
+
+def put_items(table, events: list[Event], rate: float | None = None) -> None:
+    started = time.monotonic()
     with table.batch_writer() as batch:
-        for e in events:
+        for i, e in enumerate(events):
             batch.put_item(Item={"event_id": e.event_id, "entity_id": e.entity_id, "count": e.count,
                                  "occurred_at_unix_ms": e.occurred_at_ms})
-    return table.name
+            if rate and i % 25 == 24:
+                ahead = (i + 1) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
 
 
 def kinesis_scenario(ctx: Context, name: str, history_in: str) -> str:
@@ -595,7 +607,7 @@ def kinesis_scenario(ctx: Context, name: str, history_in: str) -> str:
         where = f"{objects} JSON Lines objects"
         backfill = ["--backfill", "jsonl", "--from", f"s3://{bucket}/events"]
     else:
-        table = dynamodb_table(ctx, name, older + overlap + early)
+        table = dynamodb_table(ctx, name, older + overlap + early).name
         where = f"table {table} (4-segment parallel scan, at most 400 RCU/s)"
         backfill = ["--backfill", "dynamodb", "--scan-table", table, "--scan-segments", "4",
                     "--scan-rcu", "400", "--token", json.dumps(token)]
@@ -631,10 +643,72 @@ def kinesis_scenario(ctx: Context, name: str, history_in: str) -> str:
             f"live kept {got['live_records']} (dropped {got['live_before_cut']} before it); {compared}")
 
 
+def streams_scenario(ctx: Context, name: str) -> str:
+    """A DynamoDB table with a stream -> parallel-scan backfill, the stream's
+    position captured before the scan -> live from DynamoDB Streams, while a
+    writer keeps adding items (during the scan too) and touching old ones;
+    per-event dedup absorbs what the scan and the stream both saw."""
+    rng = ctx.rng
+    now = int(time.time() * 1000)
+    before = make_events(rng, 3_000, now - 30 * HOUR_MS, now - 60_000, entities=25)
+    during = make_events(rng, 1_500, now - HOUR_MS, now + HOUR_MS, entities=25)
+    modified = rng.sample(before, 100)
+    table = dynamodb_table(ctx, name, before, stream=True)
+    # History is older than the capture (whose cut is the start of the
+    # second before it: creation times are whole seconds).
+    time.sleep(2.5)
+    pipeline = f"{ctx.run}-{name}"
+    args = ["run", "--store", "dynamodb", "--create-tables", "--pipeline", pipeline,
+            "--window", "hour", "--backfill", "dynamodb", "--scan-table", table.name,
+            "--scan-segments", "4", "--scan-page-size", "200", "--live", "dynamodb-streams",
+            "--streams-table", table.name, "--dedup", "--flush-max-age", "1s",
+            "--progress", "never", "--stop-after-idle", "15s"]
+    log = ctx.work / f"{name}-worker.log"
+    worker = Worker(args, log).start()
+
+    def write() -> None:
+        # From the moment the worker took the stream's position (before its
+        # scan): these changes are in the stream after it, and some in the
+        # scan too.
+        while "position captured before the scan" not in log.read_text(errors="replace"):
+            if worker.proc.poll() is not None or time.monotonic() - started > 120:
+                raise Mismatch(f"the worker did not capture the stream position\n{log_tail(log)}")
+            time.sleep(0.05)
+        put_items(table, during, rate=300.0)
+        # A MODIFY of items already counted: their new images come round
+        # again, and dedup drops them.
+        for e in modified:
+            table.update_item(Key={"event_id": e.event_id}, UpdateExpression="SET seen = :t",
+                              ExpressionAttributeValues={":t": True})
+
+    started = time.monotonic()
+    writer, errors = in_thread(write)
+    joined(writer, errors, "the table writer")
+    summary = worker.wait(timeout=600)
+    truth = Truth(before + during)
+    seen = summary["backfill_records"] + summary["live_records"]
+    if seen - summary["duplicates"] != truth.events:
+        raise Mismatch(f"worker: backfill {summary['backfill_records']} + live {summary['live_records']} "
+                       f"- duplicates {summary['duplicates']} != {truth.events} events")
+    if summary["duplicates"] < len(modified):
+        raise Mismatch(f"only {summary['duplicates']} duplicates dropped; the {len(modified)} modified items "
+                       "alone come round again")
+    endpoint = QueryEndpoint(pipeline, ctx.work / f"{name}-serve.log")
+    try:
+        compared = compare(endpoint, truth, rng)
+    finally:
+        endpoint.close()
+    return (f"{len(before)} items before the scan, {len(during)} written during it and after, "
+            f"{len(modified)} modified; "
+            f"worker: backfill {summary['backfill_records']} + live {summary['live_records']} "
+            f"- {summary['duplicates']} duplicates = {truth.events} events; {compared}")
+
+
 SCENARIOS = {
     "parquet-kafka": lambda ctx: kafka_scenario(ctx, "parquet-kafka", kills=0),
     "jsonl-kinesis": lambda ctx: kinesis_scenario(ctx, "jsonl-kinesis", history_in="jsonl"),
     "dynamodb-kinesis": lambda ctx: kinesis_scenario(ctx, "dynamodb-kinesis", history_in="dynamodb"),
+    "dynamodb-streams": lambda ctx: streams_scenario(ctx, "dynamodb-streams"),
     "crash": lambda ctx: kafka_scenario(ctx, "crash", kills=5),
 }
 

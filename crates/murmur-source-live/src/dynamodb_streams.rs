@@ -106,8 +106,12 @@ impl DynamoDbStreamsConfig {
 }
 
 /// A live source over a DynamoDB table's stream (see the
-/// [module docs](self)); lanes are `dynamodb-streams:<table>:<shardId>`,
-/// positions as for Kinesis. Starts from a
+/// [crate docs](crate#dynamodb-streams)): each `INSERT` / `MODIFY` new image
+/// is an event, `REMOVE`s are passed over; lanes are
+/// `dynamodb-streams:<table>:<shardId>`, positions as for Kinesis. The
+/// stream must carry new images. DynamoDB Streams has no `AT_TIMESTAMP`: a
+/// start at a time reads from the trim horizon and passes over what was
+/// created before it. Starts from a
 /// [`HandoffToken::DynamoDbStreams`](murmur_core::HandoffToken::DynamoDbStreams)
 /// (captured before a table scan), an event-time cut, or its checkpoints.
 #[derive(Debug)]

@@ -932,7 +932,7 @@ impl<T: Send + 'static> KinesisSource<T> {
 
     /// Where `shard` starts under a token of positions per shard of
     /// `stream` (see [`resolve_token`]).
-    async fn from_token(
+    async fn start_from_token(
         &self,
         lane: &LaneId,
         shard: &str,
@@ -988,12 +988,13 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
                     .iter()
                     .map(|(shard, seq)| (shard.clone(), Some(seq.clone())))
                     .collect();
-                self.from_token(lane, &shard, stream, &positions).await?
+                self.start_from_token(lane, &shard, stream, &positions)
+                    .await?
             }
             Start::Token(HandoffToken::DynamoDbStreams { table, shards })
                 if self.shared.api.kind() == DYNAMODB_STREAMS =>
             {
-                self.from_token(lane, &shard, table, shards).await?
+                self.start_from_token(lane, &shard, table, shards).await?
             }
             Start::Token(other) => {
                 return Err(Error::Token {

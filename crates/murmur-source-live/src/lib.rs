@@ -1,5 +1,6 @@
-//! Live sources for Murmur: Kafka ([`KafkaSource`], through rdkafka) and
-//! Kinesis ([`KinesisSource`], through aws-sdk-kinesis) that start exactly at
+//! Live sources for Murmur: Kafka ([`KafkaSource`], through rdkafka),
+//! Kinesis ([`KinesisSource`], through aws-sdk-kinesis) and DynamoDB Streams
+//! ([`DynamoDbStreamsSource`]) that start exactly at
 //! a [`HandoffToken`](murmur_core::HandoffToken) or a lane's checkpoint and
 //! acknowledge a position only after the runner says the batch ending there
 //! is durable.
@@ -126,6 +127,16 @@
 //! * Several workers share a stream through leases in a DynamoDB table
 //!   ([`KinesisConfig::leases`], [`ensure_lease_table`]); a lost lease fails
 //!   the lane's [`LeaseGuard`] before its next write.
+//!
+//! # DynamoDB Streams
+//!
+//! The Kinesis machinery (lineage, iterators, backoff, leases) over the
+//! DynamoDB Streams calls: lanes `dynamodb-streams:<table>:<shardId>`, the
+//! same positions. Each `INSERT` / `MODIFY` new image is the event (as JSON,
+//! for the [`Decoder`]); `REMOVE`s are passed over. It starts from a
+//! [`HandoffToken::DynamoDbStreams`](murmur_core::HandoffToken::DynamoDbStreams)
+//! captured before a table scan; the changes both saw come round twice, so
+//! pair it with per-event dedup.
 //!
 //! # Errors
 //!

@@ -263,21 +263,111 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
     /// DynamoDB stream currently ends, so the live stage can replay every
     /// change made from now on (during and after the scan).
     ///
-    /// Each open shard is read from `TRIM_HORIZON` to its tip (up to 24
-    /// hours of changes: this costs reads) to find its last sequence number;
-    /// the tip is taken to be reached after three consecutive empty
-    /// `GetRecords` responses. Closed shards are left out: all their changes
-    /// precede the capture. Fails if the table has no stream.
+    /// Each open shard is read from `TRIM_HORIZON` (up to 24 hours of
+    /// changes: this costs reads) to find its last record created before
+    /// the capture began: the read stops at the first record created at or
+    /// after that second's start, minus a second (creation times are
+    /// rounded down to the second), or at the tip (three consecutive empty
+    /// `GetRecords` responses). It never chases a busy table's tip; an
+    /// earlier position only makes live replay a little more, which the
+    /// per-event deduper absorbs. Closed shards are left out: all their
+    /// changes precede the capture. Fails if the table has no stream.
     pub async fn capture_streams_handoff(
         &self,
         streams: &aws_sdk_dynamodbstreams::Client,
     ) -> Result<StreamsHandoff> {
         use aws_sdk_dynamodbstreams::types::ShardIteratorType;
         const EMPTY_POLLS: u32 = 3;
+        let captured_at_ms = now_ms();
+        // Records created from here on count as after the capture.
+        let cutoff_ms = (captured_at_ms.div_euclid(1_000) - 1) * 1_000;
+        let (stream_arn, listed) = self.stream_shards(streams).await?;
+        let mut shards = BTreeMap::new();
+        for (shard_id, closed) in listed {
+            if closed {
+                continue;
+            }
+            let iterator = streams
+                .get_shard_iterator()
+                .stream_arn(&stream_arn)
+                .shard_id(&shard_id)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .map_err(|e| self.streams_error("GetShardIterator", e.into()))?;
+            let mut iterator = iterator.shard_iterator().map(str::to_string);
+            let mut last: Option<String> = None;
+            let mut empty = 0;
+            'read: while let Some(it) = iterator.take() {
+                let out = streams
+                    .get_records()
+                    .shard_iterator(it)
+                    .send()
+                    .await
+                    .map_err(|e| self.streams_error("GetRecords", e.into()))?;
+                let records = out.records();
+                if records.is_empty() {
+                    empty += 1;
+                    if empty >= EMPTY_POLLS {
+                        break;
+                    }
+                }
+                for change in records.iter().filter_map(|r| r.dynamodb()) {
+                    let created = change
+                        .approximate_creation_date_time()
+                        .and_then(|t| t.to_millis().ok());
+                    if created.is_some_and(|t| t >= cutoff_ms) {
+                        break 'read;
+                    }
+                    if let Some(seq) = change.sequence_number() {
+                        last = Some(seq.to_string());
+                        empty = 0;
+                    }
+                }
+                iterator = out.next_shard_iterator().map(str::to_string);
+            }
+            let start = match last {
+                Some(sequence_number) => ShardStart::AfterSequenceNumber { sequence_number },
+                None => ShardStart::TrimHorizon,
+            };
+            shards.insert(shard_id, start);
+        }
+        Ok(StreamsHandoff {
+            table: self.options.table.clone(),
+            stream_arn,
+            captured_at_ms,
+            shards,
+        })
+    }
+
+    /// The earliest handoff there is: every shard of the table's stream,
+    /// open or closed, from its trim horizon (the last 24 hours of
+    /// changes). For a scan resumed after a crash, whose first capture was
+    /// not kept: a capture taken now would miss the changes made since the
+    /// scan began.
+    pub async fn streams_trim_horizon(
+        &self,
+        streams: &aws_sdk_dynamodbstreams::Client,
+    ) -> Result<StreamsHandoff> {
+        let captured_at_ms = now_ms();
+        let (stream_arn, listed) = self.stream_shards(streams).await?;
+        Ok(StreamsHandoff {
+            table: self.options.table.clone(),
+            stream_arn,
+            captured_at_ms,
+            shards: listed
+                .into_iter()
+                .map(|(id, _)| (id, ShardStart::TrimHorizon))
+                .collect(),
+        })
+    }
+
+    /// The table's stream ARN and its shards, with whether each is closed.
+    async fn stream_shards(
+        &self,
+        streams: &aws_sdk_dynamodbstreams::Client,
+    ) -> Result<(String, Vec<(String, bool)>)> {
         let table = &self.options.table;
-        let captured_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let described = self
             .client
             .describe_table()
@@ -294,12 +384,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 reason: format!("table `{table}` has no DynamoDB stream to capture a handoff from"),
             });
         };
-        let streams_error = |operation, e: aws_sdk_dynamodbstreams::Error| Error::DynamoDb {
-            table: table.clone(),
-            operation,
-            source: Box::new(e),
-        };
-        let mut open = Vec::new();
+        let mut shards = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let out = streams
@@ -308,7 +393,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 .set_exclusive_start_shard_id(after.take())
                 .send()
                 .await
-                .map_err(|e| streams_error("DescribeStream", e.into()))?;
+                .map_err(|e| self.streams_error("DescribeStream", e.into()))?;
             let Some(description) = out.stream_description() else {
                 break;
             };
@@ -317,8 +402,8 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                     .sequence_number_range()
                     .and_then(|r| r.ending_sequence_number())
                     .is_some();
-                if let (Some(id), false) = (shard.shard_id(), closed) {
-                    open.push(id.to_string());
+                if let Some(id) = shard.shard_id() {
+                    shards.push((id.to_string(), closed));
                 }
             }
             match description.last_evaluated_shard_id() {
@@ -326,55 +411,22 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 None => break,
             }
         }
-        let mut shards = BTreeMap::new();
-        for shard_id in open {
-            let iterator = streams
-                .get_shard_iterator()
-                .stream_arn(&stream_arn)
-                .shard_id(&shard_id)
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await
-                .map_err(|e| streams_error("GetShardIterator", e.into()))?;
-            let mut iterator = iterator.shard_iterator().map(str::to_string);
-            let mut last: Option<String> = None;
-            let mut empty = 0;
-            while let Some(it) = iterator.take() {
-                let out = streams
-                    .get_records()
-                    .shard_iterator(it)
-                    .send()
-                    .await
-                    .map_err(|e| streams_error("GetRecords", e.into()))?;
-                let records = out.records();
-                if let Some(seq) = records
-                    .iter()
-                    .rev()
-                    .find_map(|r| r.dynamodb().and_then(|d| d.sequence_number()))
-                {
-                    last = Some(seq.to_string());
-                    empty = 0;
-                } else {
-                    empty += 1;
-                    if empty >= EMPTY_POLLS {
-                        break;
-                    }
-                }
-                iterator = out.next_shard_iterator().map(str::to_string);
-            }
-            let start = match last {
-                Some(sequence_number) => ShardStart::AfterSequenceNumber { sequence_number },
-                None => ShardStart::TrimHorizon,
-            };
-            shards.insert(shard_id, start);
-        }
-        Ok(StreamsHandoff {
-            table: table.clone(),
-            stream_arn,
-            captured_at_ms,
-            shards,
-        })
+        Ok((stream_arn, shards))
     }
+
+    fn streams_error(&self, operation: &'static str, e: aws_sdk_dynamodbstreams::Error) -> Error {
+        Error::DynamoDb {
+            table: self.options.table.clone(),
+            operation,
+            source: Box::new(e),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[async_trait::async_trait]
@@ -751,10 +803,11 @@ impl RateLimiter {
 /// scan: the open shards at capture time and, per shard, the position after
 /// the last change that existed then.
 ///
-/// Core's [`HandoffToken`] has no DynamoDB Streams variant yet, so this is
-/// returned as its own value; it serializes as
-/// `{"table":..,"stream_arn":..,"captured_at_ms":..,"shards":{"shardId-..":{"type":"after_sequence_number","sequence_number":"..."}}}`.
-/// Shards created after the capture (children of these) are read from
+/// It serializes as
+/// `{"table":..,"stream_arn":..,"captured_at_ms":..,"shards":{"shardId-..":{"type":"after_sequence_number","sequence_number":"..."}}}`
+/// (the export manifest keeps it so); [`token`](Self::token) is the
+/// [`HandoffToken`] a live DynamoDB Streams stage starts from. Shards
+/// created after the capture (children of these) are read from
 /// `TRIM_HORIZON`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamsHandoff {
@@ -766,6 +819,29 @@ pub struct StreamsHandoff {
     pub captured_at_ms: i64,
     /// Per open shard id, where to start.
     pub shards: BTreeMap<String, ShardStart>,
+}
+
+impl StreamsHandoff {
+    /// The handoff token for the live stage
+    /// ([`HandoffToken::DynamoDbStreams`]).
+    pub fn token(&self) -> HandoffToken {
+        HandoffToken::DynamoDbStreams {
+            table: self.table.clone(),
+            shards: self
+                .shards
+                .iter()
+                .map(|(id, start)| {
+                    let after = match start {
+                        ShardStart::TrimHorizon => None,
+                        ShardStart::AfterSequenceNumber { sequence_number } => {
+                            Some(sequence_number.clone())
+                        }
+                    };
+                    (id.clone(), after)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Where to start reading one stream shard.
@@ -784,6 +860,28 @@ pub enum ShardStart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streams_handoff_is_the_live_token() {
+        let handoff = StreamsHandoff {
+            table: "events".into(),
+            stream_arn: "arn:aws:dynamodb:us-east-1:1:table/events/stream/x".into(),
+            captured_at_ms: 1,
+            shards: BTreeMap::from([
+                (
+                    "shardId-a".into(),
+                    ShardStart::AfterSequenceNumber {
+                        sequence_number: "100".into(),
+                    },
+                ),
+                ("shardId-b".into(), ShardStart::TrimHorizon),
+            ]),
+        };
+        assert_eq!(
+            handoff.token().to_json(),
+            r#"{"kind":"dynamodb_streams","table":"events","shards":{"shardId-a":"100","shardId-b":null}}"#
+        );
+    }
 
     #[test]
     fn keys_round_trip_as_dynamodb_json() {

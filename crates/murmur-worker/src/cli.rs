@@ -473,6 +473,12 @@ pub struct LiveArgs {
     /// Kinesis: undecodable records go to this stream.
     #[arg(long, help_heading = "Live")]
     pub kinesis_dead_letter_stream: Option<String>,
+    /// DynamoDB Streams: the table whose stream is read (new images decode
+    /// as CountEvent). After `--backfill dynamodb` of the same table, the
+    /// stream position is captured before the scan: also pass `--dedup`, as
+    /// changes the scan saw come round again.
+    #[arg(long, help_heading = "Live")]
+    pub streams_table: Option<String>,
     /// Event-time-cut handoff: live starts at the broker position for
     /// the cut minus this (late events), dropping events before the cut.
     #[arg(long, value_parser = parse_duration, default_value = "5m", help_heading = "Live")]
@@ -501,6 +507,8 @@ pub enum LiveKind {
     Kafka,
     /// Kinesis.
     Kinesis,
+    /// A DynamoDB table's stream (`--streams-table`).
+    DynamodbStreams,
 }
 
 /// `--start` values.

@@ -12,12 +12,13 @@ use murmur_bootstrap::{
     backfill, live,
 };
 use murmur_core::{
-    AliasStore, CheckpointStore, CountEvent, FlushPolicy, HandoffToken, Pipeline, Position,
+    AliasStore, CheckpointStore, CountEvent, FlushPolicy, HandoffToken, LaneId, Pipeline, Position,
     RunStatus,
 };
 use murmur_source_live::{
-    Decoder, KafkaConfig, KafkaSource, KinesisConfig, KinesisSource, LiveSource, SequenceNumber,
-    Start, ensure_lease_table, kafka_lane, kinesis_lane,
+    Decoder, DynamoDbStreamsConfig, DynamoDbStreamsSource, KafkaConfig, KafkaSource, KinesisConfig,
+    KinesisSource, LiveSource, SequenceNumber, Start, dynamodb_streams_lane, ensure_lease_table,
+    kafka_lane, kinesis_lane,
 };
 use murmur_source_snapshot::dynamodb::{DynamoDbScanOptions, DynamoDbScanSource};
 use murmur_source_snapshot::{
@@ -317,6 +318,47 @@ impl Worker<'_> {
         })
     }
 
+    /// The DynamoDB Streams handoff of a scan backfill, taken before the
+    /// scan: the stream's current ends for a new run; for a run that already
+    /// began (a resume: its first capture was not kept, and one taken now
+    /// would miss the changes since the scan began) every shard from its
+    /// trim horizon; none for a completed run (it keeps its token).
+    async fn streams_handoff(
+        &self,
+        source: &DynamoDbScanSource<CountEvent>,
+        streams: &aws_sdk_dynamodbstreams::Client,
+        stores: &Stores,
+        run_id: &str,
+    ) -> anyhow::Result<Option<HandoffToken>> {
+        let args = self.args;
+        if args.source.streams_table.as_deref() != args.scan_table.as_deref() {
+            bail!(
+                "--live dynamodb-streams after --backfill dynamodb reads the scanned table's stream: \
+                 --streams-table must be --scan-table ({:?}), or pass --token",
+                args.scan_table.as_deref().unwrap_or_default()
+            );
+        }
+        if !args.dedup {
+            tracing::warn!(
+                "the scan and the stream overlap (changes made during the scan are in both): \
+                 without --dedup they are counted twice"
+            );
+        }
+        let handoff = match stores.checkpoints.run(run_id).await? {
+            None => source.capture_streams_handoff(streams).await?,
+            Some(run) if run.status == RunStatus::Completed => return Ok(None),
+            Some(_) => {
+                tracing::warn!(
+                    run = run_id,
+                    "resuming a scan whose stream capture was not kept: live reads the stream from its trim horizon"
+                );
+                source.streams_trim_horizon(streams).await?
+            }
+        };
+        tracing::info!(token = %handoff.token().to_json(), "DynamoDB Streams position captured before the scan");
+        Ok(Some(handoff.token()))
+    }
+
     /// Runs (or resumes, or skips) the backfill; the token once the run is
     /// complete, `None` when it stopped early.
     async fn backfill<M: Render>(
@@ -393,11 +435,19 @@ impl Worker<'_> {
                 scan.segments = args.scan_segments;
                 scan.page_size = args.scan_page_size.map(|n| n.max(1) as u32);
                 scan.read_capacity_per_sec = args.scan_rcu;
-                let client = aws_sdk_dynamodb::Client::new(&stores::aws().await);
+                let sdk = stores::aws().await;
+                let client = aws_sdk_dynamodb::Client::new(&sdk);
                 let source =
                     DynamoDbScanSource::new(client, scan, |e: &CountEvent| e.occurred_at_ms)?
                         .event_id(|e: &CountEvent| e.event_id.as_deref().map(Arc::from))
                         .with_bad_records(BadRecordPolicy::max_bad_records(args.max_bad_records));
+                let mut options = options;
+                if options.token.is_none() && args.source.live == LiveKind::DynamodbStreams {
+                    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
+                    options.token = self
+                        .streams_handoff(&source, &streams, stores, &run_id)
+                        .await?;
+                }
                 drive(pipeline, source, stores, &options, &self.telemetry).await
             }
         };
@@ -527,7 +577,9 @@ pub(crate) async fn connect_live(
     own: impl Fn(&str) -> String,
 ) -> anyhow::Result<Box<dyn LiveSource<CountEvent> + Sync>> {
     Ok(match args.live {
-        LiveKind::None => bail!("no live source: set --live kafka or --live kinesis"),
+        LiveKind::None => {
+            bail!("no live source: set --live kafka, --live kinesis or --live dynamodb-streams")
+        }
         LiveKind::Kafka => {
             let brokers = args
                 .kafka_brokers
@@ -573,6 +625,23 @@ pub(crate) async fn connect_live(
                 KinesisSource::connect(
                     config,
                     aws_sdk_kinesis::Client::new(&sdk),
+                    Decoder::count_events(),
+                )
+                .await?,
+            )
+        }
+        LiveKind::DynamodbStreams => {
+            let table = args
+                .streams_table
+                .as_deref()
+                .context("--live dynamodb-streams needs --streams-table")?;
+            let sdk = stores::aws().await;
+            let config = DynamoDbStreamsConfig::new(table).event_time_cut_skew(args.cut_skew);
+            Box::new(
+                DynamoDbStreamsSource::connect(
+                    config,
+                    &aws_sdk_dynamodb::Client::new(&sdk),
+                    aws_sdk_dynamodbstreams::Client::new(&sdk),
                     Decoder::count_events(),
                 )
                 .await?,
@@ -803,31 +872,49 @@ async fn reached(checkpoints: &dyn CheckpointStore, until: &HandoffToken) -> any
             stream,
             sequence_numbers,
         } => {
-            for (shard, want) in sequence_numbers {
-                let want = SequenceNumber::parse(want)
-                    .with_context(|| format!("--until: invalid sequence number {want:?}"))?;
-                let lane = checkpoints.lane(&kinesis_lane(stream, shard)).await?;
-                let ok = lane.is_some_and(|l| {
-                    l.pending.is_none()
-                        && match &l.position {
-                            Position::End => true,
-                            Position::Sequence { sequence } => {
-                                SequenceNumber::parse(sequence).is_some_and(|s| s >= want)
-                            }
-                            _ => false,
-                        }
-                });
-                if !ok {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
+            let lanes = sequence_numbers
+                .iter()
+                .map(|(shard, want)| (kinesis_lane(stream, shard), want.as_str()));
+            sequences_reached(checkpoints, lanes).await
+        }
+        HandoffToken::DynamoDbStreams { table, shards } => {
+            let lanes = shards.iter().filter_map(|(shard, want)| {
+                Some((dynamodb_streams_lane(table, shard), want.as_deref()?))
+            });
+            sequences_reached(checkpoints, lanes).await
         }
         other => bail!(
-            "--until takes a Kafka or Kinesis token, not {}",
+            "--until takes a Kafka, Kinesis or DynamoDB Streams token, not {}",
             other.to_json()
         ),
     }
+}
+
+/// Whether every shard lane has committed at or past its sequence number
+/// (or finished).
+async fn sequences_reached(
+    checkpoints: &dyn CheckpointStore,
+    lanes: impl Iterator<Item = (LaneId, &str)>,
+) -> anyhow::Result<bool> {
+    for (lane, want) in lanes {
+        let want = SequenceNumber::parse(want)
+            .with_context(|| format!("--until: invalid sequence number {want:?}"))?;
+        let state = checkpoints.lane(&lane).await?;
+        let ok = state.is_some_and(|l| {
+            l.pending.is_none()
+                && match &l.position {
+                    Position::End => true,
+                    Position::Sequence { sequence } => {
+                        SequenceNumber::parse(sequence).is_some_and(|s| s >= want)
+                    }
+                    _ => false,
+                }
+        });
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `s3://bucket/prefix` or a local directory (`file://` optional).

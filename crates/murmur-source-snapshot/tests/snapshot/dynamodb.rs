@@ -435,6 +435,9 @@ async fn streams_handoff_is_captured_before_the_scan_and_replays_later_changes()
     assert!(empty.shards.values().all(|s| *s == ShardStart::TrimHorizon));
 
     write_items(&client, &table, 0..40, 0).await;
+    // Records created in the capture's second or the one before count as
+    // after it (creation times are whole seconds): let these age first.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     let handoff = source.capture_streams_handoff(&streams).await.unwrap();
     assert_eq!(handoff.table, table);
     let (shard, start) = handoff.shards.iter().next().unwrap();
@@ -452,6 +455,10 @@ async fn streams_handoff_is_captured_before_the_scan_and_replays_later_changes()
     // Changes after the capture (during the "scan"): exactly these are
     // replayed from the captured position.
     write_items(&client, &table, 40..55, 0).await;
+    // A capture now stops before the changes of the last second or two
+    // instead of chasing the tip: never later than the changes are.
+    let recent = source.capture_streams_handoff(&streams).await.unwrap();
+    assert_eq!(recent.shards[shard], *start);
     let iterator = streams
         .get_shard_iterator()
         .stream_arn(&handoff.stream_arn)
