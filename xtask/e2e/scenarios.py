@@ -462,8 +462,8 @@ def kafka_scenario(ctx: Context, name: str, kills: int) -> str:
     the worker at random moments first."""
     rng = ctx.rng
     now = int(time.time() * 1000)
-    history = make_events(rng, 20_000, now - 30 * HOUR_MS, now - 60_000, entities=25)
-    live = make_events(rng, 8_000, now - 2 * HOUR_MS, now + HOUR_MS, entities=25)
+    history = make_events(rng, 12_000, now - 12 * HOUR_MS, now - 60_000, entities=25)
+    live = make_events(rng, 5_000, now - 2 * HOUR_MS, now + HOUR_MS, entities=25)
     pipeline = f"{ctx.run}-{name}"
     topic = KafkaTopic(os.environ["KAFKA_BROKERS"], f"{pipeline}-views")
 
@@ -488,8 +488,9 @@ def kafka_scenario(ctx: Context, name: str, kills: int) -> str:
     # started.
     aims = ["early"] * ((kills + 1) // 2) + ["live"] * (kills // 2)
     for aim in aims:
+        mark = log.stat().st_size if log.exists() else 0
         w = Worker(args, log).start()
-        this_run = lambda: log.read_text(errors="replace").split("worker starting")[-1]  # noqa: E731
+        this_run = lambda: log.read_bytes()[mark:].decode(errors="replace")  # noqa: E731
         started = time.monotonic()
         if aim == "live":
             while "lane started" not in this_run() and w.proc.poll() is None:
@@ -562,11 +563,11 @@ def kinesis_scenario(ctx: Context, name: str, history_in: str) -> str:
     cut = now - 60_000
     stream = f"{ctx.run}-{name}"
     pipeline = stream
-    older = make_events(rng, 20_000 if history_in == "jsonl" else 8_000,
-                        cut - 30 * HOUR_MS, cut - 10 * 60_000, entities=25)
+    older = make_events(rng, 12_000 if history_in == "jsonl" else 3_000,
+                        cut - 12 * HOUR_MS, cut - 10 * 60_000, entities=25)
     overlap = make_events(rng, 2_000, cut - 10 * 60_000, cut, entities=25)  # export and stream
     early = make_events(rng, 1_000, cut, now, entities=25)  # export and stream, after the cut
-    late = make_events(rng, 8_000, cut, now + HOUR_MS, entities=25)  # stream only
+    late = make_events(rng, 5_000, cut, now + HOUR_MS, entities=25)  # stream only
 
     k = ctx.kinesis
     k.create_stream(StreamName=stream, ShardCount=KINESIS_SHARDS)
@@ -650,9 +651,9 @@ def streams_scenario(ctx: Context, name: str) -> str:
     per-event dedup absorbs what the scan and the stream both saw."""
     rng = ctx.rng
     now = int(time.time() * 1000)
-    before = make_events(rng, 3_000, now - 30 * HOUR_MS, now - 60_000, entities=25)
-    during = make_events(rng, 1_500, now - HOUR_MS, now + HOUR_MS, entities=25)
-    modified = rng.sample(before, 100)
+    before = make_events(rng, 1_500, now - 12 * HOUR_MS, now - 60_000, entities=25)
+    during = make_events(rng, 800, now - HOUR_MS, now + HOUR_MS, entities=25)
+    modified = rng.sample(before, 60)
     table = dynamodb_table(ctx, name, before, stream=True)
     # History is older than the capture (whose cut is the start of the
     # second before it: creation times are whole seconds).

@@ -25,7 +25,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{cargo, say, services::ServiceSet, signals, workspace_root};
+use crate::{
+    cargo, say,
+    services::{BackgroundInstall, ServiceSet, TANSU},
+    signals, workspace_root,
+};
 
 /// Arguments of `cargo xtask e2e` (also accepted by `cargo xtask test`).
 #[derive(Debug, Default, clap::Args)]
@@ -39,8 +43,13 @@ pub struct E2eArgs {
     pub scenarios: Vec<String>,
 }
 
-/// Builds the worker and runs the scenarios against `services`.
-pub fn run(services: &ServiceSet, args: &E2eArgs) -> Result<ExitStatus> {
+/// Builds the worker, adds tansu to `services` (once `tansu_install`, if
+/// any, is done) and runs the scenarios against them.
+pub fn run(
+    services: &mut ServiceSet,
+    args: &E2eArgs,
+    tansu_install: Option<BackgroundInstall>,
+) -> Result<ExitStatus> {
     // The same build `cargo test --workspace` makes (so, right after it, a
     // no-op): building the worker alone would resolve other features for
     // the shared dependencies and compile them again.
@@ -52,6 +61,12 @@ pub fn run(services: &ServiceSet, args: &E2eArgs) -> Result<ExitStatus> {
     signals::check()?;
     if !status.success() {
         bail!("building the worker failed ({status})");
+    }
+    if let Some(install) = tansu_install {
+        install.wait()?;
+    }
+    if !services.has(&TANSU) {
+        services.add(TANSU)?;
     }
     let target = target_dir()?;
     let worker = target.join("debug").join("murmur-worker");

@@ -259,6 +259,13 @@ fn selected(with: &[Optional], without: &[Optional]) -> Services {
 /// `cargo xtask test`.
 fn test(args: TestArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    let e2e = !args.no_e2e && !selects_packages(&args.cargo_test_args);
+    // Stopped (when dropped) if anything below fails before the e2e run.
+    let tansu_install = if e2e {
+        services::install_in_background(TANSU)?
+    } else {
+        None
+    };
     if args.no_lint {
         say!("lint: skipped (--no-lint)");
     } else {
@@ -316,15 +323,12 @@ fn test(args: TestArgs) -> Result<ExitCode> {
         return Ok(exit_code(status));
     }
     say!("cargo test passed ({:.1?} so far)", started.elapsed());
-    if args.no_e2e || selects_packages(&args.cargo_test_args) {
+    if !e2e {
         say!("e2e: skipped");
         return Ok(ExitCode::SUCCESS);
     }
     let mut services = services;
-    if !services.has(&TANSU) {
-        services.add(TANSU)?;
-    }
-    let status = e2e::run(&services, &args.e2e)?;
+    let status = e2e::run(&mut services, &args.e2e, tansu_install)?;
     drop(services);
     if status.success() {
         say!(
@@ -340,11 +344,12 @@ fn test(args: TestArgs) -> Result<ExitCode> {
 /// `cargo xtask e2e`.
 fn e2e_cmd(args: E2eArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let services = services::start(Services {
+    let tansu_install = services::install_in_background(TANSU)?;
+    let mut services = services::start(Services {
         kinesalite: true,
-        tansu: true,
+        tansu: false,
     })?;
-    let status = e2e::run(&services, &args)?;
+    let status = e2e::run(&mut services, &args, tansu_install)?;
     drop(services);
     if status.success() {
         say!("e2e scenarios passed ({:.1?})", started.elapsed());

@@ -15,6 +15,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
 use anyhow::{Context, Result, bail};
 use nix::{
     sys::signal::{Signal, killpg},
@@ -447,9 +452,102 @@ impl ServiceSet {
     }
 }
 
+/// An install running on a thread of its own, its output in a log file
+/// (see [`install_in_background`]). Dropping it before [`wait`](Self::wait)
+/// stops the installer (SIGTERM); the next run installs again, reusing
+/// what was compiled.
+pub struct BackgroundInstall {
+    name: &'static str,
+    log: PathBuf,
+    child: Arc<AtomicU32>,
+    handle: Option<std::thread::JoinHandle<Result<PathBuf>>>,
+}
+
+impl BackgroundInstall {
+    /// Waits for the install to finish.
+    pub fn wait(mut self) -> Result<()> {
+        let handle = self.handle.take().expect("waited once");
+        say!("{}: waiting for its install to finish", self.name);
+        match handle.join() {
+            Ok(result) => result.map(drop).with_context(|| {
+                format!(
+                    "installing {} failed; see {}",
+                    self.name,
+                    self.log.display()
+                )
+            }),
+            Err(_) => bail!("the install thread of {} panicked", self.name),
+        }
+    }
+}
+
+impl Drop for BackgroundInstall {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let pid = self.child.load(Ordering::SeqCst);
+            if let Ok(pid) = i32::try_from(pid)
+                && pid > 0
+            {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Starts installing `service` on a thread of its own, so that its build
+/// (tansu: minutes of compiling) overlaps the lint and test builds, whose
+/// last crates and links leave a core idle. `None` when it is already
+/// installed, or its address comes from the environment.
+pub fn install_in_background(service: Service) -> Result<Option<BackgroundInstall>> {
+    if env_set(service.endpoint_env[0]) {
+        return Ok(None);
+    }
+    let cache = cache_dir()?;
+    let (dir_name, spec) = service.install.dir_and_spec();
+    let stamp = cache.join(dir_name).join(STAMP);
+    if fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == spec) {
+        return Ok(None);
+    }
+    let logs = cache.join("logs");
+    fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let log = logs.join(format!("{}-install.log", service.name));
+    say!(
+        "{}: installing in the background meanwhile (log {})",
+        service.name,
+        log.display()
+    );
+    let child = Arc::new(AtomicU32::new(0));
+    let output = Output {
+        log: Some(log.clone()),
+        child: Some(child.clone()),
+    };
+    let handle = std::thread::spawn(move || install_with(&service, &cache, &output));
+    Ok(Some(BackgroundInstall {
+        name: service.name,
+        log,
+        child,
+        handle: Some(handle),
+    }))
+}
+
+/// Where an installer's output goes, and where its PID is published.
+#[derive(Default)]
+struct Output {
+    /// A log file instead of xtask's stderr.
+    log: Option<PathBuf>,
+    /// Receives the running installer's PID (0 when none runs).
+    child: Option<Arc<AtomicU32>>,
+}
+
 /// Installs `service` into the cache unless its stamp file says it is there.
 /// Returns the install directory.
 fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
+    install_with(service, cache, &Output::default())
+}
+
+/// [`install`], its installers' output going to `output`.
+fn install_with(service: &Service, cache: &Path, output: &Output) -> Result<PathBuf> {
     let name = service.name;
     let (dir_name, spec) = service.install.dir_and_spec();
     let dir = cache.join(dir_name);
@@ -500,6 +598,7 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
             venv.arg("-m").arg("venv").arg(&dir);
             run_installer(
                 venv,
+                output,
                 "python3 -m venv",
                 "needs Python 3 with the venv module (Debian: apt-get install python3 python3-venv); \
                  set MURMUR_PYTHON to use another interpreter",
@@ -507,7 +606,7 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
             let mut pip = Command::new(dir.join("bin").join("pip"));
             pip.args(["install", "--disable-pip-version-check", "-q"])
                 .args(requirement.split_whitespace());
-            run_installer(pip, "pip install", "needs access to PyPI")?;
+            run_installer(pip, output, "pip install", "needs access to PyPI")?;
         }
         Install::Npm { package, .. } => {
             say!(
@@ -524,6 +623,7 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
             ]);
             run_installer(
                 npm,
+                output,
                 "npm install",
                 "needs Node.js and npm (Debian: apt-get install nodejs npm) and access to the npm registry",
             )?;
@@ -544,7 +644,12 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
                 .env("CARGO_TARGET_DIR", &build)
                 .env("CARGO_PROFILE_DEV_DEBUG", "0")
                 .env_remove("RUSTFLAGS");
-            run_installer(install, "cargo install", "needs access to crates.io")?;
+            run_installer(
+                install,
+                output,
+                "cargo install",
+                "needs access to crates.io",
+            )?;
             let _ = fs::remove_dir_all(&build);
         }
     }
@@ -558,16 +663,37 @@ fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs an install step with its output on xtask's stderr.
-fn run_installer(mut cmd: Command, what: &str, hint: &str) -> Result<()> {
-    cmd.stdin(Stdio::null()).stdout(stderr_stdio());
-    let status = match cmd.status() {
-        Ok(status) => status,
+/// Runs an install step with its output on xtask's stderr (or `output`'s log).
+fn run_installer(mut cmd: Command, output: &Output, what: &str, hint: &str) -> Result<()> {
+    cmd.stdin(Stdio::null());
+    match &output.log {
+        Some(log) => {
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("cannot open {}", log.display()))?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        None => {
+            cmd.stdout(stderr_stdio());
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             bail!("{what}: {:?} not found; {hint}", cmd.get_program())
         }
         Err(e) => return Err(e).with_context(|| format!("cannot run {what}")),
     };
+    if let Some(slot) = &output.child {
+        slot.store(child.id(), Ordering::SeqCst);
+    }
+    let status = child.wait();
+    if let Some(slot) = &output.child {
+        slot.store(0, Ordering::SeqCst);
+    }
+    let status = status.with_context(|| format!("waiting for {what}"))?;
     signals::check()?;
     if !status.success() {
         bail!("{what} failed ({status}); {hint}");
