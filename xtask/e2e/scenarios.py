@@ -287,6 +287,15 @@ def compare(endpoint: QueryEndpoint, truth: Truth, rng: random.Random) -> str:
     return f"total {stored_total} = {truth.total}; {answers} answers equal (range, 24 h window, 4 random ranges, 4 random hours x {len(entities)} entities)"
 
 
+def check_stored(ctx: "Context", name: str, pipeline: str, truth: Truth) -> str:
+    """Serves the pipeline's tables and compares them with `truth`."""
+    endpoint = QueryEndpoint(pipeline, ctx.work / f"{name}-serve.log")
+    try:
+        return compare(endpoint, truth, ctx.rng)
+    finally:
+        endpoint.close()
+
+
 # --------------------------------------------------------------------------
 # Writers of history, the way the upstream jobs write it.
 
@@ -510,11 +519,7 @@ def kafka_scenario(ctx: Context, name: str, kills: int) -> str:
     joined(producer, errors, "the Kafka producer")
 
     truth = Truth(history + live)
-    endpoint = QueryEndpoint(pipeline, ctx.work / f"{name}-serve.log")
-    try:
-        compared = compare(endpoint, truth, rng)
-    finally:
-        endpoint.close()
+    compared = check_stored(ctx, name, pipeline, truth)
     crash = f"; {kills} SIGKILLs at {', '.join(killed)}" if kills else ""
     if not kills and (summary["backfill_records"], summary["live_records"]) != (len(history), len(live)):
         raise Mismatch(f"worker counted backfill {summary['backfill_records']} / live {summary['live_records']}, "
@@ -633,11 +638,7 @@ def kinesis_scenario(ctx: Context, name: str, history_in: str) -> str:
     if got != want:
         raise Mismatch(f"worker summary {got}, expected {want}")
     truth = Truth(older + overlap + early + late)
-    endpoint = QueryEndpoint(pipeline, ctx.work / f"{name}-serve.log")
-    try:
-        compared = compare(endpoint, truth, rng)
-    finally:
-        endpoint.close()
+    compared = check_stored(ctx, name, pipeline, truth)
     return (f"{len(older) + len(overlap) + len(early)} events in {where}, "
             f"{len(overlap) + len(early) + len(late)} over Kinesis ({KINESIS_SHARDS} shards -> {shards} after a split); "
             f"cut: backfill kept {got['backfill_records']} (skipped {got['backfill_after_cut']} after it), "
@@ -694,11 +695,7 @@ def streams_scenario(ctx: Context, name: str) -> str:
     if summary["duplicates"] < len(modified):
         raise Mismatch(f"only {summary['duplicates']} duplicates dropped; the {len(modified)} modified items "
                        "alone come round again")
-    endpoint = QueryEndpoint(pipeline, ctx.work / f"{name}-serve.log")
-    try:
-        compared = compare(endpoint, truth, rng)
-    finally:
-        endpoint.close()
+    compared = check_stored(ctx, name, pipeline, truth)
     return (f"{len(before)} items before the scan, {len(during)} written during it and after, "
             f"{len(modified)} modified; "
             f"worker: backfill {summary['backfill_records']} + live {summary['live_records']} "

@@ -7,7 +7,8 @@ use aws_sdk_dynamodb::types::{
 };
 use murmur_core::{CheckpointStore, HandoffToken, MemoryStore, Position};
 use murmur_source_live::{
-    Decoder, DynamoDbStreamsConfig, DynamoDbStreamsSource, LiveSource, Start, dynamodb_streams_lane,
+    CountEvent, Decoder, DynamoDbStreamsConfig, DynamoDbStreamsSource, LiveSource, Start,
+    dynamodb_streams_lane,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +20,21 @@ async fn streams_client() -> aws_sdk_dynamodbstreams::Client {
         .load()
         .await;
     aws_sdk_dynamodbstreams::Client::new(&config)
+}
+
+async fn connect(
+    ddb: &aws_sdk_dynamodb::Client,
+    streams: &aws_sdk_dynamodbstreams::Client,
+    table: &str,
+) -> DynamoDbStreamsSource<CountEvent> {
+    DynamoDbStreamsSource::connect(
+        DynamoDbStreamsConfig::new(table),
+        ddb,
+        streams.clone(),
+        Decoder::count_events(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn create_table(ddb: &aws_sdk_dynamodb::Client, view: StreamViewType) -> String {
@@ -148,14 +164,7 @@ async fn dynamodb_streams_delivers_new_images_once_and_resumes_from_a_token() {
     let lane = dynamodb_streams_lane(&table, &shard);
 
     // From the beginning: 20 inserts + the modify, decoded from the images.
-    let source = DynamoDbStreamsSource::connect(
-        DynamoDbStreamsConfig::new(&table),
-        &ddb,
-        streams.clone(),
-        Decoder::count_events(),
-    )
-    .await
-    .unwrap();
+    let source = connect(&ddb, &streams, &table).await;
     let checkpoints = Arc::new(MemoryStore::new());
     let mut runner = Runner::new("streams", source, checkpoints.clone(), Start::Earliest);
     drive(&mut runner, 30, |r| r.acked.lock().unwrap().len() == 21).await;
@@ -196,14 +205,7 @@ async fn dynamodb_streams_delivers_new_images_once_and_resumes_from_a_token() {
         table: table.clone(),
         shards: BTreeMap::from([(shard.clone(), Some(seqs[9].clone()))]),
     };
-    let source = DynamoDbStreamsSource::connect(
-        DynamoDbStreamsConfig::new(&table),
-        &ddb,
-        streams.clone(),
-        Decoder::count_events(),
-    )
-    .await
-    .unwrap();
+    let source = connect(&ddb, &streams, &table).await;
     let mut runner = Runner::new(
         "streams-token",
         source,
@@ -223,14 +225,7 @@ async fn dynamodb_streams_delivers_new_images_once_and_resumes_from_a_token() {
     assert_eq!(ids, want);
 
     // A token for another table is refused, naming both.
-    let source = DynamoDbStreamsSource::connect(
-        DynamoDbStreamsConfig::new(&table),
-        &ddb,
-        streams,
-        Decoder::count_events(),
-    )
-    .await
-    .unwrap();
+    let source = connect(&ddb, &streams, &table).await;
     let wrong = HandoffToken::DynamoDbStreams {
         table: "other".into(),
         shards: BTreeMap::new(),
