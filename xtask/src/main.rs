@@ -345,8 +345,12 @@ fn test(args: TestArgs) -> Result<ExitCode> {
 fn e2e_cmd(args: E2eArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let tansu_install = services::install_in_background(TANSU)?;
+    // An AWS endpoint of the user's own (LocalStack) serves Kinesis too.
+    let own_kinesis = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS"]
+        .iter()
+        .any(|v| env_set(v));
     let mut services = services::start(Services {
-        kinesalite: true,
+        kinesalite: !own_kinesis || env_set("MURMUR_KINESALITE_ENDPOINT"),
         tansu: false,
     })?;
     let status = e2e::run(&mut services, &args, tansu_install)?;
