@@ -504,9 +504,7 @@ pub fn install_in_background(service: Service) -> Result<Option<BackgroundInstal
         return Ok(None);
     }
     let cache = cache_dir()?;
-    let (dir_name, spec) = service.install.dir_and_spec();
-    let stamp = cache.join(dir_name).join(STAMP);
-    if fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == spec) {
+    if installed(&service, &cache) {
         return Ok(None);
     }
     let logs = cache.join("logs");
@@ -540,6 +538,13 @@ struct Output {
     child: Option<Arc<AtomicU32>>,
 }
 
+/// Whether the stamp file in the cache says `service` is installed.
+fn installed(service: &Service, cache: &Path) -> bool {
+    let (dir_name, spec) = service.install.dir_and_spec();
+    let stamp = cache.join(dir_name).join(STAMP);
+    fs::read_to_string(stamp).is_ok_and(|s| s.trim() == spec)
+}
+
 /// Installs `service` into the cache unless its stamp file says it is there.
 /// Returns the install directory.
 fn install(service: &Service, cache: &Path) -> Result<PathBuf> {
@@ -552,7 +557,7 @@ fn install_with(service: &Service, cache: &Path, output: &Output) -> Result<Path
     let (dir_name, spec) = service.install.dir_and_spec();
     let dir = cache.join(dir_name);
     let stamp = dir.join(STAMP);
-    let installed = || fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == spec);
+    let installed = || installed(service, cache);
     if installed() {
         say!(
             "{name}: {spec} already installed in {} (install skipped)",

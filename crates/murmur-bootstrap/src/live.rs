@@ -260,7 +260,7 @@ where
         // A lane let go just now (a lease lost, a shard finished, its event
         // still on the way) is abandoned as on `Revoked`: whoever reads it
         // next resumes from its checkpoint.
-        if let Err(e) = source.guard(&lane).and_then(|g| g.check()) {
+        if let Err(e) = check_guard(source, &lane) {
             tracing::info!(%lane, reason = %e, "lane no longer ours at shutdown; not drained");
             continue;
         }
@@ -299,7 +299,7 @@ impl<T: Send + Sync + 'static, S: LaneSinks<T>> Live<'_, T, S> {
                     self.stats.lanes_revoked += 1;
                     // A lost guard means another owner may already write:
                     // abandon the open batch; the checkpoint is the truth.
-                    if source.guard(&lane).and_then(|g| g.check()).is_ok() {
+                    if check_guard(source, &lane).is_ok() {
                         self.drain_lane(source, &lane).await?;
                     }
                     self.writers.remove(&lane);

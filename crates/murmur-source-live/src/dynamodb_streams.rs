@@ -29,13 +29,13 @@ use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::kinesis::{
     CallError, Cursor, DYNAMODB_STREAMS, KinesisConfig, KinesisSource, Page, RawRecord, ShardApi,
-    ShardInfo, classify,
+    ShardInfo, shard_lane,
 };
 use crate::source::{LeaseGuard, LiveSource, Metrics, SourceEvent, Start};
 
 /// The lane id of a DynamoDB stream shard: `dynamodb-streams:<table>:<shardId>`.
 pub fn dynamodb_streams_lane(table: &str, shard_id: &str) -> LaneId {
-    LaneId::new(format!("{DYNAMODB_STREAMS}:{table}:{shard_id}"))
+    shard_lane(DYNAMODB_STREAMS, table, shard_id)
 }
 
 /// Configuration of a [`DynamoDbStreamsSource`].
@@ -234,15 +234,12 @@ impl StreamsApi {
         E: std::error::Error + ProvideErrorMetadata + 'static,
         R: std::fmt::Debug,
     {
-        CallError {
-            class: classify(&e),
-            error: Error::DynamoDbStreams {
-                operation,
-                table: self.table.clone(),
-                shard: shard.map(str::to_owned),
-                message: DisplayErrorContext(&e).to_string(),
-            },
-        }
+        CallError::from_sdk(e, |message| Error::DynamoDbStreams {
+            operation,
+            table: self.table.clone(),
+            shard: shard.map(str::to_owned),
+            message,
+        })
     }
 }
 

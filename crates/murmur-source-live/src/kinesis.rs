@@ -29,8 +29,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+/// The lane prefix of Kinesis sources.
+pub(crate) const KINESIS: &str = "kinesis";
 /// The lane prefix of DynamoDB Streams sources.
 pub(crate) const DYNAMODB_STREAMS: &str = "dynamodb-streams";
+
+/// The lane id of a shard: `<kind>:<stream>:<shardId>`.
+pub(crate) fn shard_lane(kind: &str, stream: &str, shard_id: &str) -> LaneId {
+    LaneId::new(format!("{kind}:{stream}:{shard_id}"))
+}
 
 /// Prefix of the lane-start-only position "read `AT_TIMESTAMP`" (see the
 /// crate docs): `Position::Sequence { sequence: "at_timestamp:<ms>" }`.
@@ -38,7 +45,7 @@ const AT_TIMESTAMP: &str = "at_timestamp:";
 
 /// The lane id of a Kinesis shard: `kinesis:<stream>:<shardId>`.
 pub fn kinesis_lane(stream: &str, shard_id: &str) -> LaneId {
-    LaneId::new(format!("kinesis:{stream}:{shard_id}"))
+    shard_lane(KINESIS, stream, shard_id)
 }
 
 fn at_timestamp(ms: i64) -> Position {
@@ -238,7 +245,7 @@ pub(crate) enum Class {
     Fatal,
 }
 
-pub(crate) fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
+fn classify<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Class {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             Class::Transient
@@ -301,6 +308,21 @@ pub(crate) struct CallError {
     pub(crate) error: Error,
 }
 
+impl CallError {
+    /// Classifies an SDK error; `error` builds the crate error from its
+    /// message with context.
+    pub(crate) fn from_sdk<E, R>(e: SdkError<E, R>, error: impl FnOnce(String) -> Error) -> Self
+    where
+        E: std::error::Error + ProvideErrorMetadata + 'static,
+        R: fmt::Debug,
+    {
+        CallError {
+            class: classify(&e),
+            error: error(DisplayErrorContext(&e).to_string()),
+        }
+    }
+}
+
 /// One record of a `GetRecords` page.
 pub(crate) struct RawRecord {
     pub(crate) sequence: String,
@@ -361,22 +383,19 @@ impl KinesisApi {
         E: std::error::Error + ProvideErrorMetadata + 'static,
         R: fmt::Debug,
     {
-        CallError {
-            class: classify(&e),
-            error: Error::Kinesis {
-                operation,
-                stream: self.stream.clone(),
-                shard: shard.map(str::to_owned),
-                message: DisplayErrorContext(&e).to_string(),
-            },
-        }
+        CallError::from_sdk(e, |message| Error::Kinesis {
+            operation,
+            stream: self.stream.clone(),
+            shard: shard.map(str::to_owned),
+            message,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl ShardApi for KinesisApi {
     fn kind(&self) -> &'static str {
-        "kinesis"
+        KINESIS
     }
 
     async fn list_shards(&self) -> std::result::Result<BTreeMap<String, ShardInfo>, CallError> {
@@ -478,8 +497,9 @@ struct Shared<T> {
     decoder: Decoder<T>,
     counters: Counters,
     api: Arc<dyn ShardApi>,
-    /// Where dead letters go, with [`KinesisConfig::dead_letter_stream`].
-    dead_letter_client: Option<Client>,
+    /// The client and stream dead letters go to
+    /// ([`KinesisConfig::dead_letter_stream`]).
+    dead_letters: Option<(Client, String)>,
     leases: Option<LeaseTable>,
     lanes: Mutex<HashMap<String, LaneEntry>>,
     failure: Mutex<Option<String>>,
@@ -487,7 +507,7 @@ struct Shared<T> {
 
 impl<T: Send + 'static> Shared<T> {
     fn lane(&self, shard: &str) -> LaneId {
-        LaneId::new(format!("{}{shard}", self.lane_prefix()))
+        shard_lane(self.api.kind(), &self.config.stream, shard)
     }
 
     /// `<kind>:<stream>:`, what every lane id of this source starts with.
@@ -536,14 +556,12 @@ impl<T: Send + 'static> Shared<T> {
         let mut last = None;
         let mut skipped = 0;
         for r in records {
-            let payload =
-                |data: std::result::Result<Vec<u8>, &'static str>| data.unwrap_or_default();
             let Some(seq) = SequenceNumber::parse(&r.sequence) else {
                 dead.push(DeadLetter {
                     shard: shard.to_owned(),
                     sequence: r.sequence,
                     reason: "invalid sequence number".into(),
-                    payload: payload(r.data),
+                    payload: r.data.unwrap_or_default(),
                 });
                 continue;
             };
@@ -590,7 +608,7 @@ impl<T: Send + 'static> Shared<T> {
         }
         Counters::add(&self.counters.dead_letters, dead.len() as u64);
         let stream = &self.config.stream;
-        let Some(dlq) = &self.config.dead_letter_stream else {
+        let Some((client, dlq)) = &self.dead_letters else {
             for d in &dead {
                 tracing::error!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason,
                     "undecodable record (no dead-letter stream configured)");
@@ -607,11 +625,6 @@ impl<T: Send + 'static> Shared<T> {
             });
             tracing::warn!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason, dead_letter_stream = %dlq,
                 "undecodable record sent to the dead-letter stream");
-            let Some(client) = &self.dead_letter_client else {
-                return Err(Error::Config {
-                    reason: "a dead-letter stream without a Kinesis client".into(),
-                });
-            };
             client
                 .put_record()
                 .stream_name(dlq)
@@ -860,15 +873,16 @@ impl<T: Send + 'static> KinesisSource<T> {
             client: client.clone(),
             stream: config.stream.clone(),
         });
-        let dead_letters = config.dead_letter_stream.is_some().then_some(client);
+        let dead_letters = config.dead_letter_stream.clone().map(|dlq| (client, dlq));
         Self::connect_api(config, api, dead_letters, decoder).await
     }
 
-    /// Starts the coordinator over any [`ShardApi`].
+    /// Starts the coordinator over any [`ShardApi`]; undecodable records go
+    /// to `dead_letters` (a Kinesis client and stream), else to the log.
     pub(crate) async fn connect_api(
         config: KinesisConfig,
         api: Arc<dyn ShardApi>,
-        dead_letter_client: Option<Client>,
+        dead_letters: Option<(Client, String)>,
         decoder: Decoder<T>,
     ) -> Result<Self> {
         if config.stream.is_empty() || config.stream.contains(':') {
@@ -887,7 +901,7 @@ impl<T: Send + 'static> KinesisSource<T> {
             decoder,
             counters: Counters::default(),
             api,
-            dead_letter_client,
+            dead_letters,
             leases,
             lanes: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
@@ -983,7 +997,7 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
             Start::Token(HandoffToken::Kinesis {
                 stream,
                 sequence_numbers,
-            }) if self.shared.api.kind() == "kinesis" => {
+            }) if self.shared.api.kind() == KINESIS => {
                 let positions = sequence_numbers
                     .iter()
                     .map(|(shard, seq)| (shard.clone(), Some(seq.clone())))

@@ -278,7 +278,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
     ) -> Result<StreamsHandoff> {
         use aws_sdk_dynamodbstreams::types::ShardIteratorType;
         const EMPTY_POLLS: u32 = 3;
-        let captured_at_ms = now_ms();
+        let captured_at_ms = murmur_core::store::now_ms();
         // Records created from here on count as after the capture.
         let cutoff_ms = (captured_at_ms.div_euclid(1_000) - 1) * 1_000;
         let (stream_arn, listed) = self.stream_shards(streams).await?;
@@ -349,7 +349,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
         &self,
         streams: &aws_sdk_dynamodbstreams::Client,
     ) -> Result<StreamsHandoff> {
-        let captured_at_ms = now_ms();
+        let captured_at_ms = murmur_core::store::now_ms();
         let (stream_arn, listed) = self.stream_shards(streams).await?;
         Ok(StreamsHandoff {
             table: self.options.table.clone(),
@@ -421,12 +421,6 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
             source: Box::new(e),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[async_trait::async_trait]
