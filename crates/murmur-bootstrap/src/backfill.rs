@@ -45,7 +45,8 @@ pub struct BackfillOptions {
 }
 
 impl BackfillOptions {
-    /// One process, four lanes, default flush policy.
+    /// One process, four lanes, the backfill flush policy
+    /// ([`FlushPolicy::backfill`]).
     pub fn new(run_id: impl Into<String>) -> Self {
         BackfillOptions {
             run_id: run_id.into(),
@@ -53,7 +54,7 @@ impl BackfillOptions {
             worker_index: 0,
             worker_count: 1,
             concurrency: 4,
-            flush: FlushPolicy::default(),
+            flush: FlushPolicy::backfill(),
             token: None,
             dedup: None,
             progress: Arc::new(Progress::new()),

@@ -554,6 +554,9 @@ impl StateStore for EmbeddedStore {
                 writes.push((key.clone(), self.encode_row(row)?));
             }
         }
+        // Batches come in no particular order; the B-tree takes its writes
+        // in key order.
+        writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
         // 3. Write and commit durably (blocking pool); a full replay commits
         //    nothing.

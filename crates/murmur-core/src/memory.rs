@@ -1,6 +1,7 @@
-//! [`MemoryStore`]: an in-process state and checkpoint store for tests and
-//! examples. It follows exactly the same fencing rules as the persistent
-//! stores (it calls [`merge_row`] and its in-place form [`merge_into`]).
+//! [`MemoryStore`]: an in-process state and checkpoint store for tests,
+//! examples and benchmarks. It follows exactly the same fencing rules as the
+//! persistent stores (it calls [`merge_row`] and its in-place form
+//! [`merge_into`]).
 
 use crate::error::StoreError;
 use crate::handoff::HandoffToken;
@@ -11,23 +12,71 @@ use crate::store::{
     RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_into, merge_row,
     now_ms,
 };
-use hashbrown::HashMap;
+use crate::window::BucketKey;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::collections::BTreeMap;
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Rows are spread over this many independently locked shards, so lanes
+/// applying batches at the same time rarely wait for each other.
+const SHARDS: usize = 64;
+
 #[derive(Debug, Default)]
-struct Inner {
-    rows: HashMap<RowKey, StoredRow>,
+struct Meta {
     lanes: BTreeMap<LaneId, LaneState>,
     runs: BTreeMap<String, RunRecord>,
     claims: HashMap<String, (LaneId, u64)>,
     aliases: HashMap<String, u64>,
 }
 
+/// The rows of one entity, by bucket. Rows are grouped like DynamoDB's
+/// partition and sort key: a batch touching an entity's buckets finds the
+/// entity's name once, and its rows sit together.
+#[derive(Debug)]
+struct Entity {
+    name: Arc<str>,
+    rows: BTreeMap<BucketKey, StoredRow>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    entities: HashTable<Entity>,
+    rows: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    hasher: DefaultHashBuilder,
+    shards: Box<[Mutex<Shard>]>,
+    meta: Mutex<Meta>,
+}
+
 /// An in-memory [`StateStore`] + [`CheckpointStore`]. Clones share state.
-#[derive(Debug, Clone, Default)]
+///
+/// Rows live in 64 shards by entity hash, each behind its own lock: a batch
+/// locks each shard it touches once, so concurrent lanes apply in parallel.
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                hasher: DefaultHashBuilder::default(),
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                meta: Mutex::default(),
+            }),
+        }
+    }
+}
+
+/// Locks `m`. A panic while holding a lock cannot leave a half-applied row:
+/// every mutation is a single insert or an in-place merge. Recover the data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MemoryStore {
@@ -36,15 +85,31 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied row:
-        // every mutation is a single insert. Recover the data.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        lock(&self.inner.meta)
+    }
+
+    fn hash(&self, entity: &str) -> u64 {
+        self.inner.hasher.hash_one(entity)
+    }
+
+    /// The shard of an entity hash: bits the shard's own table does not use
+    /// for its bucket index (low bits) or control bytes (top 7 bits).
+    fn shard_of(hash: u64) -> usize {
+        (hash >> 40) as usize % SHARDS
+    }
+
+    fn find(&self, key: &RowKey) -> Option<StoredRow> {
+        let hash = self.hash(&key.entity);
+        lock(&self.inner.shards[Self::shard_of(hash)])
+            .entities
+            .find(hash, |e| *e.name == *key.entity)
+            .and_then(|e| e.rows.get(&key.bucket).cloned())
     }
 
     /// Number of stored rows.
     pub fn len(&self) -> usize {
-        self.lock().rows.len()
+        self.inner.shards.iter().map(|s| lock(s).rows).sum()
     }
 
     /// Whether no row is stored.
@@ -54,14 +119,22 @@ impl MemoryStore {
 
     /// Every row, sorted by key (for assertions and debugging).
     pub fn rows(&self) -> Vec<(RowKey, StoredRow)> {
-        let mut rows: Vec<_> = self
-            .lock()
-            .rows
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows
+        let mut entities = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = lock(shard);
+            entities.extend(shard.entities.iter().map(|e| {
+                let rows: Vec<_> = e.rows.iter().map(|(b, r)| (*b, r.clone())).collect();
+                (Arc::clone(&e.name), rows)
+            }));
+        }
+        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entities
+            .into_iter()
+            .flat_map(|(name, rows)| {
+                rows.into_iter()
+                    .map(move |(bucket, row)| (RowKey::new(Arc::clone(&name), bucket), row))
+            })
+            .collect()
     }
 }
 
@@ -92,45 +165,77 @@ impl StateStore for MemoryStore {
         monoid: &dyn DynMonoid,
         batch: &WriteBatch,
     ) -> Result<ApplyReport, StoreError> {
-        let mut inner = self.lock();
+        // Deltas by shard (hash computed once), then each shard locked once.
+        let mut by_shard: Vec<Vec<(u64, usize)>> = vec![Vec::new(); SHARDS];
+        for (i, delta) in batch.rows.iter().enumerate() {
+            let hash = self.hash(&delta.key.entity);
+            by_shard[Self::shard_of(hash)].push((hash, i));
+        }
         let mut report = ApplyReport::default();
-        for delta in &batch.rows {
-            report.requests += 1;
-            let error = |source| StoreError::Row {
-                store: "memory".into(),
-                entity: delta.key.entity.to_string(),
-                bucket: delta.key.bucket.0,
-                source,
-            };
-            // In place for an existing row: no clone of its fences per write.
-            let changed = match inner.rows.get_mut(&delta.key) {
-                Some(row) => {
-                    merge_into(monoid, row, delta, &batch.lane, batch.seq).map_err(error)?
-                }
-                None => {
-                    match merge_row(monoid, None, delta, &batch.lane, batch.seq).map_err(error)? {
+        for (shard, deltas) in by_shard.iter().enumerate() {
+            if deltas.is_empty() {
+                continue;
+            }
+            let mut shard = lock(&self.inner.shards[shard]);
+            let shard = &mut *shard;
+            for &(hash, i) in deltas {
+                let delta = &batch.rows[i];
+                report.requests += 1;
+                let error = |source| StoreError::Row {
+                    store: "memory".into(),
+                    entity: delta.key.entity.to_string(),
+                    bucket: delta.key.bucket.0,
+                    source,
+                };
+                let hasher = &self.inner.hasher;
+                let entity = match shard
+                    .entities
+                    .find_mut(hash, |e| *e.name == *delta.key.entity)
+                {
+                    Some(entity) => entity,
+                    None => shard
+                        .entities
+                        .insert_unique(
+                            hash,
+                            Entity {
+                                name: Arc::clone(&delta.key.entity),
+                                rows: BTreeMap::new(),
+                            },
+                            |e| hasher.hash_one(&*e.name),
+                        )
+                        .into_mut(),
+                };
+                // In place for an existing row: no clone of its fences per
+                // write.
+                let changed = match entity.rows.get_mut(&delta.key.bucket) {
+                    Some(row) => {
+                        merge_into(monoid, row, delta, &batch.lane, batch.seq).map_err(error)?
+                    }
+                    None => match merge_row(monoid, None, delta, &batch.lane, batch.seq)
+                        .map_err(error)?
+                    {
                         Merge::Write(row) => {
-                            inner.rows.insert(delta.key.clone(), row);
+                            entity.rows.insert(delta.key.bucket, row);
+                            shard.rows += 1;
                             true
                         }
                         Merge::Unchanged => false,
-                    }
+                    },
+                };
+                if changed {
+                    report.rows_written += 1;
+                } else {
+                    report.rows_unchanged += 1;
                 }
-            };
-            if changed {
-                report.rows_written += 1;
-            } else {
-                report.rows_unchanged += 1;
             }
         }
         Ok(report)
     }
 
     async fn get_many(&self, keys: &[RowKey]) -> Result<Vec<Option<StoredValue>>, StoreError> {
-        let inner = self.lock();
         Ok(keys
             .iter()
-            .map(|k| inner.rows.get(k).map(StoredRow::stored_value))
+            .map(|k| self.find(k).as_ref().map(StoredRow::stored_value))
             .collect())
     }
 }
@@ -142,12 +247,12 @@ impl CheckpointStore for MemoryStore {
     }
 
     async fn lane(&self, lane: &LaneId) -> Result<Option<LaneState>, StoreError> {
-        Ok(self.lock().lanes.get(lane).cloned())
+        Ok(self.meta().lanes.get(lane).cloned())
     }
 
     async fn lanes(&self, prefix: &str) -> Result<Vec<LaneState>, StoreError> {
         Ok(self
-            .lock()
+            .meta()
             .lanes
             .values()
             .filter(|l| l.lane.as_str().starts_with(prefix))
@@ -157,7 +262,7 @@ impl CheckpointStore for MemoryStore {
 
     async fn init_lane(&self, lane: &LaneId, start: &Position) -> Result<LaneState, StoreError> {
         Ok(self
-            .lock()
+            .meta()
             .lanes
             .entry(lane.clone())
             .or_insert_with(|| LaneState::new(lane.clone(), start.clone()))
@@ -165,7 +270,7 @@ impl CheckpointStore for MemoryStore {
     }
 
     async fn begin_batch(&self, intent: &BatchIntent) -> Result<(), StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.meta();
         let state = inner
             .lanes
             .get_mut(&intent.lane)
@@ -174,7 +279,7 @@ impl CheckpointStore for MemoryStore {
     }
 
     async fn commit_batch(&self, lane: &LaneId, seq: u64) -> Result<LaneState, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.meta();
         let state = inner
             .lanes
             .get_mut(lane)
@@ -184,12 +289,12 @@ impl CheckpointStore for MemoryStore {
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        Ok(self.lock().runs.get(run_id).cloned())
+        Ok(self.meta().runs.get(run_id).cloned())
     }
 
     async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError> {
         Ok(self
-            .lock()
+            .meta()
             .runs
             .entry(run_id.to_owned())
             .or_insert_with(|| RunRecord::running(run_id, plan, now_ms()))
@@ -201,7 +306,7 @@ impl CheckpointStore for MemoryStore {
         run_id: &str,
         token: &HandoffToken,
     ) -> Result<RunRecord, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.meta();
         let run = inner
             .runs
             .get_mut(run_id)
@@ -221,7 +326,7 @@ impl Deduper for MemoryStore {
         event_ids: &[&str],
         _expires_at: Option<i64>,
     ) -> Result<Vec<Claim>, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.meta();
         let mut seen = std::collections::HashSet::new();
         Ok(event_ids
             .iter()
@@ -246,11 +351,11 @@ impl Deduper for MemoryStore {
 #[async_trait::async_trait]
 impl AliasStore for MemoryStore {
     async fn active(&self, alias: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.lock().aliases.get(alias).copied())
+        Ok(self.meta().aliases.get(alias).copied())
     }
 
     async fn swap(&self, alias: &str, version: u64) -> Result<(), StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.meta();
         match inner.aliases.get(alias) {
             Some(&active) if active >= version => Err(StoreError::StaleSwap {
                 store: "memory".into(),

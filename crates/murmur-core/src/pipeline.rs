@@ -4,14 +4,17 @@
 use crate::error::PipelineError;
 use crate::monoid::Monoid;
 use crate::window::Window;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 type KeyOne<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
+type KeyStr<T> = Arc<dyn for<'a> Fn(&'a T) -> &'a str + Send + Sync>;
 type KeyMany<T> = Arc<dyn Fn(&T) -> Vec<String> + Send + Sync>;
 type ValueFn<T, I> = Arc<dyn Fn(&T) -> I + Send + Sync>;
 
 enum KeyFn<T> {
+    Str(KeyStr<T>),
     One(KeyOne<T>),
     Many(KeyMany<T>),
 }
@@ -95,8 +98,20 @@ impl<T, M: Monoid> Pipeline<T, M> {
     /// Appends the entity keys of `event` to `out`.
     pub fn keys_into(&self, event: &T, out: &mut Vec<String>) {
         match &self.inner.keys {
+            KeyFn::Str(f) => out.push(f(event).to_owned()),
             KeyFn::One(f) => out.push(f(event)),
             KeyFn::Many(f) => out.extend(f(event)),
+        }
+    }
+
+    /// The entity key of `event` when the pipeline has one key per event
+    /// (borrowed from the event with [`key_by_str`](PipelineBuilder::key_by_str));
+    /// `None` for [`key_by_many`](PipelineBuilder::key_by_many).
+    pub fn single_key<'a>(&self, event: &'a T) -> Option<Cow<'a, str>> {
+        match &self.inner.keys {
+            KeyFn::Str(f) => Some(Cow::Borrowed(f(event))),
+            KeyFn::One(f) => Some(Cow::Owned(f(event))),
+            KeyFn::Many(_) => None,
         }
     }
 
@@ -124,6 +139,27 @@ impl<T, M: Monoid> PipelineBuilder<T, M> {
     /// One entity key per event.
     pub fn key_by(mut self, f: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
         self.keys = Some(KeyFn::One(Arc::new(f)));
+        self
+    }
+
+    /// One entity key per event, borrowed from the event (a field of it):
+    /// no string is built per event.
+    ///
+    /// ```
+    /// use murmur_core::{CountEvent, Pipeline, monoid::Sum};
+    /// let p = Pipeline::builder("counts", Sum)
+    ///     .key_by_str(|e: &CountEvent| &e.entity_id)
+    ///     .value(|e| e.count)
+    ///     .build()
+    ///     .unwrap();
+    /// let e = CountEvent { entity_id: "a".into(), count: 1, occurred_at_ms: 0, event_id: None };
+    /// assert_eq!(p.single_key(&e).as_deref(), Some("a"));
+    /// ```
+    pub fn key_by_str(
+        mut self,
+        f: impl for<'a> Fn(&'a T) -> &'a str + Send + Sync + 'static,
+    ) -> Self {
+        self.keys = Some(KeyFn::Str(Arc::new(f)));
         self
     }
 

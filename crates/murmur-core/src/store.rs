@@ -28,7 +28,7 @@ use crate::monoid::{Cell, DynMonoid, WriteStrategy};
 use crate::record::{LaneId, Position};
 use crate::window::BucketKey;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// The key of a stored row: entity (partition key) and bucket (sort key).
@@ -132,6 +132,113 @@ pub trait StateStore: Send + Sync {
     }
 }
 
+/// The fences of one row: the highest applied batch sequence number per
+/// lane.
+///
+/// A row is written by few lanes (one per source partition or backfill slot
+/// that ever touched its entity), so the fences are a small vector sorted by
+/// lane, held inline up to two lanes: the memory and embedded stores keep
+/// millions of rows and look a fence up on every write. It serializes as a
+/// map from lane to sequence number.
+///
+/// ```
+/// use murmur_core::LaneId;
+/// use murmur_core::store::Fences;
+/// let mut fences = Fences::default();
+/// assert_eq!(fences.set(&LaneId::new("b"), 3), None);
+/// assert_eq!(fences.set(&LaneId::new("a"), 1), None);
+/// assert_eq!(fences.set(&LaneId::new("b"), 4), Some(3));
+/// assert_eq!(fences.get(&LaneId::new("b")), Some(4));
+/// let lanes: Vec<&str> = fences.iter().map(|(l, _)| l.as_str()).collect();
+/// assert_eq!(lanes, ["a", "b"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fences(SmallVec<[(LaneId, u64); 2]>);
+
+impl Fences {
+    fn search(&self, lane: &LaneId) -> Result<usize, usize> {
+        self.0.binary_search_by(|(l, _)| l.cmp(lane))
+    }
+
+    /// The lane's fence, if the lane ever wrote the row.
+    pub fn get(&self, lane: &LaneId) -> Option<u64> {
+        // Same lane handle first: a writer passes the same `Arc` for every
+        // row of its batches.
+        if let Some((_, seq)) = self.0.iter().find(|(l, _)| Arc::ptr_eq(&l.0, &lane.0)) {
+            return Some(*seq);
+        }
+        self.search(lane).ok().map(|i| self.0[i].1)
+    }
+
+    /// Sets the lane's fence; returns the previous one.
+    pub fn set(&mut self, lane: &LaneId, seq: u64) -> Option<u64> {
+        if let Some((_, s)) = self.0.iter_mut().find(|(l, _)| Arc::ptr_eq(&l.0, &lane.0)) {
+            return Some(std::mem::replace(s, seq));
+        }
+        match self.search(lane) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, seq)),
+            Err(i) => {
+                self.0.insert(i, (lane.clone(), seq));
+                None
+            }
+        }
+    }
+
+    /// The fences, sorted by lane.
+    pub fn iter(&self) -> impl Iterator<Item = (&LaneId, u64)> {
+        self.0.iter().map(|(l, s)| (l, *s))
+    }
+
+    /// Number of lanes with a fence.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no lane has a fence.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(LaneId, u64)> for Fences {
+    fn from_iter<I: IntoIterator<Item = (LaneId, u64)>>(iter: I) -> Self {
+        let mut fences = Fences::default();
+        for (lane, seq) in iter {
+            fences.set(&lane, seq);
+        }
+        fences
+    }
+}
+
+impl Serialize for Fences {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(l, s)| (l, s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Fences {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fences;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map from lane to sequence number")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fences, A::Error> {
+                let mut fences = Fences::default();
+                while let Some((lane, seq)) = map.next_entry::<LaneId, u64>()? {
+                    fences.set(&lane, seq);
+                }
+                Ok(fences)
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 /// A row as the memory and embedded stores keep it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRow {
@@ -140,7 +247,7 @@ pub struct StoredRow {
     /// Expiry in epoch seconds.
     pub expires_at: Option<i64>,
     /// Highest applied batch sequence number per lane (fenced kinds only).
-    pub fences: BTreeMap<LaneId, u64>,
+    pub fences: Fences,
     /// Incremented on every write (compare-and-set).
     pub version: u64,
 }
@@ -176,8 +283,7 @@ pub fn merge_row(
 ) -> Result<Merge, MonoidError> {
     match existing {
         Some(row) => {
-            if monoid.write_strategy().is_fenced()
-                && row.fences.get(lane).is_some_and(|f| *f >= seq)
+            if monoid.write_strategy().is_fenced() && row.fences.get(lane).is_some_and(|f| f >= seq)
             {
                 return Ok(Merge::Unchanged);
             }
@@ -190,9 +296,9 @@ pub fn merge_row(
         }
         None => {
             monoid.validate_cell(&delta.delta)?;
-            let mut fences = BTreeMap::new();
+            let mut fences = Fences::default();
             if monoid.write_strategy().is_fenced() {
-                fences.insert(lane.clone(), seq);
+                fences.set(lane, seq);
             }
             Ok(Merge::Write(StoredRow {
                 value: delta.delta.clone(),
@@ -216,7 +322,7 @@ pub fn merge_into(
     seq: u64,
 ) -> Result<bool, MonoidError> {
     let fenced = monoid.write_strategy().is_fenced();
-    if fenced && row.fences.get(lane).is_some_and(|f| *f >= seq) {
+    if fenced && row.fences.get(lane).is_some_and(|f| f >= seq) {
         return Ok(false);
     }
     let value = monoid.combine_cells(&row.value, &delta.delta)?;
@@ -227,12 +333,7 @@ pub fn merge_into(
     row.value = value;
     row.expires_at = expires_at;
     if fenced {
-        match row.fences.get_mut(lane) {
-            Some(f) => *f = seq,
-            None => {
-                row.fences.insert(lane.clone(), seq);
-            }
-        }
+        row.fences.set(lane, seq);
     }
     row.version += 1;
     Ok(true)

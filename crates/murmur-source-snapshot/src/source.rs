@@ -201,7 +201,7 @@ where
                 return stream::once(async move { Err(err) }).boxed();
             }
         };
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(4);
         let task = handle.spawn(async move {
             let errors = tx.clone();
             if let Err(e) = produce(ChunkSender(tx)).await {

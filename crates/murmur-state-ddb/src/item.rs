@@ -4,9 +4,9 @@
 use crate::error::Error;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use murmur_core::store::StoredRow;
+use murmur_core::store::{Fences, StoredRow};
 use murmur_core::{BucketKey, Cell, LaneId, RowKey, StoredValue};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Partition key: the entity (S).
 pub(crate) const PK: &str = "pk";
@@ -158,7 +158,7 @@ pub(crate) fn stored_row(
     item: &Item,
 ) -> Result<(StoredRow, bool), Error> {
     let k = describe_key(key);
-    let mut fences = BTreeMap::new();
+    let mut fences = Fences::default();
     for (name, value) in item {
         if let Some(lane) = name.strip_prefix(FENCE_PREFIX) {
             let seq = match value {
@@ -172,7 +172,7 @@ pub(crate) fn stored_row(
                     format!("fence attribute {name} is not a non-negative integer"),
                 )
             })?;
-            fences.insert(LaneId::new(lane), seq);
+            fences.set(&LaneId::new(lane), seq);
         }
     }
     let version = int_attr(table, &k, item, VERSION)?;
@@ -211,8 +211,8 @@ pub(crate) fn estimated_size(key: &RowKey, row: &StoredRow) -> usize {
     }
     size += row
         .fences
-        .keys()
-        .map(|lane| FENCE_PREFIX.len() + lane.as_str().len() + NUMBER_BYTES)
+        .iter()
+        .map(|(lane, _)| FENCE_PREFIX.len() + lane.as_str().len() + NUMBER_BYTES)
         .sum::<usize>();
     size
 }
@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(row.value, Cell::Bytes(vec![1, 2, 3]));
         assert_eq!(row.expires_at, Some(99));
         assert_eq!(row.version, 4);
-        assert_eq!(row.fences.get(&LaneId::new("kafka:t:0")), Some(&7));
+        assert_eq!(row.fences.get(&LaneId::new("kafka:t:0")), Some(7));
         assert!(estimated_size(&key(), &row) > 3);
     }
 

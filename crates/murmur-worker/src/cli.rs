@@ -411,12 +411,16 @@ pub struct RunArgs {
     /// Live source.
     #[command(flatten)]
     pub source: LiveArgs,
-    /// A batch is flushed when it holds this many distinct rows...
-    #[arg(long, default_value_t = 100_000, help_heading = "Batching")]
-    pub flush_max_keys: usize,
-    /// ...or is this old (the latency bound of a live update).
-    #[arg(long, value_parser = parse_duration, default_value = "5s", help_heading = "Batching")]
-    pub flush_max_age: Duration,
+    /// A batch is flushed when it holds this many distinct rows... [default:
+    /// 100000 live, 250000 in the backfill, where history comes faster than
+    /// the store takes writes and larger batches fold more events into each
+    /// row write]
+    #[arg(long, help_heading = "Batching")]
+    pub flush_max_keys: Option<usize>,
+    /// ...or is this old (the latency bound of a live update). [default: 5s
+    /// live, 30s in the backfill]
+    #[arg(long, value_parser = parse_duration, help_heading = "Batching")]
+    pub flush_max_age: Option<Duration>,
     /// Stop (exit 0) once every lane named in this token has committed at
     /// or past its position — a bounded live run, e.g.
     /// `{"kind":"kafka","topic":"events","offsets":{"0":1000,"1":1000}}`.

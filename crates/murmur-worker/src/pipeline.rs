@@ -89,7 +89,9 @@ pub async fn with_pipeline<W: WithPipeline>(
     let window = window(args);
     macro_rules! build {
         ($monoid:expr, key = $key:expr, value = $value:expr) => {{
-            let builder = Pipeline::builder(name, $monoid).key_by($key).value($value);
+            let builder = Pipeline::builder(name, $monoid)
+                .key_by_str($key)
+                .value($value);
             let builder = match window {
                 Some(w) => builder.window(w),
                 None => builder,
@@ -103,28 +105,28 @@ pub async fn with_pipeline<W: WithPipeline>(
     match args.aggregate {
         Aggregate::Sum => build!(
             Sum,
-            key = |e: &CountEvent| e.entity_id.clone(),
+            key = |e: &CountEvent| &e.entity_id,
             value = |e: &CountEvent| e.count
         ),
         Aggregate::Count => build!(
             Count,
-            key = |e: &CountEvent| e.entity_id.clone(),
+            key = |e: &CountEvent| &e.entity_id,
             value = |_: &CountEvent| ()
         ),
         Aggregate::Distinct => build!(
             HyperLogLog::new(args.hll_precision, 0).context("--hll-precision")?,
-            key = |_: &CountEvent| ALL.to_owned(),
+            key = |_: &CountEvent| ALL,
             value = |e: &CountEvent| e.entity_id.clone()
         ),
         Aggregate::Top => build!(
             TopK::new(args.top_k, args.top_capacity).context("--top-k / --top-capacity")?,
-            key = |_: &CountEvent| ALL.to_owned(),
+            key = |_: &CountEvent| ALL,
             value = |e: &CountEvent| e.entity_id.clone()
         ),
         Aggregate::Seen => build!(
             Bloom::with_rate(args.bloom_items, args.bloom_fpr)
                 .context("--bloom-items / --bloom-fpr")?,
-            key = |_: &CountEvent| ALL.to_owned(),
+            key = |_: &CountEvent| ALL,
             value = |e: &CountEvent| e.entity_id.clone()
         ),
     }

@@ -304,10 +304,11 @@ impl Worker<'_> {
         summary
     }
 
-    fn flush(&self) -> FlushPolicy {
+    /// The stage's flush policy, with the flags that were given.
+    fn flush(&self, stage: FlushPolicy) -> FlushPolicy {
         FlushPolicy {
-            max_keys: self.args.flush_max_keys.max(1),
-            max_age: self.args.flush_max_age,
+            max_keys: self.args.flush_max_keys.unwrap_or(stage.max_keys).max(1),
+            max_age: self.args.flush_max_age.unwrap_or(stage.max_age),
         }
     }
 
@@ -378,7 +379,7 @@ impl Worker<'_> {
             worker_index: args.worker_index,
             worker_count: args.worker_count,
             concurrency: args.concurrency,
-            flush: self.flush(),
+            flush: self.flush(FlushPolicy::backfill()),
             token: explicit,
             dedup: self.dedup(stores),
             progress: progress.clone(),
@@ -502,10 +503,14 @@ impl Worker<'_> {
         let progress = Arc::new(Progress::new());
         self.telemetry.stage("live");
         self.telemetry.live(progress.clone());
+        let flush = self.flush(FlushPolicy {
+            max_keys: 100_000,
+            ..FlushPolicy::default()
+        });
         let options = LiveOptions {
             start,
-            flush: self.flush(),
-            tick: live_tick(args.flush_max_age),
+            flush,
+            tick: live_tick(flush.max_age),
             dedup: self.dedup(stores),
             progress: progress.clone(),
         };

@@ -838,7 +838,7 @@ mod tests {
             gate: tokio::sync::Semaphore::new(0),
         });
         let pipeline = Pipeline::builder("p", Sum)
-            .key_by(|e: &CountEvent| e.entity_id.clone())
+            .key_by_str(|e: &CountEvent| &e.entity_id)
             .value(|e: &CountEvent| e.count)
             .window(Window::hour())
             .build()

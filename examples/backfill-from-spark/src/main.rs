@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The pipeline: per entity, the sum of `count` per UTC day.
     let pipeline = Pipeline::builder("daily_counts", Sum)
-        .key_by(|e: &CountEvent| e.entity_id.clone())
+        .key_by_str(|e: &CountEvent| &e.entity_id)
         .value(|e| e.count)
         .window(Window::day())
         .build()?;

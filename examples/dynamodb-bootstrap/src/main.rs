@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .map(Duration::from_secs);
 
     let pipeline = Pipeline::builder("hourly_sums", Sum)
-        .key_by(|e: &CountEvent| e.entity_id.clone())
+        .key_by_str(|e: &CountEvent| &e.entity_id)
         .value(|e| e.count)
         .window(Window::hour())
         .build()?;

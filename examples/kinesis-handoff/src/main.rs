@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
 
     // One pipeline value for both stages.
     let pipeline = Pipeline::builder("hourly_sums", Sum)
-        .key_by(|e: &CountEvent| e.entity_id.clone())
+        .key_by_str(|e: &CountEvent| &e.entity_id)
         .value(|e| e.count)
         .window(Window::hour())
         .build()?;

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
 
     // One pipeline value: views per page per UTC day.
     let pipeline = Pipeline::builder("page_views_daily", Count)
-        .key_by(|v: &PageView| v.page.clone())
+        .key_by_str(|v: &PageView| &v.page)
         .value(|_| ())
         .window(Window::day())
         .build()?;

@@ -323,7 +323,7 @@ async fn after_kill(path: &Path, recover: bool, stats: &mut Stats) -> u64 {
                     let rows = batch_rows(p, i, seq);
                     let landed: Vec<bool> = rows
                         .iter()
-                        .map(|d| stored.get(&d.key).and_then(|r| r.fences.get(&lane)) == Some(&seq))
+                        .map(|d| stored.get(&d.key).and_then(|r| r.fences.get(&lane)) == Some(seq))
                         .collect();
                     let n = landed.iter().filter(|l| **l).count();
                     assert!(
@@ -484,7 +484,7 @@ fn embedded_store_survives_sigkill_mid_batch() {
                 let (v, exp) = expected[&key];
                 assert_eq!((int(&row), row.expires_at), (v, Some(exp)), "{}: row {key:?}", p.namespace);
                 if p.kind == Kind::Sum {
-                    assert!(row.fences.values().all(|f| *f <= last_seq));
+                    assert!(row.fences.iter().all(|(_, f)| f <= last_seq));
                 }
                 rows_checked += 1;
             }
