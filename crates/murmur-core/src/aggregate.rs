@@ -7,6 +7,7 @@ use crate::pipeline::Pipeline;
 use crate::record::Record;
 use crate::store::{RowDelta, RowKey};
 use crate::window::BucketKey;
+use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
@@ -69,6 +70,22 @@ pub enum Pushed {
     Expired,
 }
 
+/// One row of the batch. The entity is held inline when it is short (up to
+/// 24 bytes): a fold then finds and compares its key in one cache line,
+/// where an `Arc<str>` key costs a second memory access per event. Row keys
+/// are built when the batch is taken.
+struct Slot<V> {
+    entity: CompactString,
+    bucket: BucketKey,
+    value: V,
+}
+
+impl<V> Slot<V> {
+    fn key(&self) -> RowKey {
+        RowKey::new(self.entity.as_str(), self.bucket)
+    }
+}
+
 /// Folds records of one pipeline into `(entity, bucket) -> value` for the
 /// current batch. Works for every monoid, sketches included.
 ///
@@ -82,7 +99,7 @@ pub struct Aggregator<T, M: Monoid> {
     pipeline: Pipeline<T, M>,
     policy: FlushPolicy,
     hasher: DefaultHashBuilder,
-    cells: HashTable<(RowKey, M::Value)>,
+    cells: HashTable<Slot<M::Value>>,
     opened_at: Option<Instant>,
     stats: AggregatorStats,
     keys: Vec<String>,
@@ -146,17 +163,23 @@ impl<T, M: Monoid> Aggregator<T, M> {
         // One hash and one probe; the key is only allocated for a new row.
         // (`RowKey` hashes as its entity `str` then its bucket.)
         let hash = self.hasher.hash_one((entity, bucket));
-        let eq = |(k, _): &(RowKey, M::Value)| k.bucket == bucket && *k.entity == *entity;
+        let eq = |s: &Slot<M::Value>| s.bucket == bucket && s.entity == entity;
         let acc = match self.cells.find_mut(hash, eq) {
-            Some((_, acc)) => acc,
+            Some(slot) => &mut slot.value,
             None => {
                 let hasher = &self.hasher;
-                let row = (RowKey::new(entity, bucket), monoid.identity());
+                let slot = Slot {
+                    entity: CompactString::new(entity),
+                    bucket,
+                    value: monoid.identity(),
+                };
                 &mut self
                     .cells
-                    .insert_unique(hash, row, |(k, _)| hasher.hash_one((&*k.entity, k.bucket)))
+                    .insert_unique(hash, slot, |s| {
+                        hasher.hash_one((s.entity.as_str(), s.bucket))
+                    })
                     .into_mut()
-                    .1
+                    .value
             }
         };
         monoid.insert(acc, input);
@@ -189,7 +212,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
     /// batch.
     pub fn take_values(&mut self) -> Vec<(RowKey, M::Value)> {
         self.opened_at = None;
-        let rows: Vec<_> = self.cells.drain().collect();
+        let rows: Vec<_> = self.cells.drain().map(|s| (s.key(), s.value)).collect();
         self.stats.deltas_out += rows.len() as u64;
         rows
     }
@@ -203,13 +226,13 @@ impl<T, M: Monoid> Aggregator<T, M> {
         self.stats.deltas_out += self.cells.len() as u64;
         self.cells
             .drain()
-            .map(|(key, value)| RowDelta {
-                expires_at: match (window, key.bucket.index()) {
+            .map(|slot| RowDelta {
+                expires_at: match (window, slot.bucket.index()) {
                     (Some(w), Some(index)) => w.expires_at_secs(index),
                     _ => None,
                 },
-                delta: monoid.encode(&value),
-                key,
+                delta: monoid.encode(&slot.value),
+                key: slot.key(),
             })
             .collect()
     }

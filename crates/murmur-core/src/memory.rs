@@ -13,6 +13,7 @@ use crate::store::{
     now_ms,
 };
 use crate::window::BucketKey;
+use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::collections::BTreeMap;
 use std::hash::BuildHasher as _;
@@ -30,20 +31,19 @@ struct Meta {
     aliases: HashMap<String, u64>,
 }
 
-/// The rows of one entity, by bucket. Rows are grouped like DynamoDB's
-/// partition and sort key: a batch touching an entity's buckets finds the
-/// entity's name once, and its rows sit together.
+/// One stored row with its key. The entity is held inline when short (up
+/// to 24 bytes), so comparing a key reads the row's own allocation and not
+/// also a separately allocated string.
 #[derive(Debug)]
-struct Entity {
-    name: Arc<str>,
-    rows: BTreeMap<BucketKey, StoredRow>,
+struct Slot {
+    entity: CompactString,
+    bucket: BucketKey,
+    row: StoredRow,
 }
 
-#[derive(Debug, Default)]
-struct Shard {
-    entities: HashTable<Entity>,
-    rows: usize,
-}
+/// A shard's table holds each row's hash beside a pointer to it: growing
+/// the table moves 16 bytes per row and never reads the rows.
+type Shard = HashTable<(u64, Box<Slot>)>;
 
 #[derive(Debug)]
 struct Inner {
@@ -54,7 +54,7 @@ struct Inner {
 
 /// An in-memory [`StateStore`] + [`CheckpointStore`]. Clones share state.
 ///
-/// Rows live in 64 shards by entity hash, each behind its own lock: a batch
+/// Rows live in 64 shards by key hash, each behind its own lock: a batch
 /// locks each shard it touches once, so concurrent lanes apply in parallel.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
@@ -89,27 +89,28 @@ impl MemoryStore {
         lock(&self.inner.meta)
     }
 
-    fn hash(&self, entity: &str) -> u64 {
-        self.inner.hasher.hash_one(entity)
+    fn hash(&self, entity: &str, bucket: BucketKey) -> u64 {
+        self.inner.hasher.hash_one((entity, bucket))
     }
 
-    /// The shard of an entity hash: bits the shard's own table does not use
-    /// for its bucket index (low bits) or control bytes (top 7 bits).
+    /// The shard of a key hash: bits the shard's own table does not use for
+    /// its bucket index (low bits) or control bytes (top 7 bits).
     fn shard_of(hash: u64) -> usize {
         (hash >> 40) as usize % SHARDS
     }
 
     fn find(&self, key: &RowKey) -> Option<StoredRow> {
-        let hash = self.hash(&key.entity);
+        let hash = self.hash(&key.entity, key.bucket);
         lock(&self.inner.shards[Self::shard_of(hash)])
-            .entities
-            .find(hash, |e| *e.name == *key.entity)
-            .and_then(|e| e.rows.get(&key.bucket).cloned())
+            .find(hash, |(h, s)| {
+                *h == hash && s.bucket == key.bucket && s.entity == *key.entity
+            })
+            .map(|(_, s)| s.row.clone())
     }
 
     /// Number of stored rows.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).rows).sum()
+        self.inner.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Whether no row is stored.
@@ -119,22 +120,16 @@ impl MemoryStore {
 
     /// Every row, sorted by key (for assertions and debugging).
     pub fn rows(&self) -> Vec<(RowKey, StoredRow)> {
-        let mut entities = Vec::new();
+        let mut rows = Vec::with_capacity(self.len());
         for shard in self.inner.shards.iter() {
-            let shard = lock(shard);
-            entities.extend(shard.entities.iter().map(|e| {
-                let rows: Vec<_> = e.rows.iter().map(|(b, r)| (*b, r.clone())).collect();
-                (Arc::clone(&e.name), rows)
-            }));
+            rows.extend(
+                lock(shard)
+                    .iter()
+                    .map(|(_, s)| (RowKey::new(s.entity.as_str(), s.bucket), s.row.clone())),
+            );
         }
-        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        entities
-            .into_iter()
-            .flat_map(|(name, rows)| {
-                rows.into_iter()
-                    .map(move |(bucket, row)| (RowKey::new(Arc::clone(&name), bucket), row))
-            })
-            .collect()
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
     }
 }
 
@@ -168,7 +163,7 @@ impl StateStore for MemoryStore {
         // Deltas by shard (hash computed once), then each shard locked once.
         let mut by_shard: Vec<Vec<(u64, usize)>> = vec![Vec::new(); SHARDS];
         for (i, delta) in batch.rows.iter().enumerate() {
-            let hash = self.hash(&delta.key.entity);
+            let hash = self.hash(&delta.key.entity, delta.key.bucket);
             by_shard[Self::shard_of(hash)].push((hash, i));
         }
         let mut report = ApplyReport::default();
@@ -176,47 +171,36 @@ impl StateStore for MemoryStore {
             if deltas.is_empty() {
                 continue;
             }
-            let mut shard = lock(&self.inner.shards[shard]);
-            let shard = &mut *shard;
+            let mut rows = lock(&self.inner.shards[shard]);
             for &(hash, i) in deltas {
                 let delta = &batch.rows[i];
+                let key = &delta.key;
                 report.requests += 1;
                 let error = |source| StoreError::Row {
                     store: "memory".into(),
-                    entity: delta.key.entity.to_string(),
-                    bucket: delta.key.bucket.0,
+                    entity: key.entity.to_string(),
+                    bucket: key.bucket.0,
                     source,
-                };
-                let hasher = &self.inner.hasher;
-                let entity = match shard
-                    .entities
-                    .find_mut(hash, |e| *e.name == *delta.key.entity)
-                {
-                    Some(entity) => entity,
-                    None => shard
-                        .entities
-                        .insert_unique(
-                            hash,
-                            Entity {
-                                name: Arc::clone(&delta.key.entity),
-                                rows: BTreeMap::new(),
-                            },
-                            |e| hasher.hash_one(&*e.name),
-                        )
-                        .into_mut(),
                 };
                 // In place for an existing row: no clone of its fences per
                 // write.
-                let changed = match entity.rows.get_mut(&delta.key.bucket) {
-                    Some(row) => {
-                        merge_into(monoid, row, delta, &batch.lane, batch.seq).map_err(error)?
+                let changed = match rows.find_mut(hash, |(h, s)| {
+                    *h == hash && s.bucket == key.bucket && s.entity == *key.entity
+                }) {
+                    Some((_, slot)) => {
+                        merge_into(monoid, &mut slot.row, delta, &batch.lane, batch.seq)
+                            .map_err(error)?
                     }
                     None => match merge_row(monoid, None, delta, &batch.lane, batch.seq)
                         .map_err(error)?
                     {
                         Merge::Write(row) => {
-                            entity.rows.insert(delta.key.bucket, row);
-                            shard.rows += 1;
+                            let slot = Slot {
+                                entity: CompactString::new(&*key.entity),
+                                bucket: key.bucket,
+                                row,
+                            };
+                            rows.insert_unique(hash, (hash, Box::new(slot)), |(h, _)| *h);
                             true
                         }
                         Merge::Unchanged => false,
