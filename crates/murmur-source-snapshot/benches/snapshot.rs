@@ -474,6 +474,47 @@ fn best(runs: usize, mut f: impl FnMut() -> Run) -> Run {
     best
 }
 
+const SCAN: &str = "murmur scan only (records decoded, summed)";
+const AGGREGATE: &str = "murmur scan + Aggregator (batches not stored)";
+const STORE: &str = "murmur scan + aggregate (Aggregator/MemoryStore)";
+
+/// Murmur's three measurements of `source`, reported under `title`: the
+/// read path alone, with the Aggregator, and into the MemoryStore. Returns
+/// the last, which the baselines are compared with.
+fn murmur_runs<S>(
+    runtime: &tokio::runtime::Runtime,
+    source: &S,
+    threads: usize,
+    runs: usize,
+    title: &str,
+    rows: u64,
+    bytes: u64,
+) -> Run
+where
+    S: SnapshotSource<Item = CountEvent> + Clone + 'static,
+{
+    let lanes = threads as u32;
+    let s = best(runs, || {
+        runtime.block_on(murmur_scan_only(source.clone(), threads))
+    });
+    let a = best(runs, || {
+        runtime.block_on(murmur(source.clone(), lanes, false))
+    });
+    let m = best(runs, || {
+        runtime.block_on(murmur(source.clone(), lanes, true))
+    });
+    println!("\n== {title} ==");
+    report(SCAN, &s, rows, bytes, None);
+    report(AGGREGATE, &a, rows, bytes, None);
+    report(STORE, &m, rows, bytes, None);
+    assert_eq!(
+        (s.total, a.total),
+        (m.total, m.total),
+        "the three sums of count"
+    );
+    m
+}
+
 /// One result line; with `murmur`, the ratio of Murmur's time to this one's.
 fn report(name: &str, run: &Run, rows: u64, bytes: u64, murmur: Option<&Run>) {
     println!(
@@ -536,95 +577,50 @@ fn main() {
         .unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir).unwrap());
 
-    let only = std::env::var("MURMUR_BENCH_ONLY").unwrap_or_default();
-    if only == "json-scan" {
-        // For profiling the JSON Lines read path alone.
-        let json = JsonLinesSource::new(
-            ObjectListing::new(Arc::clone(&store), Path::from("json")),
-            CountEventLines,
-        );
-        let s = best(runs, || {
-            runtime.block_on(murmur_scan_only(json.clone(), threads))
-        });
-        report(
-            "murmur scan only (records decoded, summed)",
-            &s,
-            total_rows,
-            json_bytes,
-            None,
-        );
-        let c = best(runs, || inflate_parse(&dir, threads));
-        report(
-            "(c) inflate + parse (flate2, serde_json)",
-            &c,
-            total_rows,
-            json_bytes,
-            Some(&s),
-        );
-        return;
-    }
-
-    // Parquet.
     let parquet = ParquetSource::new(
         ObjectListing::new(Arc::clone(&store), Path::from("parquet")),
         CountEventColumns,
     );
-    let s = best(runs, || {
-        runtime.block_on(murmur_scan_only(parquet.clone(), threads))
-    });
-    if only == "parquet-scan" {
-        // For profiling the read path alone.
-        report(
-            "murmur scan only (records decoded, summed)",
-            &s,
-            total_rows,
+    let json = JsonLinesSource::new(
+        ObjectListing::new(Arc::clone(&store), Path::from("json")),
+        CountEventLines,
+    );
+    // One measurement alone, for profiling.
+    let only = std::env::var("MURMUR_BENCH_ONLY").unwrap_or_default();
+    let (name, run, bytes) = match only.as_str() {
+        "" => ("", None, 0),
+        "parquet-scan" => (
+            SCAN,
+            Some(runtime.block_on(murmur_scan_only(parquet.clone(), threads))),
             parquet_bytes,
-            None,
-        );
+        ),
+        "json-scan" => (
+            SCAN,
+            Some(runtime.block_on(murmur_scan_only(json.clone(), threads))),
+            json_bytes,
+        ),
+        "parquet-store" => (
+            STORE,
+            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, true))),
+            parquet_bytes,
+        ),
+        other => {
+            panic!("MURMUR_BENCH_ONLY={other}: expected parquet-scan, parquet-store or json-scan")
+        }
+    };
+    if let Some(run) = run {
+        report(name, &run, total_rows, bytes, None);
         return;
     }
-    if only == "parquet-store" {
-        // For profiling the whole Murmur path alone.
-        let m = best(runs, || {
-            runtime.block_on(murmur(parquet.clone(), threads as u32, true))
-        });
-        report(
-            "murmur scan + aggregate (Aggregator/MemoryStore)",
-            &m,
-            total_rows,
-            parquet_bytes,
-            None,
-        );
-        return;
-    }
-    let a = best(runs, || {
-        runtime.block_on(murmur(parquet.clone(), threads as u32, false))
-    });
-    let m = best(runs, || {
-        runtime.block_on(murmur(parquet.clone(), threads as u32, true))
-    });
-    println!("\n== Parquet ==");
-    report(
-        "murmur scan only (records decoded, summed)",
-        &s,
+
+    let m = murmur_runs(
+        &runtime,
+        &parquet,
+        threads,
+        runs,
+        "Parquet",
         total_rows,
         parquet_bytes,
-        None,
-    );
-    report(
-        "murmur scan + Aggregator (batches not stored)",
-        &a,
-        total_rows,
-        parquet_bytes,
-        None,
-    );
-    assert_eq!((s.total, a.total), (m.total, m.total));
-    report(
-        "murmur scan + aggregate (Aggregator/MemoryStore)",
-        &m,
-        total_rows,
-        parquet_bytes,
-        None,
     );
     let d = best(runs, || parquet_decode_only(&dir, threads));
     report(
@@ -655,42 +651,14 @@ fn main() {
         );
     }
 
-    // JSON Lines.
-    let json = JsonLinesSource::new(
-        ObjectListing::new(Arc::clone(&store), Path::from("json")),
-        CountEventLines,
-    );
-    let s = best(runs, || {
-        runtime.block_on(murmur_scan_only(json.clone(), threads))
-    });
-    let a = best(runs, || {
-        runtime.block_on(murmur(json.clone(), threads as u32, false))
-    });
-    let m = best(runs, || {
-        runtime.block_on(murmur(json.clone(), threads as u32, true))
-    });
-    println!("\n== JSON Lines (gzip) ==");
-    report(
-        "murmur scan only (records decoded, summed)",
-        &s,
+    let m = murmur_runs(
+        &runtime,
+        &json,
+        threads,
+        runs,
+        "JSON Lines (gzip)",
         total_rows,
         json_bytes,
-        None,
-    );
-    report(
-        "murmur scan + Aggregator (batches not stored)",
-        &a,
-        total_rows,
-        json_bytes,
-        None,
-    );
-    assert_eq!((s.total, a.total), (m.total, m.total));
-    report(
-        "murmur scan + aggregate (Aggregator/MemoryStore)",
-        &m,
-        total_rows,
-        json_bytes,
-        None,
     );
     let g = best(runs, || gzip_wc(&dir));
     report("(a) gzip -dc | wc -l", &g, total_rows, json_bytes, Some(&m));
