@@ -594,3 +594,27 @@ pub trait Deduper: Send + Sync {
         expires_at: Option<i64>,
     ) -> Result<Vec<Claim>, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Rows written to embedded stores before `Fences` held their fences in
+    /// a `BTreeMap`: the encoding must not have changed.
+    #[test]
+    fn fences_encode_as_the_map_they_replaced() {
+        let lanes = [("kafka:events:3", 7u64), ("backfill:slot-0", 2), ("a", 1)];
+        let map: BTreeMap<LaneId, u64> = lanes.iter().map(|(l, s)| (LaneId::new(*l), *s)).collect();
+        let fences: Fences = lanes.iter().map(|(l, s)| (LaneId::new(*l), *s)).collect();
+        let old = postcard::to_allocvec(&map).unwrap();
+        assert_eq!(postcard::to_allocvec(&fences).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Fences>(&old).unwrap(), fences);
+        assert_eq!(
+            serde_json::to_string(&fences).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        assert_eq!(fences.get(&LaneId::new("kafka:events:3")), Some(7));
+        assert_eq!(fences.len(), 3);
+    }
+}
