@@ -161,7 +161,6 @@ impl<T, M: Monoid> Aggregator<T, M> {
     fn fold(&mut self, entity: &str, bucket: BucketKey, input: M::Input) {
         let monoid = self.pipeline.monoid();
         // One hash and one probe; the key is only allocated for a new row.
-        // (`RowKey` hashes as its entity `str` then its bucket.)
         let hash = self.hasher.hash_one((entity, bucket));
         let eq = |s: &Slot<M::Value>| s.bucket == bucket && s.entity == entity;
         let acc = match self.cells.find_mut(hash, eq) {

@@ -412,13 +412,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub source: LiveArgs,
     /// A batch is flushed when it holds this many distinct rows... [default:
-    /// 100000 live, 250000 in the backfill, where history comes faster than
-    /// the store takes writes and larger batches fold more events into each
-    /// row write]
+    /// 100000 live, 250000 in the backfill, whose larger batches fold more
+    /// events into each row write; given, it applies to both]
     #[arg(long, help_heading = "Batching")]
     pub flush_max_keys: Option<usize>,
     /// ...or is this old (the latency bound of a live update). [default: 5s
-    /// live, 30s in the backfill]
+    /// live, 30s in the backfill; given, it applies to both]
     #[arg(long, value_parser = parse_duration, help_heading = "Batching")]
     pub flush_max_age: Option<Duration>,
     /// Stop (exit 0) once every lane named in this token has committed at
