@@ -5,11 +5,9 @@ use crate::error::PipelineError;
 use crate::monoid::Monoid;
 use crate::pipeline::Pipeline;
 use crate::record::Record;
-use crate::store::{RowDelta, RowKey};
+use crate::store::{InlineKey, RowDelta, RowKey};
 use crate::window::BucketKey;
-use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashTable};
-use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
 /// When an [`Aggregator`] asks to be flushed.
@@ -70,20 +68,10 @@ pub enum Pushed {
     Expired,
 }
 
-/// One row of the batch. The entity is held inline when it is short (up to
-/// 24 bytes): a fold then finds and compares its key in one cache line,
-/// where an `Arc<str>` key costs a second memory access per event. Row keys
-/// are built when the batch is taken.
+/// One row of the batch; row keys are built when the batch is taken.
 struct Slot<V> {
-    entity: CompactString,
-    bucket: BucketKey,
+    key: InlineKey,
     value: V,
-}
-
-impl<V> Slot<V> {
-    fn key(&self) -> RowKey {
-        RowKey::new(self.entity.as_str(), self.bucket)
-    }
 }
 
 /// Folds records of one pipeline into `(entity, bucket) -> value` for the
@@ -161,22 +149,19 @@ impl<T, M: Monoid> Aggregator<T, M> {
     fn fold(&mut self, entity: &str, bucket: BucketKey, input: M::Input) {
         let monoid = self.pipeline.monoid();
         // One hash and one probe; the key is only allocated for a new row.
-        let hash = self.hasher.hash_one((entity, bucket));
-        let eq = |s: &Slot<M::Value>| s.bucket == bucket && s.entity == entity;
-        let acc = match self.cells.find_mut(hash, eq) {
+        let hash = InlineKey::hash(&self.hasher, entity, bucket);
+        let acc = match self.cells.find_mut(hash, |s| s.key.is(entity, bucket)) {
             Some(slot) => &mut slot.value,
             None => {
                 let hasher = &self.hasher;
                 let slot = Slot {
-                    entity: CompactString::new(entity),
-                    bucket,
+                    key: InlineKey::new(entity, bucket),
                     value: monoid.identity(),
                 };
+                let rehash = |s: &Slot<M::Value>| s.key.row_hash(hasher);
                 &mut self
                     .cells
-                    .insert_unique(hash, slot, |s| {
-                        hasher.hash_one((s.entity.as_str(), s.bucket))
-                    })
+                    .insert_unique(hash, slot, rehash)
                     .into_mut()
                     .value
             }
@@ -211,7 +196,11 @@ impl<T, M: Monoid> Aggregator<T, M> {
     /// batch.
     pub fn take_values(&mut self) -> Vec<(RowKey, M::Value)> {
         self.opened_at = None;
-        let rows: Vec<_> = self.cells.drain().map(|s| (s.key(), s.value)).collect();
+        let rows: Vec<_> = self
+            .cells
+            .drain()
+            .map(|s| (s.key.row_key(), s.value))
+            .collect();
         self.stats.deltas_out += rows.len() as u64;
         rows
     }
@@ -226,12 +215,12 @@ impl<T, M: Monoid> Aggregator<T, M> {
         self.cells
             .drain()
             .map(|slot| RowDelta {
-                expires_at: match (window, slot.bucket.index()) {
+                expires_at: match (window, slot.key.bucket().index()) {
                     (Some(w), Some(index)) => w.expires_at_secs(index),
                     _ => None,
                 },
                 delta: monoid.encode(&slot.value),
-                key: slot.key(),
+                key: slot.key.row_key(),
             })
             .collect()
     }

@@ -3,20 +3,17 @@
 //! persistent stores (it calls [`merge_row`] and its in-place form
 //! [`merge_into`]).
 
-use crate::error::StoreError;
+use crate::error::{MonoidError, StoreError};
 use crate::handoff::HandoffToken;
 use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
-    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge,
-    RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_into, merge_row,
-    now_ms,
+    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, InlineKey, LaneState,
+    Merge, RowDelta, RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_into,
+    merge_row, now_ms,
 };
-use crate::window::BucketKey;
-use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::collections::BTreeMap;
-use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Rows are spread over this many independently locked shards, so lanes
@@ -31,13 +28,10 @@ struct Meta {
     aliases: HashMap<String, u64>,
 }
 
-/// One stored row with its key. The entity is held inline when short (up
-/// to 24 bytes), so comparing a key reads the row's own allocation and not
-/// also a separately allocated string.
+/// One stored row with its key.
 #[derive(Debug)]
 struct Slot {
-    entity: CompactString,
-    bucket: BucketKey,
+    key: InlineKey,
     row: StoredRow,
 }
 
@@ -89,8 +83,8 @@ impl MemoryStore {
         lock(&self.inner.meta)
     }
 
-    fn hash(&self, entity: &str, bucket: BucketKey) -> u64 {
-        self.inner.hasher.hash_one((entity, bucket))
+    fn hash(&self, key: &RowKey) -> u64 {
+        InlineKey::hash(&self.inner.hasher, &key.entity, key.bucket)
     }
 
     /// The shard of a key hash: bits the shard's own table does not use for
@@ -100,11 +94,9 @@ impl MemoryStore {
     }
 
     fn find(&self, key: &RowKey) -> Option<StoredRow> {
-        let hash = self.hash(&key.entity, key.bucket);
+        let hash = self.hash(key);
         lock(&self.inner.shards[Self::shard_of(hash)])
-            .find(hash, |(h, s)| {
-                *h == hash && s.bucket == key.bucket && s.entity == *key.entity
-            })
+            .find(hash, is(hash, key))
             .map(|(_, s)| s.row.clone())
     }
 
@@ -125,12 +117,44 @@ impl MemoryStore {
             rows.extend(
                 lock(shard)
                     .iter()
-                    .map(|(_, s)| (RowKey::new(s.entity.as_str(), s.bucket), s.row.clone())),
+                    .map(|(_, s)| (s.key.row_key(), s.row.clone())),
             );
         }
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows
     }
+}
+
+/// Whether a shard entry holds the row `key` of hash `hash`.
+fn is(hash: u64, key: &RowKey) -> impl Fn(&(u64, Box<Slot>)) -> bool {
+    move |(h, s)| *h == hash && s.key.is(&key.entity, key.bucket)
+}
+
+/// Merges one delta of `batch` into its row in `rows` (in place for an
+/// existing row: no clone of its fences per write); whether the row changed.
+fn apply_row(
+    rows: &mut Shard,
+    hash: u64,
+    monoid: &dyn DynMonoid,
+    delta: &RowDelta,
+    batch: &WriteBatch,
+) -> Result<bool, MonoidError> {
+    if let Some((_, slot)) = rows.find_mut(hash, is(hash, &delta.key)) {
+        return merge_into(monoid, &mut slot.row, delta, &batch.lane, batch.seq);
+    }
+    Ok(
+        match merge_row(monoid, None, delta, &batch.lane, batch.seq)? {
+            Merge::Write(row) => {
+                let slot = Slot {
+                    key: InlineKey::new(&delta.key.entity, delta.key.bucket),
+                    row,
+                };
+                rows.insert_unique(hash, (hash, Box::new(slot)), |(h, _)| *h);
+                true
+            }
+            Merge::Unchanged => false,
+        },
+    )
 }
 
 fn lane_err(lane: &LaneId, reason: String) -> StoreError {
@@ -163,7 +187,7 @@ impl StateStore for MemoryStore {
         // Deltas by shard (hash computed once), then each shard locked once.
         let mut by_shard: Vec<Vec<(u64, usize)>> = vec![Vec::new(); SHARDS];
         for (i, delta) in batch.rows.iter().enumerate() {
-            let hash = self.hash(&delta.key.entity, delta.key.bucket);
+            let hash = self.hash(&delta.key);
             by_shard[Self::shard_of(hash)].push((hash, i));
         }
         let mut report = ApplyReport::default();
@@ -174,38 +198,16 @@ impl StateStore for MemoryStore {
             let mut rows = lock(&self.inner.shards[shard]);
             for &(hash, i) in deltas {
                 let delta = &batch.rows[i];
-                let key = &delta.key;
                 report.requests += 1;
-                let error = |source| StoreError::Row {
-                    store: "memory".into(),
-                    entity: key.entity.to_string(),
-                    bucket: key.bucket.0,
-                    source,
-                };
-                // In place for an existing row: no clone of its fences per
-                // write.
-                let changed = match rows.find_mut(hash, |(h, s)| {
-                    *h == hash && s.bucket == key.bucket && s.entity == *key.entity
-                }) {
-                    Some((_, slot)) => {
-                        merge_into(monoid, &mut slot.row, delta, &batch.lane, batch.seq)
-                            .map_err(error)?
-                    }
-                    None => match merge_row(monoid, None, delta, &batch.lane, batch.seq)
-                        .map_err(error)?
-                    {
-                        Merge::Write(row) => {
-                            let slot = Slot {
-                                entity: CompactString::new(&*key.entity),
-                                bucket: key.bucket,
-                                row,
-                            };
-                            rows.insert_unique(hash, (hash, Box::new(slot)), |(h, _)| *h);
-                            true
+                let changed =
+                    apply_row(&mut rows, hash, monoid, delta, batch).map_err(|source| {
+                        StoreError::Row {
+                            store: "memory".into(),
+                            entity: delta.key.entity.to_string(),
+                            bucket: delta.key.bucket.0,
+                            source,
                         }
-                        Merge::Unchanged => false,
-                    },
-                };
+                    })?;
                 if changed {
                     report.rows_written += 1;
                 } else {

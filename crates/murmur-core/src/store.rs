@@ -50,6 +50,52 @@ impl RowKey {
     }
 }
 
+/// A row key held in place: the entity inline when short (up to 24 bytes),
+/// so comparing a key reads no separately allocated string. The
+/// [`Aggregator`](crate::Aggregator) and the [`MemoryStore`](crate::MemoryStore)
+/// keep millions of these in hash tables, hashed with [`InlineKey::hash`].
+#[derive(Debug)]
+pub(crate) struct InlineKey {
+    entity: compact_str::CompactString,
+    bucket: BucketKey,
+}
+
+impl InlineKey {
+    pub(crate) fn new(entity: &str, bucket: BucketKey) -> Self {
+        InlineKey {
+            entity: compact_str::CompactString::new(entity),
+            bucket,
+        }
+    }
+
+    /// The hash of the key `(entity, bucket)` under `hasher`.
+    pub(crate) fn hash(
+        hasher: &impl std::hash::BuildHasher,
+        entity: &str,
+        bucket: BucketKey,
+    ) -> u64 {
+        hasher.hash_one((entity, bucket))
+    }
+
+    /// This key's own hash (for growing a table).
+    pub(crate) fn row_hash(&self, hasher: &impl std::hash::BuildHasher) -> u64 {
+        Self::hash(hasher, &self.entity, self.bucket)
+    }
+
+    /// Whether this is the key `(entity, bucket)`.
+    pub(crate) fn is(&self, entity: &str, bucket: BucketKey) -> bool {
+        self.bucket == bucket && self.entity == entity
+    }
+
+    pub(crate) fn bucket(&self) -> BucketKey {
+        self.bucket
+    }
+
+    pub(crate) fn row_key(&self) -> RowKey {
+        RowKey::new(self.entity.as_str(), self.bucket)
+    }
+}
+
 /// One row's delta within a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowDelta {
@@ -156,26 +202,23 @@ pub trait StateStore: Send + Sync {
 pub struct Fences(SmallVec<[(LaneId, u64); 2]>);
 
 impl Fences {
-    fn search(&self, lane: &LaneId) -> Result<usize, usize> {
-        self.0.binary_search_by(|(l, _)| l.cmp(lane))
+    /// Where the lane is (or would go). The same lane handle is tried first:
+    /// a writer passes the same `Arc` for every row of its batches.
+    fn position(&self, lane: &LaneId) -> Result<usize, usize> {
+        match self.0.iter().position(|(l, _)| Arc::ptr_eq(&l.0, &lane.0)) {
+            Some(i) => Ok(i),
+            None => self.0.binary_search_by(|(l, _)| l.cmp(lane)),
+        }
     }
 
     /// The lane's fence, if the lane ever wrote the row.
     pub fn get(&self, lane: &LaneId) -> Option<u64> {
-        // Same lane handle first: a writer passes the same `Arc` for every
-        // row of its batches.
-        if let Some((_, seq)) = self.0.iter().find(|(l, _)| Arc::ptr_eq(&l.0, &lane.0)) {
-            return Some(*seq);
-        }
-        self.search(lane).ok().map(|i| self.0[i].1)
+        self.position(lane).ok().map(|i| self.0[i].1)
     }
 
     /// Sets the lane's fence; returns the previous one.
     pub fn set(&mut self, lane: &LaneId, seq: u64) -> Option<u64> {
-        if let Some((_, s)) = self.0.iter_mut().find(|(l, _)| Arc::ptr_eq(&l.0, &lane.0)) {
-            return Some(std::mem::replace(s, seq));
-        }
-        match self.search(lane) {
+        match self.position(lane) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, seq)),
             Err(i) => {
                 self.0.insert(i, (lane.clone(), seq));

@@ -174,6 +174,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Chunks a reader decodes ahead of its consumer, so it keeps reading
+/// while the lane folds or writes a batch.
+const READ_AHEAD: usize = 4;
+
 /// Runs `produce` on its own task once the returned stream is first polled,
 /// forwarding its chunks (one chunk of lookahead). An error returned by
 /// `produce` is the stream's last item; a task that ends without a last
@@ -201,7 +205,7 @@ where
                 return stream::once(async move { Err(err) }).boxed();
             }
         };
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
         let task = handle.spawn(async move {
             let errors = tx.clone();
             if let Err(e) = produce(ChunkSender(tx)).await {
