@@ -195,10 +195,10 @@ where
                     seq,
                     rows: agg.take(),
                 };
+                taken.0 += batch.rows.len() as u64;
                 if apply {
                     store.apply(pipeline.monoid(), &batch).await.unwrap();
                 } else {
-                    taken.0 += batch.rows.len() as u64;
                     taken.1 += batch
                         .rows
                         .iter()
@@ -229,8 +229,12 @@ where
         deltas = (deltas.0 + n, deltas.1 + total);
     }
     let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: {} row deltas",
+        if apply { "applied" } else { "aggregate only" },
+        deltas.0
+    );
     if !apply {
-        eprintln!("aggregate only: {} row deltas", deltas.0);
         return Run {
             secs,
             groups: None,

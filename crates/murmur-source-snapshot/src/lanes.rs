@@ -18,12 +18,19 @@ pub struct LaneAssignment {
 
 /// Units spread over a fixed number of lanes, deterministically.
 ///
-/// Units are balanced by size: largest first (ties: lower index first), each
-/// to the lane with the least bytes so far (ties: fewer units, then lower
-/// slot). Within a lane, units are read in index order. The same units and
-/// lane count always give the same plan, so a restarted or scaled-out
-/// backfill finds its lanes (and their checkpoints) again. Keep the lane
-/// count fixed for the life of a run: it is part of the lanes' identity.
+/// Each lane gets one contiguous run of the units in index order, and the
+/// runs are balanced by size: a unit goes to the lane whose share of the
+/// total bytes holds the unit's midpoint (its place in the count when no
+/// size is known), so lane loads differ by about one unit at most.
+/// Contiguous runs keep locality: a listing sorted by key is sorted by time
+/// for Hive partitions, so each lane reads its own stretch of time and a
+/// window bucket (an hour, a day) is folded by one lane, not by all of
+/// them. Its rows then get a delta from one lane's batches only: on
+/// day-partitioned history that is about half the store writes of spreading
+/// units by size alone. The same units and lane count always give the same
+/// plan, so a restarted or scaled-out backfill finds its lanes (and their
+/// checkpoints) again. Keep the lane count fixed for the life of a run: it
+/// is part of the lanes' identity.
 ///
 /// Lanes go to worker processes by slot: worker `i` of `n` runs the lanes
 /// whose `slot % n == i` ([`for_worker`](Self::for_worker)).
@@ -60,18 +67,22 @@ impl LanePlan {
                 units: Vec::new(),
             })
             .collect();
-        let mut load = vec![0u64; lanes.len()];
         let mut order = units;
-        order.sort_by(|a, b| b.size.cmp(&a.size).then(a.index.cmp(&b.index)));
+        order.sort_by_key(|u| u.index);
+        // Weights in u128 so no sum of u64 sizes overflows; with no size
+        // known every unit weighs one.
+        let sized = order.iter().any(|u| u.size > 0);
+        let weight = |u: &WorkUnit| u128::from(if sized { u.size } else { 1 });
+        let total: u128 = order.iter().map(weight).sum();
+        let count = u128::from(lane_count);
+        let mut before = 0u128;
         for unit in order {
-            let target = (0..lanes.len())
-                .min_by_key(|&l| (load[l], lanes[l].units.len(), l))
-                .expect("at least one lane");
-            load[target] = load[target].saturating_add(unit.size);
-            lanes[target].units.push(unit);
-        }
-        for lane in &mut lanes {
-            lane.units.sort_by_key(|u| u.index);
+            let w = weight(&unit);
+            // The lane whose share [slot, slot + 1) * total / count holds
+            // the unit's midpoint, before + w / 2 (doubled to stay whole).
+            let slot = ((2 * before + w) * count / (2 * total).max(1)).min(count - 1);
+            before += w;
+            lanes[slot as usize].units.push(unit);
         }
         Ok(LanePlan { lanes })
     }
@@ -112,8 +123,15 @@ mod tests {
         }
     }
 
+    fn indexes(plan: &LanePlan) -> Vec<Vec<u64>> {
+        plan.lanes()
+            .iter()
+            .map(|l| l.units.iter().map(|u| u.index).collect())
+            .collect()
+    }
+
     #[test]
-    fn balances_by_size_and_is_deterministic() {
+    fn contiguous_runs_balanced_by_size_and_deterministic() {
         let units: Vec<_> = [50, 10, 40, 10, 30, 20]
             .iter()
             .enumerate()
@@ -124,27 +142,38 @@ mod tests {
         reversed.reverse();
         let b = LanePlan::new("r", reversed, 3).unwrap();
         assert_eq!(a, b, "input order does not matter");
+        // Total 160, shares of 53.3: midpoints 25, 55, 80, 105, 125, 150.
+        assert_eq!(indexes(&a), vec![vec![0], vec![1, 2, 3], vec![4, 5]]);
         let loads: Vec<u64> = a
             .lanes()
             .iter()
             .map(|l| l.units.iter().map(|u| u.size).sum())
             .collect();
-        assert_eq!(loads, vec![60, 50, 50]);
-        for lane in a.lanes() {
-            assert!(lane.units.windows(2).all(|w| w[0].index < w[1].index));
-        }
+        assert_eq!(loads, vec![50, 60, 50]);
     }
 
     #[test]
-    fn unknown_sizes_go_round_robin() {
+    fn equal_units_split_evenly_in_order() {
+        // 720 hourly objects of one size over 2 lanes: days 1-15 and 16-30.
+        let plan = LanePlan::new("r", (0..720).map(|i| unit(i, 400_000)).collect(), 2).unwrap();
+        assert_eq!(
+            indexes(&plan),
+            vec![(0..360).collect::<Vec<_>>(), (360..720).collect()]
+        );
+        // More lanes than units: no lane gets two.
+        let plan = LanePlan::new("r", (0..3).map(|i| unit(i, 7)).collect(), 5).unwrap();
+        let lens: Vec<usize> = plan.lanes().iter().map(|l| l.units.len()).collect();
+        assert_eq!(lens, vec![1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn unknown_sizes_split_by_count() {
         let units: Vec<_> = (0..8).map(|i| unit(i, 0)).collect();
         let plan = LanePlan::new("ddb", units, 4).unwrap();
-        let idx: Vec<Vec<u64>> = plan
-            .lanes()
-            .iter()
-            .map(|l| l.units.iter().map(|u| u.index).collect())
-            .collect();
-        assert_eq!(idx, vec![vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]);
+        assert_eq!(
+            indexes(&plan),
+            vec![vec![0, 1], vec![2, 3], vec![4, 5], vec![6, 7]]
+        );
     }
 
     #[test]
