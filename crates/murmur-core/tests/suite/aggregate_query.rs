@@ -327,3 +327,94 @@ async fn window_and_range_queries_fold_one_batched_read() {
         "a 3-year minute range is refused"
     );
 }
+
+/// Batches cut by `max_keys` over 300,000 records (more than a fold stages
+/// at once) hold exactly the rows a record-at-a-time fold would: every
+/// batch is flushed at `max_keys` rows, `len` agrees with the distinct keys
+/// pushed since the last take at every check, and the deltas add up to the
+/// direct fold.
+#[test]
+fn batches_over_many_records_match_a_direct_fold() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let evs: Vec<Record<(String, i64)>> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = ((x >> 24) % (48 * HOUR as u64)) as i64;
+            Record::new(
+                (format!("entity-{}", x % 40_000), (x >> 50) as i64 % 9 + 1),
+                ms,
+            )
+        })
+        .collect();
+    let max_keys = 25_000;
+    let mut agg = Aggregator::new(
+        agg_pipeline(),
+        FlushPolicy {
+            max_keys,
+            max_age: Duration::from_secs(3600),
+        },
+    );
+    let mut want: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let mut got: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let mut open = std::collections::HashSet::new();
+    let mut batches = 0;
+    for (i, r) in evs.iter().enumerate() {
+        let key = (r.value.0.clone(), r.event_time_ms.div_euclid(HOUR));
+        *want.entry(key.clone()).or_default() += r.value.1;
+        open.insert(key);
+        agg.push(r, 0).unwrap();
+        if i % 9_973 == 0 {
+            assert_eq!(agg.len(), open.len(), "distinct rows after record {i}");
+        }
+        if agg.should_flush() {
+            assert_eq!(open.len(), max_keys, "flushed at max_keys, record {i}");
+            batches += 1;
+            for d in agg.take() {
+                let k = (d.key.entity.to_string(), d.key.bucket.index().unwrap());
+                *got.entry(k).or_default() += d.delta.as_int().unwrap();
+            }
+            open.clear();
+            assert!(agg.is_empty());
+        } else {
+            assert!(open.len() < max_keys, "not flushed at {} rows", open.len());
+        }
+    }
+    for d in agg.take() {
+        let k = (d.key.entity.to_string(), d.key.bucket.index().unwrap());
+        *got.entry(k).or_default() += d.delta.as_int().unwrap();
+    }
+    assert!(batches >= 10, "{batches} batches");
+    assert_eq!(got, want);
+    assert_eq!(agg.stats().events_in, 300_000);
+
+    // Never asked: staged records fold every max_keys / 2 records, and one
+    // take holds every row.
+    let mut agg = Aggregator::new(
+        agg_pipeline(),
+        FlushPolicy {
+            max_keys: 20_000,
+            max_age: Duration::from_secs(3600),
+        },
+    );
+    for r in &evs {
+        agg.push(r, 0).unwrap();
+    }
+    let rows = agg.take_values();
+    assert_eq!(rows.len(), want.len());
+    let got: BTreeMap<(String, i64), i64> = rows
+        .into_iter()
+        .map(|(k, v)| ((k.entity.to_string(), k.bucket.index().unwrap()), v))
+        .collect();
+    assert_eq!(got, want);
+}
+
+fn agg_pipeline() -> Pipeline<(String, i64), Sum> {
+    Pipeline::builder("many", Sum)
+        .key_by_str(|e: &(String, i64)| &e.0)
+        .value(|e| e.1)
+        .window(Window::hour())
+        .build()
+        .unwrap()
+}
