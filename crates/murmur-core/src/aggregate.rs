@@ -329,7 +329,7 @@ impl<V, I> Parts<V, I> {
                 text,
             } = part;
             for s in staged.drain(..) {
-                let entity = &text[s.start as usize..s.end as usize];
+                let entity = &text[s.start..s.end];
                 // One probe; the key is only built for a new row.
                 let acc = match cells.find_mut(s.hash, |slot| slot.key.is(entity, s.bucket)) {
                     Some(slot) => &mut slot.value,
