@@ -39,7 +39,7 @@ fn record(lane: u64, offset: u64, events: u64) -> Record<CountEvent> {
     let span = 72 * 3_600_000;
     let at = T0 + (i as i64 * span) / events as i64;
     let event = CountEvent {
-        entity_id: format!("user-{:06}", (i.wrapping_mul(2_654_435_761)) % 100_000),
+        entity_id: format!("user-{:06}", (i.wrapping_mul(2_654_435_761)) % 100_000).into(),
         count: 1 + (i % 3) as i64,
         occurred_at_ms: at,
         event_id: Some(format!("ev-{i}")),

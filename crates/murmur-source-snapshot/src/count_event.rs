@@ -86,7 +86,7 @@ impl BatchDecoder for CountEventColumns {
         out.extend((0..batch.num_rows()).map(|row| {
             let occurred_at_ms = times.require(row)?;
             let event = CountEvent {
-                entity_id: ids.require(row)?.to_owned(),
+                entity_id: ids.require(row)?.into(),
                 count: counts.require(row)?,
                 occurred_at_ms,
                 event_id: None,

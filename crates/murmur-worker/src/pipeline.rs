@@ -116,18 +116,18 @@ pub async fn with_pipeline<W: WithPipeline>(
         Aggregate::Distinct => build!(
             HyperLogLog::new(args.hll_precision, 0).context("--hll-precision")?,
             key = |_: &CountEvent| ALL,
-            value = |e: &CountEvent| e.entity_id.clone()
+            value = |e: &CountEvent| e.entity_id.to_string()
         ),
         Aggregate::Top => build!(
             TopK::new(args.top_k, args.top_capacity).context("--top-k / --top-capacity")?,
             key = |_: &CountEvent| ALL,
-            value = |e: &CountEvent| e.entity_id.clone()
+            value = |e: &CountEvent| e.entity_id.to_string()
         ),
         Aggregate::Seen => build!(
             Bloom::with_rate(args.bloom_items, args.bloom_fpr)
                 .context("--bloom-items / --bloom-fpr")?,
             key = |_: &CountEvent| ALL,
-            value = |e: &CountEvent| e.entity_id.clone()
+            value = |e: &CountEvent| e.entity_id.to_string()
         ),
     }
 }

@@ -18,7 +18,7 @@ pub const HOUR: i64 = 3_600_000;
 /// Event `i` of partition `p`: 37 s apart, so a few hundred span hours.
 pub fn event(p: i32, i: i64) -> CountEvent {
     CountEvent {
-        entity_id: format!("user-{}", (i * 7 + i64::from(p)) % 13),
+        entity_id: format!("user-{}", (i * 7 + i64::from(p)) % 13).into(),
         count: 1 + i % 3,
         occurred_at_ms: T0 + i * 37_000 + i64::from(p),
         event_id: Some(format!("{p}-{i}")),
@@ -122,7 +122,7 @@ pub fn decode(bytes: Bytes) -> Vec<CountEvent> {
         let event_ids = batch.column_by_name("event_id").unwrap().as_string::<i32>();
         for row in 0..batch.num_rows() {
             events.push(CountEvent {
-                entity_id: ids.value(row).to_owned(),
+                entity_id: ids.value(row).into(),
                 count: counts.value(row),
                 occurred_at_ms: at.value(row),
                 event_id: (!arrow_array::Array::is_null(event_ids, row))

@@ -606,7 +606,7 @@ async fn an_archive_backfills_to_the_state_of_the_live_aggregation() {
     }
     let pipeline = || {
         Pipeline::builder("views", Sum)
-            .key_by(|e: &CountEvent| e.entity_id.clone())
+            .key_by_str(|e: &CountEvent| &e.entity_id)
             .value(|e| e.count)
             .window(Window::hour())
             .build()

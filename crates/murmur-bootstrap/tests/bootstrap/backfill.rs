@@ -105,7 +105,7 @@ fn source(d: &Data) -> JsonLinesSource<CountEventLines> {
 
 fn pipeline() -> Pipeline<CountEvent, Sum> {
     Pipeline::builder("daily_counts", Sum)
-        .key_by(|e: &CountEvent| e.entity_id.clone())
+        .key_by_str(|e: &CountEvent| &e.entity_id)
         .value(|e| e.count)
         .window(Window::day())
         .build()

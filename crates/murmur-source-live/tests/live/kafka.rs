@@ -433,7 +433,7 @@ async fn kafka_poison_messages_go_to_the_dead_letter_topic() {
     let good: Vec<(i64, String)> = runner
         .delivered
         .iter()
-        .map(|(_, r)| (offset(&r.position), r.value.entity_id.clone()))
+        .map(|(_, r)| (offset(&r.position), r.value.entity_id.to_string()))
         .collect();
     assert_eq!(good, vec![(0, "a".to_string()), (4, "b".to_string())]);
     assert_eq!(runner.source.metrics().dead_letters, 4);

@@ -237,7 +237,7 @@ async fn kinesis_at_timestamp_and_latest() {
     let got: Vec<(String, i64)> = runner
         .delivered
         .iter()
-        .map(|(_, r)| (r.value.entity_id.clone(), r.value.occurred_at_ms))
+        .map(|(_, r)| (r.value.entity_id.to_string(), r.value.occurred_at_ms))
         .collect();
     assert_eq!(
         got,
@@ -363,7 +363,7 @@ async fn kinesis_poison_records_go_to_the_dead_letter_stream() {
     let names: Vec<String> = runner
         .delivered
         .iter()
-        .map(|(_, r)| r.value.entity_id.clone())
+        .map(|(_, r)| r.value.entity_id.to_string())
         .collect();
     assert_eq!(names, vec!["a", "b"]);
     assert_eq!(runner.source.metrics().dead_letters, 2);
