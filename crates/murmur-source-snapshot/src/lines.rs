@@ -98,39 +98,37 @@ fn file_stream(
     range: std::ops::Range<u64>,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
     use std::io::{Read as _, Seek as _};
-    let state = (Some((file, path)), range.start, range.end);
-    stream::try_unfold(state, |(open, at, end)| async move {
-        let Some((mut file, path)) = open else {
-            return Ok(None);
-        };
-        if at >= end {
-            return Ok(None);
-        }
-        tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::new();
-            let read = file.seek(io::SeekFrom::Start(at)).and_then(|_| {
-                (&mut file)
-                    .take(FILE_READ.min(end - at))
-                    .read_to_end(&mut buf)
-            });
-            match read {
-                Ok(0) => Ok(None),
-                Ok(n) => Ok(Some((
-                    Bytes::from(buf),
-                    (Some((file, path)), at + n as u64, end),
-                ))),
-                Err(e) => Err(object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("reading {}: {e}", path.display()).into(),
-                }),
+    let end = range.end;
+    stream::try_unfold(
+        (file, path, range.start),
+        move |(mut file, path, at)| async move {
+            if at >= end {
+                return Ok(None);
             }
-        })
-        .await
-        .map_err(|e| object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(e),
-        })?
-    })
+            tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::new();
+                let read = file.seek(io::SeekFrom::Start(at)).and_then(|_| {
+                    (&mut file)
+                        .take(FILE_READ.min(end - at))
+                        .read_to_end(&mut buf)
+                });
+                match read {
+                    // Shorter than listed: the end, as for any stream.
+                    Ok(0) => Ok(None),
+                    Ok(n) => Ok(Some((Bytes::from(buf), (file, path, at + n as u64)))),
+                    Err(e) => Err(object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: format!("reading {}: {e}", path.display()).into(),
+                    }),
+                }
+            })
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })?
+        },
+    )
     .boxed()
 }
 
