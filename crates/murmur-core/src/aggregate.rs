@@ -8,7 +8,7 @@ use crate::record::Record;
 use crate::store::{InlineKey, RowDelta, RowKey};
 use crate::window::BucketKey;
 use hashbrown::{DefaultHashBuilder, HashTable};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// When an [`Aggregator`] asks to be flushed.
@@ -224,13 +224,6 @@ impl<T, M: Monoid> Aggregator<T, M> {
         batch.staged += 1;
     }
 
-    /// The batch with everything staged folded in.
-    fn folded(&self) -> MutexGuard<'_, Parts<M::Value, M::Input>> {
-        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
-        batch.fold(&self.hasher, self.pipeline.monoid());
-        batch
-    }
-
     /// Whether the batch reached `max_keys` or `max_age`.
     pub fn should_flush(&self) -> bool {
         if self
@@ -239,19 +232,21 @@ impl<T, M: Monoid> Aggregator<T, M> {
         {
             return true;
         }
-        let batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
         // Rows plus staged records bound the rows the batch will hold: fold
         // only when that bound reaches `max_keys`.
         if batch.rows + batch.staged < self.policy.max_keys {
             return false;
         }
-        drop(batch);
-        self.folded().rows >= self.policy.max_keys
+        batch.fold(&self.hasher, self.pipeline.monoid());
+        batch.rows >= self.policy.max_keys
     }
 
     /// Distinct rows held.
     pub fn len(&self) -> usize {
-        self.folded().rows
+        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        batch.fold(&self.hasher, self.pipeline.monoid());
+        batch.rows
     }
 
     /// Whether no row is held.
@@ -268,9 +263,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
     /// The typed values of the batch, in no particular order; empties the
     /// batch.
     pub fn take_values(&mut self) -> Vec<(RowKey, M::Value)> {
-        let rows = self.drain(|slot| (slot.key.row_key(), slot.value));
-        self.stats.deltas_out += rows.len() as u64;
-        rows
+        self.drain(|slot| (slot.key.row_key(), slot.value))
     }
 
     /// The batch as encoded deltas with expiries, in no particular order;
@@ -278,24 +271,24 @@ impl<T, M: Monoid> Aggregator<T, M> {
     pub fn take(&mut self) -> Vec<RowDelta> {
         let pipeline = self.pipeline.clone();
         let (window, monoid) = (pipeline.window(), pipeline.monoid());
-        let rows = self.drain(|slot| RowDelta {
+        self.drain(|slot| RowDelta {
             expires_at: match (window, slot.key.bucket().index()) {
                 (Some(w), Some(index)) => w.expires_at_secs(index),
                 _ => None,
             },
             delta: monoid.encode(&slot.value),
             key: slot.key.row_key(),
-        });
-        self.stats.deltas_out += rows.len() as u64;
-        rows
+        })
     }
 
-    /// Folds what is staged, then empties the batch through `row`.
+    /// Folds what is staged, then empties the batch through `row` (counted
+    /// in the stats).
     fn drain<R>(&mut self, row: impl FnMut(Slot<M::Value>) -> R) -> Vec<R> {
         self.opened_at = None;
         let batch = self.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
         batch.fold(&self.hasher, self.pipeline.monoid());
         let n = std::mem::take(&mut batch.rows);
+        self.stats.deltas_out += n as u64;
         let mut rows = Vec::with_capacity(n);
         rows.extend(
             batch

@@ -179,9 +179,9 @@ impl Drop for AbortOnDrop {
 const READ_AHEAD: usize = 4;
 
 /// Runs `produce` on its own task once the returned stream is first polled,
-/// forwarding its chunks (one chunk of lookahead). An error returned by
-/// `produce` is the stream's last item; a task that ends without a last
-/// chunk or an error (a panic) is reported as [`Error::Reader`].
+/// forwarding its chunks ([`READ_AHEAD`] chunks of lookahead). An error
+/// returned by `produce` is the stream's last item; a task that ends without
+/// a last chunk or an error (a panic) is reported as [`Error::Reader`].
 pub(crate) fn spawn_reader<T, F, Fut>(unit: Arc<str>, produce: F) -> ChunkStream<T>
 where
     T: Send + 'static,
