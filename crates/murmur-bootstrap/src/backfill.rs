@@ -32,7 +32,10 @@ pub struct BackfillOptions {
     /// Batch flush policy (a batch also ends at the end of every unit).
     pub flush: FlushPolicy,
     /// The handoff token; `None` takes the source's (a manifest object
-    /// beside the data), else [`HandoffToken::None`].
+    /// beside the data, a stream position captured now), else
+    /// [`HandoffToken::None`]. A run keeps the token it began with: a resume
+    /// with `None` uses it without asking the source again, and a resume
+    /// with a different token is refused ([`Error::TokenChanged`](crate::Error::TokenChanged)).
     pub token: Option<HandoffToken>,
     /// Per-event deduplication, for sources that overlap each other.
     pub dedup: Option<Dedup>,
@@ -141,8 +144,9 @@ impl BackfillStats {
 /// process runs the lanes of its worker slot. Each lane resumes from its
 /// checkpoint, re-applying a pending batch exactly; batches never span two
 /// units. With an [`HandoffToken::EventTimeCut`] token, only events with
-/// `event_time < at_ms` are kept. When every lane of the run is finished,
-/// the completion record and the token are written in one write.
+/// `event_time < at_ms` are kept. The run's token is recorded when the run
+/// begins and used by every resume and every worker of the run; when every
+/// lane of the run is finished, the run is marked completed with it.
 #[tracing::instrument(name = "backfill", skip_all, fields(run = %options.run_id))]
 pub async fn backfill<S, M>(
     pipeline: &Pipeline<S::Item, M>,
@@ -162,26 +166,33 @@ where
         tracing::info!(run = run_id, token = %token.to_json(), "backfill already completed; not re-run");
         Ok(BackfillOutcome::AlreadyCompleted { token })
     };
-    // A completed run is skipped without listing the source.
-    if let Some(run) = checkpoints
+    let begun = checkpoints
         .run(run_id)
         .await
-        .map_err(|e| Error::run(run_id, e))?
+        .map_err(|e| Error::run(run_id, e))?;
+    // A completed run is skipped without listing the source.
+    if let Some(run) = begun.as_ref()
         && run.status == RunStatus::Completed
     {
-        return already(run);
+        return already(run.clone());
     }
-    let token = match &options.token {
-        Some(t) => t.clone(),
-        None => source
+    let changed = |begun: &HandoffToken, given: &HandoffToken| Error::TokenChanged {
+        run_id: run_id.to_owned(),
+        begun: begun.to_json(),
+        given: given.to_json(),
+    };
+    // A resume keeps the run's token: the source is not asked again (a
+    // stream position captured now would miss what changed since the run
+    // began).
+    let token = match (begun.and_then(|r| r.token), &options.token) {
+        (Some(begun), Some(given)) if begun != *given => return Err(changed(&begun, given)),
+        (Some(begun), _) => begun,
+        (None, Some(given)) => given.clone(),
+        (None, None) => source
             .handoff()
             .await
             .map_err(|e| Error::source(run_id, e))?
             .unwrap_or(HandoffToken::None),
-    };
-    let cut = match token {
-        HandoffToken::EventTimeCut { at_ms } => Some(at_ms),
-        _ => None,
     };
     let units = source
         .list_units()
@@ -190,7 +201,7 @@ where
     let plan = LanePlan::new(run_id, units, options.lanes).map_err(|e| Error::source(run_id, e))?;
     let fingerprint = fingerprint(&plan);
     let run = checkpoints
-        .begin_run(run_id, &fingerprint)
+        .begin_run(run_id, &fingerprint, &token)
         .await
         .map_err(|e| Error::run(run_id, e))?;
     if run.status == RunStatus::Completed {
@@ -205,6 +216,19 @@ where
             now: fingerprint,
         });
     }
+    // Another worker may have begun the run first, with the token it took
+    // from the source: adopt it (both were taken before any lane read).
+    let token = match run.token {
+        Some(begun) if options.token.as_ref().is_some_and(|given| *given != begun) => {
+            return Err(changed(&begun, &token));
+        }
+        Some(begun) => begun,
+        None => token,
+    };
+    let cut = match token {
+        HandoffToken::EventTimeCut { at_ms } => Some(at_ms),
+        _ => None,
+    };
     let mine = plan
         .for_worker(options.worker_index, options.worker_count)
         .map_err(|e| Error::source(run_id, e))?;

@@ -62,6 +62,22 @@ pub enum Error {
         /// The plan fingerprint now.
         now: String,
     },
+    /// A resume was given a handoff token other than the one the run began
+    /// with. The lanes already folded their history against the first one
+    /// (its event-time cut, or the stream position live starts from), so
+    /// switching could skip or double-count at the seam.
+    #[error(
+        "run {run_id}: it began with handoff token {begun}, not {given}; \
+         resume with the token it began with (or none), or use a new run id"
+    )]
+    TokenChanged {
+        /// The run id.
+        run_id: String,
+        /// The token the run began with, as JSON.
+        begun: String,
+        /// The token given now, as JSON.
+        given: String,
+    },
     /// The caller broke the lane protocol (for example pushed new records
     /// while a pending batch still had to be replayed).
     #[error("lane {lane}: {reason}")]

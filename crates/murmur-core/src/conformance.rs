@@ -699,13 +699,33 @@ pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
         ),
         "{n}: completing a run that was never begun"
     );
-    let r1 = cp.begin_run(&run, "plan-a").await.expect("begin_run");
-    assert_eq!((r1.status, r1.token.clone()), (RunStatus::Running, None));
+    let r1 = cp
+        .begin_run(&run, "plan-a", &token)
+        .await
+        .expect("begin_run");
+    assert_eq!(
+        (r1.status, r1.token.clone()),
+        (RunStatus::Running, Some(token.clone())),
+        "{n}: the token is kept from the run's beginning"
+    );
     assert_eq!(r1.plan.as_deref(), Some("plan-a"), "{n}: the plan is kept");
-    let r2 = cp.begin_run(&run, "plan-b").await.expect("begin_run again");
+    let later = HandoffToken::EventTimeCut { at_ms: 5 };
+    let r2 = cp
+        .begin_run(&run, "plan-b", &later)
+        .await
+        .expect("begin_run again");
     assert_eq!(
         r1, r2,
-        "{n}: begin_run is idempotent and keeps the first plan"
+        "{n}: begin_run is idempotent and keeps the first plan and token"
+    );
+    let err = cp
+        .complete_run(&run, &later)
+        .await
+        .expect_err("completing with another token than the run began with");
+    assert!(
+        err.to_string()
+            .contains("begun with a different handoff token"),
+        "{n}: {err}"
     );
     let done = cp.complete_run(&run, &token).await.expect("complete");
     assert_eq!(
@@ -730,7 +750,7 @@ pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
         "{n}: error names the run: {err}"
     );
     assert_eq!(
-        cp.begin_run(&run, "plan-c")
+        cp.begin_run(&run, "plan-c", &HandoffToken::None)
             .await
             .expect("begin after completion")
             .status,
@@ -773,7 +793,9 @@ where
         apply(&s, &Sum, &batch(&Sum, &lane, 1, &[(&k, 7)])).await;
         c.commit_batch(&lane, 1).await.expect("commit 1");
         c.begin_batch(&intent).await.expect("begin 2");
-        c.begin_run(&run, "plan").await.expect("begin run");
+        c.begin_run(&run, "plan", &HandoffToken::None)
+            .await
+            .expect("begin run");
         c.complete_run(&run, &HandoffToken::None)
             .await
             .expect("complete run");

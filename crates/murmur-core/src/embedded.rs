@@ -732,8 +732,13 @@ impl CheckpointStore for EmbeddedStore {
         .await
     }
 
-    async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError> {
-        let (run_id, plan) = (run_id.to_owned(), plan.to_owned());
+    async fn begin_run(
+        &self,
+        run_id: &str,
+        plan: &str,
+        token: &HandoffToken,
+    ) -> Result<RunRecord, StoreError> {
+        let (run_id, plan, token) = (run_id.to_owned(), plan.to_owned(), token.clone());
         self.write("begin run", move |this, txn| {
             let mut table = txn
                 .open_table(this.runs_def())
@@ -741,7 +746,7 @@ impl CheckpointStore for EmbeddedStore {
             if let Some(run) = this.read_run(&table, &run_id)? {
                 return Ok((run, false));
             }
-            let run = RunRecord::running(&run_id, &plan, now_ms());
+            let run = RunRecord::running(&run_id, &plan, &token, now_ms());
             this.put_run(&mut table, &run)?;
             Ok((run, true))
         })
@@ -962,7 +967,10 @@ mod tests {
                 .apply(&Sum, &batch("kafka:events:0", 2, vec![delta("a", 2, 1)]))
                 .await
                 .unwrap();
-            store.begin_run("bootstrap-1", "plan-1").await.unwrap();
+            store
+                .begin_run("bootstrap-1", "plan-1", &token)
+                .await
+                .unwrap();
             store.complete_run("bootstrap-1", &token).await.unwrap();
             // A clone keeps the database open until every handle is gone.
             let clone = store.clone();
@@ -1051,7 +1059,10 @@ mod tests {
             Err(StoreError::Run { .. })
         ));
         assert_eq!(
-            store.begin_run("bootstrap-1", "plan-1").await.unwrap(),
+            store
+                .begin_run("bootstrap-1", "plan-1", &other)
+                .await
+                .unwrap(),
             run,
             "a completed run stays completed"
         );

@@ -278,12 +278,17 @@ impl CheckpointStore for MemoryStore {
         Ok(self.meta().runs.get(run_id).cloned())
     }
 
-    async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError> {
+    async fn begin_run(
+        &self,
+        run_id: &str,
+        plan: &str,
+        token: &HandoffToken,
+    ) -> Result<RunRecord, StoreError> {
         Ok(self
             .meta()
             .runs
             .entry(run_id.to_owned())
-            .or_insert_with(|| RunRecord::running(run_id, plan, now_ms()))
+            .or_insert_with(|| RunRecord::running(run_id, plan, token, now_ms()))
             .clone())
     }
 

@@ -480,7 +480,7 @@ impl LaneState {
 pub enum RunStatus {
     /// Started, not finished.
     Running,
-    /// Finished; the handoff token is set.
+    /// Finished; the run's handoff token is final.
     Completed,
 }
 
@@ -495,7 +495,12 @@ pub struct RunRecord {
     pub started_at_ms: i64,
     /// When it completed, epoch ms.
     pub completed_at_ms: Option<i64>,
-    /// The handoff token, written together with the completion.
+    /// The handoff token, set when the run begins and kept for its whole
+    /// life: every resume and every worker of the run uses it (the live
+    /// stage must start where the backfill's history ends, and a token taken
+    /// again later — a new stream capture, a rewritten manifest — may not).
+    /// `None` only in a record begun by a version that kept the token from
+    /// completion on.
     pub token: Option<HandoffToken>,
     /// A fingerprint of the run's work plan (its units and lanes), set when
     /// the run begins. A resume that plans differently — the export's
@@ -506,26 +511,32 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// A new running record for the work plan fingerprinted `plan`.
-    pub fn running(run_id: &str, plan: &str, now_ms: i64) -> Self {
+    /// A new running record for the work plan fingerprinted `plan`, with
+    /// its handoff `token`.
+    pub fn running(run_id: &str, plan: &str, token: &HandoffToken, now_ms: i64) -> Self {
         RunRecord {
             run_id: run_id.to_owned(),
             status: RunStatus::Running,
             started_at_ms: now_ms,
             completed_at_ms: None,
-            token: None,
+            token: Some(token.clone()),
             plan: Some(plan.to_owned()),
         }
     }
 
     /// Marks the run completed with `token`. Completing again with the same
-    /// token is a no-op; with a different token it is an error (`reason`).
+    /// token is a no-op; with a token other than the one the run began or
+    /// completed with it is an error (`reason`).
     pub fn complete(&mut self, token: &HandoffToken, now_ms: i64) -> Result<(), String> {
         match (&self.status, &self.token) {
             (RunStatus::Completed, Some(t)) if t == token => Ok(()),
             (RunStatus::Completed, t) => Err(format!(
                 "already completed with a different handoff token ({})",
                 t.as_ref().map(HandoffToken::to_json).unwrap_or_default()
+            )),
+            (RunStatus::Running, Some(t)) if t != token => Err(format!(
+                "begun with a different handoff token ({})",
+                t.to_json()
             )),
             (RunStatus::Running, _) => {
                 self.status = RunStatus::Completed;
@@ -564,14 +575,20 @@ pub trait CheckpointStore: Send + Sync {
     /// The run record, if the run was begun.
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
 
-    /// Begins a run for the work plan fingerprinted `plan` unless it exists;
-    /// returns the stored record (which may be completed — a completed
-    /// bootstrap is never re-run — or carry the plan it began with, for the
-    /// caller to compare).
-    async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError>;
+    /// Begins a run for the work plan fingerprinted `plan`, with its handoff
+    /// `token`, unless it exists (one conditional write: the first of
+    /// concurrent callers wins); returns the stored record, which may be
+    /// completed — a completed bootstrap is never re-run — or carry the plan
+    /// and token it began with, for the caller to compare and adopt.
+    async fn begin_run(
+        &self,
+        run_id: &str,
+        plan: &str,
+        token: &HandoffToken,
+    ) -> Result<RunRecord, StoreError>;
 
-    /// Marks the run completed and stores its handoff token, in one atomic
-    /// write (see [`RunRecord::complete`]).
+    /// Marks the run completed, in one atomic write; the token must be the
+    /// one the run began with (see [`RunRecord::complete`]).
     async fn complete_run(
         &self,
         run_id: &str,

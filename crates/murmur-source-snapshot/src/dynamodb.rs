@@ -16,9 +16,12 @@
 //! be seen, and a replayed page (same start key, same page size) returns
 //! the items as they are at replay time. To close the gap, capture a
 //! DynamoDB Streams position *before* scanning
-//! ([`DynamoDbScanSource::capture_streams_handoff`]) and let the live stage
-//! replay the stream from there; changes seen by both are the overlap the
-//! per-event deduper (or an idempotent monoid) absorbs.
+//! ([`DynamoDbScanSource::capture_streams_handoff`], or
+//! [`with_streams_capture`](DynamoDbScanSource::with_streams_capture) to
+//! have the backfill driver take it when its run begins and keep it with
+//! the run) and let the live stage replay the stream from there; changes
+//! seen by both are the overlap the per-event deduper (or an idempotent
+//! monoid) absorbs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -129,6 +132,7 @@ pub struct DynamoDbScanSource<T> {
     event_time: EventTime<T>,
     event_id: Option<EventId<T>>,
     handoff: Option<HandoffToken>,
+    streams: Option<aws_sdk_dynamodbstreams::Client>,
     sink: Arc<BadRecordSink>,
     limiter: Arc<RateLimiter>,
     key_names: Arc<OnceCell<Vec<String>>>,
@@ -142,6 +146,7 @@ impl<T> Clone for DynamoDbScanSource<T> {
             event_time: Arc::clone(&self.event_time),
             event_id: self.event_id.clone(),
             handoff: self.handoff.clone(),
+            streams: self.streams.clone(),
             sink: Arc::clone(&self.sink),
             limiter: Arc::clone(&self.limiter),
             key_names: Arc::clone(&self.key_names),
@@ -187,6 +192,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
             event_time: Arc::new(event_time),
             event_id: None,
             handoff: None,
+            streams: None,
             sink: Arc::new(BadRecordSink::default()),
             limiter,
             key_names: Arc::new(OnceCell::new()),
@@ -212,6 +218,18 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
     /// [`SnapshotSource::handoff`]).
     pub fn with_handoff(mut self, token: HandoffToken) -> Self {
         self.handoff = Some(token);
+        self
+    }
+
+    /// Makes [`SnapshotSource::handoff`] capture the table's DynamoDB
+    /// Streams position when it is asked
+    /// ([`capture_streams_handoff`](Self::capture_streams_handoff)), unless
+    /// an explicit token was given. The backfill driver asks once, before
+    /// the run's first read, and keeps the capture with the run: a resume
+    /// after a crash hands live the same position, not a new one that would
+    /// miss the changes made since the scan began.
+    pub fn with_streams_capture(mut self, streams: aws_sdk_dynamodbstreams::Client) -> Self {
+        self.streams = Some(streams);
         self
     }
 
@@ -464,7 +482,19 @@ impl<T: DeserializeOwned + Send + 'static> SnapshotSource for DynamoDbScanSource
     }
 
     async fn handoff(&self) -> Result<Option<HandoffToken>> {
-        Ok(self.handoff.clone())
+        match (&self.handoff, &self.streams) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(streams)) => {
+                let token = self.capture_streams_handoff(streams).await?.token();
+                tracing::info!(
+                    table = %self.options.table,
+                    token = %token.to_json(),
+                    "DynamoDB Streams position captured before the scan"
+                );
+                Ok(Some(token))
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     fn bad_records(&self) -> &Arc<BadRecordSink> {

@@ -368,11 +368,11 @@ impl DynamoDbCheckpointStore {
             .map(|(r, _)| r))
     }
 
-    async fn start_run(&self, run_id: &str, plan: &str) -> Result<RunRecord> {
+    async fn start_run(&self, run_id: &str, plan: &str, token: &HandoffToken) -> Result<RunRecord> {
         self.update(&format!("{RUN_PREFIX}{run_id}"), |current| {
             Ok(match current {
                 Some(run) => Step::Done(run),
-                None => Step::Write(RunRecord::running(run_id, plan, now_ms())),
+                None => Step::Write(RunRecord::running(run_id, plan, token, now_ms())),
             })
         })
         .await
@@ -440,8 +440,13 @@ impl CheckpointStore for DynamoDbCheckpointStore {
             .map_err(|e| e.into_store_error("run"))
     }
 
-    async fn begin_run(&self, run_id: &str, plan: &str) -> Result<RunRecord, StoreError> {
-        self.start_run(run_id, plan)
+    async fn begin_run(
+        &self,
+        run_id: &str,
+        plan: &str,
+        token: &HandoffToken,
+    ) -> Result<RunRecord, StoreError> {
+        self.start_run(run_id, plan, token)
             .await
             .map_err(|e| e.into_store_error("begin_run"))
     }
@@ -480,7 +485,7 @@ mod tests {
             HandoffToken::None,
         ];
         for token in tokens {
-            let mut run = RunRecord::running("r1", "units=3 lanes=2 sha256=00ff", 7);
+            let mut run = RunRecord::running("r1", "units=3 lanes=2 sha256=00ff", &token, 7);
             run.complete(&token, 9).unwrap();
             let json = serde_json::to_string(&run).unwrap();
             let back: RunRecord = serde_json::from_str(&json).unwrap();

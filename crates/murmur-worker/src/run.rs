@@ -319,18 +319,19 @@ impl Worker<'_> {
         })
     }
 
-    /// The DynamoDB Streams handoff of a scan backfill, taken before the
-    /// scan: the stream's current ends for a new run; for a run that already
-    /// began (a resume: its first capture was not kept, and one taken now
-    /// would miss the changes since the scan began) every shard from its
-    /// trim horizon; none for a completed run (it keeps its token).
+    /// A scan backfill handing off to the scanned table's stream: the
+    /// source captures the stream's position when the run begins (the run
+    /// keeps it for every resume). A run begun by a version that did not
+    /// keep the capture resumes with every shard from its trim horizon: a
+    /// capture taken now would miss the changes since the scan began.
     async fn streams_handoff(
         &self,
-        source: &DynamoDbScanSource<CountEvent>,
-        streams: &aws_sdk_dynamodbstreams::Client,
+        source: DynamoDbScanSource<CountEvent>,
+        streams: aws_sdk_dynamodbstreams::Client,
         stores: &Stores,
         run_id: &str,
-    ) -> anyhow::Result<Option<HandoffToken>> {
+        options: &mut BackfillOptions,
+    ) -> anyhow::Result<DynamoDbScanSource<CountEvent>> {
         let args = self.args;
         if args.source.streams_table.as_deref() != args.scan_table.as_deref() {
             bail!(
@@ -345,19 +346,18 @@ impl Worker<'_> {
                  without --dedup they are counted twice"
             );
         }
-        let handoff = match stores.checkpoints.run(run_id).await? {
-            None => source.capture_streams_handoff(streams).await?,
-            Some(run) if run.status == RunStatus::Completed => return Ok(None),
-            Some(_) => {
+        match stores.checkpoints.run(run_id).await? {
+            Some(run) if run.status == RunStatus::Running && run.token.is_none() => {
                 tracing::warn!(
                     run = run_id,
                     "resuming a scan whose stream capture was not kept: live reads the stream from its trim horizon"
                 );
-                source.streams_trim_horizon(streams).await?
+                let handoff = source.streams_trim_horizon(&streams).await?;
+                options.token = Some(handoff.token());
+                Ok(source)
             }
-        };
-        tracing::info!(token = %handoff.token().to_json(), "DynamoDB Streams position captured before the scan");
-        Ok(Some(handoff.token()))
+            _ => Ok(source.with_streams_capture(streams)),
+        }
     }
 
     /// Runs (or resumes, or skips) the backfill; the token once the run is
@@ -443,12 +443,14 @@ impl Worker<'_> {
                         .event_id(|e: &CountEvent| e.event_id.as_deref().map(Arc::from))
                         .with_bad_records(BadRecordPolicy::max_bad_records(args.max_bad_records));
                 let mut options = options;
-                if options.token.is_none() && args.source.live == LiveKind::DynamodbStreams {
-                    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
-                    options.token = self
-                        .streams_handoff(&source, &streams, stores, &run_id)
-                        .await?;
-                }
+                let source =
+                    if options.token.is_none() && args.source.live == LiveKind::DynamodbStreams {
+                        let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
+                        self.streams_handoff(source, streams, stores, &run_id, &mut options)
+                            .await?
+                    } else {
+                        source
+                    };
                 drive(pipeline, source, stores, &options, &self.telemetry).await
             }
         };

@@ -478,3 +478,76 @@ async fn batches_span_units_and_a_spanning_batch_replays_exactly() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_keeps_the_token_it_began_with() {
+    let d = write_data(3_000);
+    let manifest = d.root.join("events/_murmur_handoff.json");
+    let mem = MemoryStore::new();
+    let cps: Arc<dyn CheckpointStore> = Arc::new(mem.clone());
+    // The first run folds part of the history against the manifest's cut,
+    // then dies.
+    let crashing = Arc::new(Crashing {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(200),
+    });
+    let first = backfill(
+        &pipeline(),
+        &source(&d),
+        crashing,
+        cps.clone(),
+        &options("bf-token"),
+    )
+    .await;
+    assert!(first.is_err(), "{first:?}");
+    let began = HandoffToken::EventTimeCut { at_ms: d.cut };
+    assert_eq!(
+        cps.run("bf-token").await.unwrap().unwrap().token,
+        Some(began.clone()),
+        "the token is recorded when the run begins"
+    );
+
+    // The manifest is rewritten with an earlier cut before the resume.
+    std::fs::write(
+        &manifest,
+        format!("{{\"kind\":\"event_time_cut\",\"at_ms\":{}}}", d.cut - DAY),
+    )
+    .unwrap();
+    // A resume given another token is refused, naming both.
+    let other = HandoffToken::EventTimeCut { at_ms: d.cut - DAY };
+    let err = backfill(
+        &pipeline(),
+        &source(&d),
+        Arc::new(mem.clone()),
+        cps.clone(),
+        &BackfillOptions {
+            token: Some(other.clone()),
+            ..options("bf-token")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::TokenChanged { .. })
+            && err.to_string().contains(&began.to_json())
+            && err.to_string().contains(&other.to_json()),
+        "{err}"
+    );
+    // A resume without one uses the run's token, not the new manifest's:
+    // every lane folds against the same cut, and live gets that cut.
+    let out = backfill(
+        &pipeline(),
+        &source(&d),
+        Arc::new(mem.clone()),
+        cps.clone(),
+        &options("bf-token"),
+    )
+    .await
+    .unwrap();
+    let BackfillOutcome::Completed { token, stats } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(token, began);
+    assert!(stats.records > 0, "{stats:?}");
+    assert_eq!(stored(&mem, &d.truth).await, d.truth);
+}

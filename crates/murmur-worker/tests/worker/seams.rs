@@ -250,72 +250,90 @@ fn event_time_cut_over_kafka_seam_is_exact() {
     rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));
 }
 
+/// A table keyed by `event_id`, with a stream of new images if `stream`.
+async fn create_events_table(ddb: &aws_sdk_dynamodb::Client, table: &str, stream: bool) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        StreamSpecification, StreamViewType,
+    };
+    ddb.create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("event_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("event_id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .set_stream_specification(stream.then(|| {
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewImage)
+                .build()
+                .unwrap()
+        }))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Writes events `range` as items (`event_id` `ev-<i>`).
+async fn put_events(ddb: &aws_sdk_dynamodb::Client, table: &str, range: std::ops::Range<u64>) {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let items: Vec<WriteRequest> = range
+        .map(|i| {
+            let (e, c, t) = event(i);
+            let item = [
+                ("event_id", AttributeValue::S(format!("ev-{i}"))),
+                ("entity_id", AttributeValue::S(e)),
+                ("count", AttributeValue::N(c.to_string())),
+                ("occurred_at_unix_ms", AttributeValue::N(t.to_string())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            WriteRequest::builder()
+                .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+                .build()
+        })
+        .collect();
+    for chunk in items.chunks(25) {
+        let mut pending = Some(
+            std::iter::once((table.to_owned(), chunk.to_vec()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        while let Some(req) = pending.take() {
+            let out = ddb
+                .batch_write_item()
+                .set_request_items(Some(req))
+                .send()
+                .await
+                .unwrap();
+            pending = out.unprocessed_items().filter(|u| !u.is_empty()).cloned();
+        }
+    }
+}
+
 #[test]
 fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
     if service("AWS_ENDPOINT_URL").is_none() {
         return;
     }
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-        ScalarAttributeType, WriteRequest,
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let history = 4_000u64;
     let table = unique("history");
     rt.block_on(async {
         let ddb = aws_sdk_dynamodb::Client::new(&aws().await);
-        ddb.create_table()
-            .table_name(&table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("event_id")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("event_id")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
-        let items: Vec<WriteRequest> = (0..history)
-            .map(|i| {
-                let (e, c, t) = event(i);
-                let item = [
-                    ("event_id", AttributeValue::S(format!("ev-{i}"))),
-                    ("entity_id", AttributeValue::S(e)),
-                    ("count", AttributeValue::N(c.to_string())),
-                    ("occurred_at_unix_ms", AttributeValue::N(t.to_string())),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-                WriteRequest::builder()
-                    .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
-                    .build()
-            })
-            .collect();
-        for chunk in items.chunks(25) {
-            let mut pending = Some(
-                std::iter::once((table.clone(), chunk.to_vec()))
-                    .collect::<std::collections::HashMap<_, _>>(),
-            );
-            while let Some(req) = pending.take() {
-                let out = ddb
-                    .batch_write_item()
-                    .set_request_items(Some(req))
-                    .send()
-                    .await
-                    .unwrap();
-                pending = out.unprocessed_items().filter(|u| !u.is_empty()).cloned();
-            }
-        }
+        create_events_table(&ddb, &table, false).await;
+        put_events(&ddb, &table, 0..history).await;
     });
     let (_broker, topic) = Topic::new();
     rt.block_on(topic.produce(history));
@@ -362,4 +380,75 @@ fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
     let n = topic.produced.load(Ordering::SeqCst);
     assert!(n > history);
     rt.block_on(compare_sums(&embedded(&data, "events"), n));
+}
+
+#[test]
+fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
+    if service("AWS_ENDPOINT_URL").is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (history, during) = (2_000u64, 300u64);
+    let table = unique("streamed");
+    let ddb = rt.block_on(async { aws_sdk_dynamodb::Client::new(&aws().await) });
+    rt.block_on(async {
+        create_events_table(&ddb, &table, true).await;
+        put_events(&ddb, &table, 0..history).await;
+    });
+    // The history is older than the capture's cut (stream creation times
+    // are whole seconds).
+    std::thread::sleep(Duration::from_millis(2_500));
+    let dir = tempdir();
+    let data = p(&dir, "data");
+    let args: Vec<String> = [
+        "run",
+        "--backfill",
+        "dynamodb",
+        "--scan-table",
+        &table,
+        "--scan-segments",
+        "4",
+        "--scan-page-size",
+        "50",
+        "--live",
+        "dynamodb-streams",
+        "--streams-table",
+        &table,
+        "--dedup",
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--flush-max-keys",
+        "40",
+        "--flush-max-age",
+        "100ms",
+        "--stop-after-idle",
+        "3s",
+        "--progress",
+        "never",
+        "--log",
+        "info,murmur_bootstrap=debug",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    // The first run captures the stream's position, scans part of the
+    // table and is killed.
+    let first = run(
+        worker_with(&args),
+        &Kill::After {
+            pattern: "batch committed",
+            nth: 5,
+            delay: Duration::ZERO,
+        },
+        Duration::from_secs(240),
+    );
+    assert!(matches!(first, Ended::Killed(Phase::Backfill)), "{first:?}");
+    // Changes made after the capture, before the resume.
+    rt.block_on(put_events(&ddb, &table, history..history + during));
+    let second = finished(&args, &Kill::Never);
+    assert_eq!(second["backfill"], "completed", "{second}");
+    // Live reads the stream from the first run's capture: exactly the
+    // changes made since, not every shard from its trim horizon (which
+    // would read the whole history again).
+    assert_eq!(second["live_records"], during, "{second}");
+    rt.block_on(compare_sums(&embedded(&data, "events"), history + during));
 }
