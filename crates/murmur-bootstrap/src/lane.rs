@@ -1,7 +1,7 @@
 //! [`LaneWriter`]: one lane's records -> fenced batches.
 
 use crate::error::{Error, Result};
-use murmur_core::store::now_ms;
+use murmur_core::store::{RowDelta, now_ms};
 use murmur_core::{
     Aggregator, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, FlushPolicy, LaneId,
     LaneState, Monoid, Pipeline, Position, Record, StateStore, WriteBatch,
@@ -89,6 +89,8 @@ pub struct LaneWriter<T, M: Monoid> {
     /// With dedup, the open batch's records wait here for their claims.
     held: Vec<Record<T>>,
     held_since: Option<Instant>,
+    /// The last batch's vector of deltas, emptied, for the next batch.
+    spare: Vec<RowDelta>,
 }
 
 impl<T, M: Monoid> LaneWriter<T, M> {
@@ -127,6 +129,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 flush_policy: flush,
                 held: Vec::new(),
                 held_since: None,
+                spare: Vec::new(),
             },
             resume,
         ))
@@ -315,7 +318,8 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         records: u64,
         duplicates: u64,
     ) -> Result<BatchReport> {
-        let rows = self.agg.take();
+        let mut rows = std::mem::take(&mut self.spare);
+        self.agg.take_into(&mut rows);
         let batch = WriteBatch {
             lane: self.lane.clone(),
             seq: intent.seq,
@@ -331,11 +335,15 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             .commit_batch(&self.lane, intent.seq)
             .await
             .map_err(|source| self.store_err(source))?;
-        tracing::debug!(lane = %self.lane, seq = intent.seq, rows = batch.rows.len(), "batch committed");
+        let rows = batch.rows.len();
+        tracing::debug!(lane = %self.lane, seq = intent.seq, rows, "batch committed");
+        // The next batch reuses the vector (and its memory).
+        self.spare = batch.rows;
+        self.spare.clear();
         Ok(BatchReport {
             seq: intent.seq,
             records,
-            rows: batch.rows.len() as u64,
+            rows: rows as u64,
             apply,
             end: intent.end,
             duplicates,

@@ -269,27 +269,44 @@ impl<T, M: Monoid> Aggregator<T, M> {
     /// The batch as encoded deltas with expiries, in no particular order;
     /// empties the batch.
     pub fn take(&mut self) -> Vec<RowDelta> {
+        let mut rows = Vec::new();
+        self.take_into(&mut rows);
+        rows
+    }
+
+    /// [`take`](Self::take) into `rows` (cleared first), reusing its
+    /// memory: a writer that hands back the previous batch's vector does
+    /// not allocate (and fault in) a new one per batch.
+    pub fn take_into(&mut self, rows: &mut Vec<RowDelta>) {
         let pipeline = self.pipeline.clone();
         let (window, monoid) = (pipeline.window(), pipeline.monoid());
-        self.drain(|slot| RowDelta {
+        rows.clear();
+        self.drain_into(rows, |slot| RowDelta {
             expires_at: match (window, slot.key.bucket().index()) {
                 (Some(w), Some(index)) => w.expires_at_secs(index),
                 _ => None,
             },
             delta: monoid.encode(&slot.value),
             key: slot.key.row_key(),
-        })
+        });
     }
 
     /// Folds what is staged, then empties the batch through `row` (counted
     /// in the stats).
     fn drain<R>(&mut self, row: impl FnMut(Slot<M::Value>) -> R) -> Vec<R> {
+        let mut rows = Vec::new();
+        self.drain_into(&mut rows, row);
+        rows
+    }
+
+    /// [`drain`](Self::drain) appending to `rows`.
+    fn drain_into<R>(&mut self, rows: &mut Vec<R>, row: impl FnMut(Slot<M::Value>) -> R) {
         self.opened_at = None;
         let batch = self.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
         batch.fold(&self.hasher, self.pipeline.monoid());
         let n = std::mem::take(&mut batch.rows);
         self.stats.deltas_out += n as u64;
-        let mut rows = Vec::with_capacity(n);
+        rows.reserve(n);
         rows.extend(
             batch
                 .parts
@@ -297,7 +314,6 @@ impl<T, M: Monoid> Aggregator<T, M> {
                 .flat_map(|p| p.cells.drain())
                 .map(row),
         );
-        rows
     }
 }
 

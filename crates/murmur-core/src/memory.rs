@@ -35,9 +35,107 @@ struct Slot {
     row: StoredRow,
 }
 
-/// A shard's table holds each row's hash beside a pointer to it: growing
-/// the table moves 16 bytes per row and never reads the rows.
-type Shard = HashTable<(u64, Box<Slot>)>;
+/// One shard's rows. The rows sit in an append-only [`Arena`]; the table
+/// holds 8 bytes per row: 32 bits of the key's hash (enough to grow the
+/// table without reading a row, and to pass over most rows that do not
+/// match) and the row's index in the arena. Rows are never removed.
+#[derive(Debug, Default)]
+struct Shard {
+    table: HashTable<(u32, u32)>,
+    slots: Arena,
+}
+
+/// Rows in blocks of [`Arena::BLOCK`] that never move. The first block
+/// grows like a `Vec` (a small store stays small); later ones are allocated
+/// whole and filled in order, so memory is touched only as rows are added,
+/// and there is no allocation per row. (Written here rather than taken from
+/// an append-only-vector crate: those are built for concurrent pushes, with
+/// a flag per entry, and zero each doubling bucket when it is allocated,
+/// touching memory no row uses yet.)
+#[derive(Debug, Default)]
+struct Arena {
+    blocks: Vec<Vec<Slot>>,
+}
+
+impl Arena {
+    const SHIFT: u32 = 10;
+    const BLOCK: usize = 1 << Self::SHIFT;
+
+    /// Appends `slot`; its index.
+    fn push(&mut self, slot: Slot) -> usize {
+        let full = self.blocks.last().is_none_or(|b| b.len() == Self::BLOCK);
+        if full {
+            let capacity = if self.blocks.is_empty() {
+                0
+            } else {
+                Self::BLOCK
+            };
+            self.blocks.push(Vec::with_capacity(capacity));
+        }
+        let last = self.blocks.len() - 1;
+        let block = &mut self.blocks[last];
+        block.push(slot);
+        (last << Self::SHIFT) + block.len() - 1
+    }
+
+    fn get(&self, i: u32) -> &Slot {
+        let i = i as usize;
+        &self.blocks[i >> Self::SHIFT][i & (Self::BLOCK - 1)]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut Slot {
+        let i = i as usize;
+        &mut self.blocks[i >> Self::SHIFT][i & (Self::BLOCK - 1)]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.blocks.iter().flatten()
+    }
+}
+
+/// The table hash of a row from the 32 bits of its key hash kept in the
+/// table: spread over 64 bits (the table takes its bucket from the low bits
+/// and a tag from the top ones).
+fn table_hash(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn find(&self, tag: u32, key: &RowKey) -> Option<&Slot> {
+        let i = self.position(tag, key)?;
+        Some(self.slots.get(i))
+    }
+
+    fn find_mut(&mut self, tag: u32, key: &RowKey) -> Option<&mut Slot> {
+        let i = self.position(tag, key)?;
+        Some(self.slots.get_mut(i))
+    }
+
+    fn position(&self, tag: u32, key: &RowKey) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(table_hash(tag), |&(t, i)| {
+                t == tag && slots.get(i).key.is(&key.entity, key.bucket)
+            })
+            .map(|&(_, i)| i)
+    }
+
+    fn insert(&mut self, tag: u32, slot: Slot) {
+        let i = self.slots.push(slot);
+        // A shard holding 2^32 rows would need hundreds of GB of memory.
+        let i = u32::try_from(i).expect("fewer than 2^32 rows per shard");
+        self.table
+            .insert_unique(table_hash(tag), (tag, i), |&(t, _)| table_hash(t));
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter()
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -83,21 +181,18 @@ impl MemoryStore {
         lock(&self.inner.meta)
     }
 
-    fn hash(&self, key: &RowKey) -> u64 {
-        InlineKey::hash(&self.inner.hasher, &key.entity, key.bucket)
-    }
-
-    /// The shard of a key hash: bits the shard's own table does not use for
-    /// its bucket index (low bits) or control bytes (top 7 bits).
-    fn shard_of(hash: u64) -> usize {
-        (hash >> 40) as usize % SHARDS
+    /// The key's shard (from the hash's high bits) and its tag in the
+    /// shard's table (the low 32 bits).
+    fn place(&self, key: &RowKey) -> (usize, u32) {
+        let hash = InlineKey::hash(&self.inner.hasher, &key.entity, key.bucket);
+        ((hash >> 40) as usize % SHARDS, hash as u32)
     }
 
     fn find(&self, key: &RowKey) -> Option<StoredRow> {
-        let hash = self.hash(key);
-        lock(&self.inner.shards[Self::shard_of(hash)])
-            .find(hash, is(hash, key))
-            .map(|(_, s)| s.row.clone())
+        let (shard, tag) = self.place(key);
+        lock(&self.inner.shards[shard])
+            .find(tag, key)
+            .map(|s| s.row.clone())
     }
 
     /// Number of stored rows.
@@ -116,8 +211,8 @@ impl MemoryStore {
         for shard in self.inner.shards.iter() {
             rows.extend(
                 lock(shard)
-                    .iter()
-                    .map(|(_, s)| (s.key.row_key(), s.row.clone())),
+                    .slots()
+                    .map(|s| (s.key.row_key(), s.row.clone())),
             );
         }
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -125,21 +220,16 @@ impl MemoryStore {
     }
 }
 
-/// Whether a shard entry holds the row `key` of hash `hash`.
-fn is(hash: u64, key: &RowKey) -> impl Fn(&(u64, Box<Slot>)) -> bool {
-    move |(h, s)| *h == hash && s.key.is(&key.entity, key.bucket)
-}
-
 /// Merges one delta of `batch` into its row in `rows` (in place for an
 /// existing row: no clone of its fences per write); whether the row changed.
 fn apply_row(
     rows: &mut Shard,
-    hash: u64,
+    tag: u32,
     monoid: &dyn DynMonoid,
     delta: &RowDelta,
     batch: &WriteBatch,
 ) -> Result<bool, MonoidError> {
-    if let Some((_, slot)) = rows.find_mut(hash, is(hash, &delta.key)) {
+    if let Some(slot) = rows.find_mut(tag, &delta.key) {
         return merge_into(monoid, &mut slot.row, delta, &batch.lane, batch.seq);
     }
     Ok(
@@ -149,7 +239,7 @@ fn apply_row(
                     key: InlineKey::new(&delta.key.entity, delta.key.bucket),
                     row,
                 };
-                rows.insert_unique(hash, (hash, Box::new(slot)), |(h, _)| *h);
+                rows.insert(tag, slot);
                 true
             }
             Merge::Unchanged => false,
@@ -184,23 +274,34 @@ impl StateStore for MemoryStore {
         monoid: &dyn DynMonoid,
         batch: &WriteBatch,
     ) -> Result<ApplyReport, StoreError> {
-        // Deltas by shard (hash computed once), then each shard locked once.
-        let mut by_shard: Vec<Vec<(u64, usize)>> = vec![Vec::new(); SHARDS];
-        for (i, delta) in batch.rows.iter().enumerate() {
-            let hash = self.hash(&delta.key);
-            by_shard[Self::shard_of(hash)].push((hash, i));
+        // Deltas grouped by shard (hash computed once, one allocation), then
+        // each shard locked once.
+        let places: Vec<(usize, u32)> = batch.rows.iter().map(|d| self.place(&d.key)).collect();
+        let mut starts = [0usize; SHARDS + 1];
+        for &(shard, _) in &places {
+            starts[shard + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts;
+        let mut grouped = vec![(0u32, 0usize); places.len()];
+        for (i, &(shard, tag)) in places.iter().enumerate() {
+            grouped[next[shard]] = (tag, i);
+            next[shard] += 1;
         }
         let mut report = ApplyReport::default();
-        for (shard, deltas) in by_shard.iter().enumerate() {
+        for shard in 0..SHARDS {
+            let deltas = &grouped[starts[shard]..starts[shard + 1]];
             if deltas.is_empty() {
                 continue;
             }
             let mut rows = lock(&self.inner.shards[shard]);
-            for &(hash, i) in deltas {
+            for &(tag, i) in deltas {
                 let delta = &batch.rows[i];
                 report.requests += 1;
                 let changed =
-                    apply_row(&mut rows, hash, monoid, delta, batch).map_err(|source| {
+                    apply_row(&mut rows, tag, monoid, delta, batch).map_err(|source| {
                         StoreError::Row {
                             store: "memory".into(),
                             entity: delta.key.entity.to_string(),

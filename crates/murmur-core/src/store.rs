@@ -183,9 +183,11 @@ pub trait StateStore: Send + Sync {
 ///
 /// A row is written by few lanes (one per source partition or backfill slot
 /// that ever touched its entity), so the fences are a small vector sorted by
-/// lane, held inline up to two lanes: the memory and embedded stores keep
-/// millions of rows and look a fence up on every write. It serializes as a
-/// map from lane to sequence number.
+/// lane, the first one held inline: the memory and embedded stores keep
+/// millions of rows and look a fence up on every write, and most rows of a
+/// backfill are written by one lane only (a second one, such as the live
+/// lane after the handoff, moves them to a small allocation). It serializes
+/// as a map from lane to sequence number.
 ///
 /// ```
 /// use murmur_core::LaneId;
@@ -199,7 +201,7 @@ pub trait StateStore: Send + Sync {
 /// assert_eq!(lanes, ["a", "b"]);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fences(SmallVec<[(LaneId, u64); 2]>);
+pub struct Fences(SmallVec<[(LaneId, u64); 1]>);
 
 impl Fences {
     /// Where the lane is (or would go). The same lane handle is tried first:

@@ -20,8 +20,8 @@
 //! `MURMUR_BENCH_RUNS` (default 3: every measurement, Murmur's and the
 //! baselines', is the fastest of that many runs), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
-//! `MURMUR_BENCH_ONLY` (`parquet-scan`, `parquet-store` or `json-scan`: that
-//! measurement alone, for profiling).
+//! `MURMUR_BENCH_ONLY` (`parquet-scan`, `parquet-aggregate`, `parquet-store`
+//! or `json-scan`: that measurement alone, for profiling).
 
 #[allow(dead_code)] // the bench uses the data set generator only
 #[path = "../tests/snapshot/common.rs"]
@@ -185,15 +185,20 @@ where
             let mut agg = Aggregator::new(pipeline.clone(), flush);
             let mut seq = 0;
             let mut taken = (0u64, 0i64);
+            // As murmur-bootstrap's lane writer: each batch reuses the last
+            // one's vector.
+            let mut spare = Vec::new();
             let mut flush = async |agg: &mut Aggregator<CountEvent, Sum>| {
                 if agg.is_empty() {
                     return;
                 }
                 seq += 1;
+                let mut rows = std::mem::take(&mut spare);
+                agg.take_into(&mut rows);
                 let batch = WriteBatch {
                     lane: lane.lane.clone(),
                     seq,
-                    rows: agg.take(),
+                    rows,
                 };
                 taken.0 += batch.rows.len() as u64;
                 if apply {
@@ -205,6 +210,7 @@ where
                         .map(|r| r.delta.as_int().unwrap())
                         .sum::<i64>();
                 }
+                spare = batch.rows;
             };
             for unit in &lane.units {
                 let mut chunks = source.read(unit, &Position::Beginning);
@@ -603,13 +609,20 @@ fn main() {
             Some(runtime.block_on(murmur_scan_only(json.clone(), threads))),
             json_bytes,
         ),
+        "parquet-aggregate" => (
+            AGGREGATE,
+            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, false))),
+            parquet_bytes,
+        ),
         "parquet-store" => (
             STORE,
             Some(runtime.block_on(murmur(parquet.clone(), threads as u32, true))),
             parquet_bytes,
         ),
         other => {
-            panic!("MURMUR_BENCH_ONLY={other}: expected parquet-scan, parquet-store or json-scan")
+            panic!(
+                "MURMUR_BENCH_ONLY={other}: expected parquet-scan, parquet-aggregate, parquet-store or json-scan"
+            )
         }
     };
     if let Some(run) = run {
