@@ -1,5 +1,6 @@
 //! The backfill driver: a snapshot source's units, spread over lanes, into
-//! fenced batches; then the run's completion record with its handoff token.
+//! fenced batches, under the handoff token the run began with; then the
+//! run's completion record.
 
 use crate::error::{Error, Result};
 use crate::lane::{Dedup, LaneWriter, Resume};

@@ -7,8 +7,9 @@
 //! into fenced batches — intent, rows, commit — so every effect lands exactly
 //! once, through crashes and replays.
 //!
-//! [`backfill`] drives a snapshot source's units through lane writers and
-//! stores the run's completion record with its handoff token; [`live`]
+//! [`backfill`] drives a snapshot source's units through lane writers,
+//! keeping the handoff token the run began with until its completion
+//! record; [`live`]
 //! drives a live source's lanes from that token (or their checkpoints).
 //! Both update a shared [`Progress`]; both take an optional [`Dedup`] for
 //! sources that overlap. The reference binary is `murmur-worker`.

@@ -682,8 +682,8 @@ pub async fn lanes_by_prefix<C: CheckpointStore + ?Sized>(cp: &C) {
     );
 }
 
-/// Run records: begin is idempotent, completion stores the token atomically
-/// and once.
+/// Run records: begin is idempotent and keeps the first plan and token;
+/// completion is atomic, once, and only with the run's token.
 pub async fn run_records<C: CheckpointStore + ?Sized>(cp: &C) {
     let n = cp.name().to_owned();
     let run = unique("run");

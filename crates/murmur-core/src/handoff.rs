@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 /// Where the live worker starts after a backfill.
 ///
-/// Stored with the bootstrap run's completion record in the same write, so a
-/// completed backfill always has exactly one token. Serialized as tagged JSON,
+/// Stored with the bootstrap run's record when the run begins and kept to its
+/// completion, so every resume and worker of a backfill, and the live stage
+/// after it, use exactly one token. Serialized as tagged JSON,
 /// e.g. `{"kind":"kafka","topic":"events","offsets":{"0":42,"1":17}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

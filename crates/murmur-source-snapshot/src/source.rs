@@ -135,7 +135,9 @@ pub trait SnapshotSource: Send + Sync {
 
     /// The handoff token for the live stage, if the source carries one (an
     /// explicit token, or the `_murmur_handoff.json` manifest beside the
-    /// data).
+    /// data) or captures one (a DynamoDB scan's stream position, taken when
+    /// this is called). The backfill driver asks once, when a run begins,
+    /// and keeps the answer with the run.
     async fn handoff(&self) -> Result<Option<HandoffToken>>;
 
     /// Where undecodable records go; shared by all reads of this source.
