@@ -298,41 +298,49 @@ impl<D: LineDecoder> Inner<D> {
             let boundary = (line_no / n + 1) * n;
             let mut records = Vec::with_capacity((boundary - line_no).min(n) as usize);
             let mut at_end = false;
+            let mut bad = Vec::new();
             while line_no < boundary {
-                let Some(line) = lines.next_line(true).await? else {
+                let passed = lines
+                    .for_lines(boundary - line_no, |line| {
+                        let at = line_no;
+                        line_no += 1;
+                        match line {
+                            Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => {}
+                            Line::Text(text) => match self.decoder.decode(text) {
+                                Ok(mut record) => {
+                                    if self.in_range(record.event_time_ms) {
+                                        record.position = unit_position(&unit, at);
+                                        records.push(record);
+                                    }
+                                }
+                                Err(reason) => bad.push(BadRecord {
+                                    object: object.to_string(),
+                                    location: RecordLocation::Line(line_no),
+                                    reason,
+                                    raw: Some(String::from_utf8_lossy(text).into_owned()),
+                                }),
+                            },
+                            Line::TooLong(len) => bad.push(BadRecord {
+                                object: object.to_string(),
+                                location: RecordLocation::Line(line_no),
+                                reason: format!(
+                                    "line of {len} bytes exceeds max_line_bytes ({})",
+                                    self.options.max_line_bytes
+                                ),
+                                raw: None,
+                            }),
+                        }
+                    })
+                    .await?;
+                // In line order, before the chunk: a threshold crossed here
+                // fails the scan before the chunk is delivered.
+                for b in bad.drain(..) {
+                    self.sink.report(b).await?;
+                }
+                if passed == 0 {
                     at_end = true;
                     break;
-                };
-                let position = unit_position(&unit, line_no);
-                line_no += 1;
-                let bad = match line {
-                    Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
-                    Line::Text(text) => match self.decoder.decode(text) {
-                        Ok(mut record) => {
-                            if self.in_range(record.event_time_ms) {
-                                record.position = position;
-                                records.push(record);
-                            }
-                            continue;
-                        }
-                        Err(reason) => BadRecord {
-                            object: object.to_string(),
-                            location: RecordLocation::Line(line_no),
-                            reason,
-                            raw: Some(String::from_utf8_lossy(text).into_owned()),
-                        },
-                    },
-                    Line::TooLong(len) => BadRecord {
-                        object: object.to_string(),
-                        location: RecordLocation::Line(line_no),
-                        reason: format!(
-                            "line of {len} bytes exceeds max_line_bytes ({})",
-                            self.options.max_line_bytes
-                        ),
-                        raw: None,
-                    },
-                };
-                self.sink.report(bad).await?;
+                }
             }
             let last = at_end || lines.at_end().await?;
             let chunk = Chunk {

@@ -282,6 +282,44 @@ impl LineReader {
         Ok(Some(Line::Text(&self.line)))
     }
 
+    /// Passes `f` the next lines, at most `max` (more than 0): every line
+    /// that sits whole in the reader's buffer, in one pass and without
+    /// copying, or else the one line [`next_line`](Self::next_line)
+    /// assembles across refills. Returns how many lines were passed; 0 at
+    /// the end of the object.
+    pub(crate) async fn for_lines(&mut self, max: u64, mut f: impl FnMut(Line<'_>)) -> Result<u64> {
+        let available = match self.reader.fill_buf().await {
+            Ok(b) => b,
+            Err(e) => return Err(self.error(e)),
+        };
+        let (mut passed, mut consumed) = (0u64, 0usize);
+        for end in memchr::memchr_iter(b'\n', available) {
+            if passed == max {
+                break;
+            }
+            // As `next_line`: the limit counts a `\r` before the `\n`.
+            let raw = &available[consumed..end];
+            f(if raw.len() > self.max_line_bytes {
+                Line::TooLong(raw.len() as u64)
+            } else {
+                Line::Text(raw.strip_suffix(b"\r").unwrap_or(raw))
+            });
+            consumed = end + 1;
+            passed += 1;
+        }
+        if passed > 0 {
+            self.reader.consume(consumed);
+            return Ok(passed);
+        }
+        Ok(match self.next_line(true).await? {
+            Some(line) => {
+                f(line);
+                1
+            }
+            None => 0,
+        })
+    }
+
     /// Whether the object has no more bytes.
     pub(crate) async fn at_end(&mut self) -> Result<bool> {
         match self.reader.fill_buf().await {
