@@ -10,10 +10,14 @@ use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
     RunRecord, RunStatus, StateStore,
 };
-use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource};
+use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+
+/// Units a lane reads ahead of the one it folds: enough to hide an object's
+/// open (a footer and a first ranged GET on S3) behind the current one.
+const UNITS_AHEAD: usize = 1;
 
 /// How to run a backfill.
 #[derive(Debug, Clone)]
@@ -349,38 +353,41 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         // A batch may span units: the flush policy alone decides where it
         // ends, so small objects (hourly partitions) still fold into few
         // row writes. Its range re-reads across units (`reread`).
-        for unit in &assignment.units[first..] {
-            let from = match unit_index(&position) {
-                Some(i) if i == unit.index => position.clone(),
-                _ => Position::Beginning,
-            };
-            tracing::debug!(key = %unit.key, from = %from, "unit started");
-            let mut chunks = self.source.read(unit, &from);
-            let mut finished = false;
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-                let last = chunk.last;
-                let records = self.keep(chunk.records);
-                if let Some(r) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
-                    self.progress.batch(&r, false);
-                }
-                position = chunk.end;
-                if last {
-                    finished = true;
-                    break;
-                }
-                if self.stop.is_cancelled() {
-                    break;
-                }
-            }
-            if !finished && !self.stop.is_cancelled() {
+        let units: Vec<(WorkUnit, Position)> = assignment.units[first..]
+            .iter()
+            .map(|unit| {
+                let from = match unit_index(&position) {
+                    Some(i) if i == unit.index => position.clone(),
+                    _ => Position::Beginning,
+                };
+                (unit.clone(), from)
+            })
+            .collect();
+        // One stream over the lane's units, the next one already being read
+        // while this one is folded.
+        let mut chunks = self.source.read_in_order(&units, UNITS_AHEAD);
+        let (mut current, mut opened) = (0, false);
+        while let Some((unit, _)) = units.get(current) {
+            let Some(chunk) = chunks.next().await else {
                 return Err(Error::Protocol {
                     lane,
                     reason: format!("the read of {} ended before its last chunk", unit.key),
                 });
+            };
+            let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
+            if !opened {
+                tracing::debug!(key = %unit.key, from = %chunk.start, "unit started");
+                opened = true;
             }
-            if finished {
+            let last = chunk.last;
+            let records = self.keep(chunk.records);
+            if let Some(r) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
+                self.progress.batch(&r, false);
+            }
+            position = chunk.end;
+            if last {
                 self.progress.unit_done(unit.size);
+                (current, opened) = (current + 1, false);
             }
             if self.stop.is_cancelled() {
                 if let Some(r) = writer.flush().await? {
@@ -418,21 +425,22 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                 reason: format!("pending batch starts at {start}, in none of the lane's units"),
             })?,
         };
+        let units: Vec<(WorkUnit, Position)> = assignment.units[first..]
+            .iter()
+            .enumerate()
+            .map(|(i, unit)| {
+                let from = if i == 0 { start } else { &Position::Beginning };
+                (unit.clone(), from.clone())
+            })
+            .collect();
         let mut records = Vec::new();
-        let mut from = start.clone();
-        for unit in &assignment.units[first..] {
-            let mut chunks = self.source.read(unit, &from);
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-                records.extend(self.keep(chunk.records));
-                if chunk.end == *end {
-                    return Ok(records);
-                }
-                if chunk.last {
-                    break;
-                }
+        let mut chunks = self.source.read_in_order(&units, UNITS_AHEAD);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
+            records.extend(self.keep(chunk.records));
+            if chunk.end == *end {
+                return Ok(records);
             }
-            from = Position::Beginning;
         }
         if *end == Position::End {
             return Ok(records);

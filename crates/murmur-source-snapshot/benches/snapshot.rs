@@ -59,6 +59,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const PARTITIONS: usize = 720; // 30 days x 24 hours
 
+/// Units a lane reads ahead, as murmur-bootstrap's backfill does.
+const READ_UNITS_AHEAD: usize = 1;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -212,15 +215,18 @@ where
                 }
                 spare = batch.rows;
             };
-            for unit in &lane.units {
-                let mut chunks = source.read(unit, &Position::Beginning);
-                while let Some(chunk) = chunks.next().await {
-                    for record in &chunk.unwrap().records {
-                        agg.push(record, i64::MAX).unwrap();
-                    }
-                    if agg.should_flush() {
-                        flush(&mut agg).await;
-                    }
+            let units: Vec<_> = lane
+                .units
+                .iter()
+                .map(|u| (u.clone(), Position::Beginning))
+                .collect();
+            let mut chunks = source.read_in_order(&units, READ_UNITS_AHEAD);
+            while let Some(chunk) = chunks.next().await {
+                for record in &chunk.unwrap().records {
+                    agg.push(record, i64::MAX).unwrap();
+                }
+                if agg.should_flush() {
+                    flush(&mut agg).await;
                 }
             }
             // Batches span units (as in murmur-bootstrap's backfill): the

@@ -153,6 +153,38 @@ pub trait SnapshotSource: Send + Sync {
             .flatten_unordered(concurrency.max(1))
             .boxed()
     }
+
+    /// Reads `units` one after another, in the given order, as one stream
+    /// (a lane's work): the chunks of each unit in order, then the next
+    /// unit's. Up to `ahead` following units are already being read while
+    /// the current one is consumed, so a lane never waits for an object to
+    /// open and its first rows to decode at a unit boundary (the hourly
+    /// files of a Spark export are small: that wait was a lane's idle time
+    /// once per file). An error ends the stream.
+    fn read_in_order(
+        &self,
+        units: &[(WorkUnit, Position)],
+        ahead: usize,
+    ) -> ChunkStream<Self::Item> {
+        let reads: Vec<_> = units.iter().map(|(u, p)| self.read(u, p)).collect();
+        // Awaiting a read's first chunk starts its reader task, which then
+        // runs on by itself; `buffered` awaits `ahead` of those past the
+        // unit being flattened.
+        let started = stream::iter(reads).map(|mut chunks| async move {
+            let first = chunks.next().await;
+            stream::iter(first).chain(chunks)
+        });
+        let mut failed = false;
+        started
+            .buffered(ahead + 1)
+            .flatten()
+            .take_while(move |item| {
+                let go = !failed;
+                failed |= item.is_err();
+                futures::future::ready(go)
+            })
+            .boxed()
+    }
 }
 
 /// The sending half given to a reader task.

@@ -607,3 +607,133 @@ async fn scan_bounds_concurrency_and_keeps_order_within_objects() {
     assert_eq!(max_in_progress, 2);
     assert_eq!(last_line.len(), 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_across_read_buffers_are_each_read_once_in_order() {
+    // About 1.6 MB of lines of varied length, every fifth ending in CRLF:
+    // many lines straddle the reader's buffer and are assembled across
+    // refills; the rest are passed straight from the buffer.
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let n = 12_000usize;
+    let entity = |i: usize| format!("e{i}-{}", "x".repeat(i % 97));
+    let mut text = String::new();
+    for i in 0..n {
+        text += &json_line(&entity(i), (i % 7 + 1) as i64, MAY_1_2026_MS + i as i64);
+        text += if i % 5 == 0 { "\r\n" } else { "\n" };
+    }
+    assert!(text.len() > 1_500_000, "{}", text.len());
+    put(&store, "in/x.json", text.into_bytes()).await;
+    let source = json_source(ObjectListing::new(Arc::clone(&store), Path::from("in")));
+    let units = source.list_units().await.unwrap();
+    let records = read_all(&source, &units, 1).await;
+    assert_eq!(records.len(), n);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(
+            (r.value.entity_id.as_str(), r.value.count),
+            (entity(i).as_str(), (i % 7 + 1) as i64),
+            "line {i}"
+        );
+        assert!(
+            matches!(r.position, Position::Object { unit, .. } if unit == i as u64),
+            "line {i}: {}",
+            r.position
+        );
+    }
+}
+
+/// `read_in_order` is the units' own reads one after another (the first
+/// from a mid-object position), starts the next unit while the current one
+/// is consumed, and ends at the first error, naming its object.
+async fn read_in_order_is_the_reads_concatenated(format: Format) {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    write_dataset(&inner, "events", &SPEC, format).await;
+    let counting = CountingStore::new(Arc::clone(&inner));
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let listing = ObjectListing::new(Arc::clone(&store), Path::from("events"));
+    let source: Box<dyn SnapshotSource<Item = CountEvent>> = match format {
+        Format::Parquet => Box::new(parquet_source(listing)),
+        Format::JsonLines => Box::new(json_source(listing)),
+    };
+    let units = source.list_units().await.unwrap();
+    let mut expected = Vec::new();
+    for (i, u) in units[2..7].iter().enumerate() {
+        let from = if i == 0 {
+            // A resume inside the object: the second chunk's start.
+            let chunks: Vec<_> = source
+                .read(u, &Position::Beginning)
+                .try_collect()
+                .await
+                .unwrap();
+            chunks[1].start.clone()
+        } else {
+            Position::Beginning
+        };
+        let chunks: Vec<_> = source.read(u, &from).try_collect().await.unwrap();
+        expected.push((u.clone(), from, chunks));
+    }
+    let plan: Vec<_> = expected
+        .iter()
+        .map(|(u, p, _)| (u.clone(), p.clone()))
+        .collect();
+    let want: Vec<Chunk<CountEvent>> = expected.into_iter().flat_map(|(_, _, c)| c).collect();
+    assert!(want.len() > 10, "{} chunks", want.len());
+
+    counting.reset();
+    let mut chunks = source.read_in_order(&plan, 1);
+    let mut got = vec![chunks.next().await.unwrap().unwrap()];
+    // While the first unit is being consumed, the second is read already
+    // (and the third is not).
+    let second = plan[1].0.key.to_string();
+    let third = plan[2].0.key.to_string();
+    for _ in 0..200 {
+        if counting.bytes_of(&second) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        counting.bytes_of(&second) > 0,
+        "the next unit is read ahead"
+    );
+    assert_eq!(counting.bytes_of(&third), 0, "only one unit ahead");
+    while let Some(chunk) = chunks.next().await {
+        got.push(chunk.unwrap());
+    }
+    assert_eq!(got, want);
+
+    // The fourth object is not what its name says: the chunks of the
+    // first three, then the error, then nothing.
+    let bad = plan[3].0.key.to_string();
+    inner
+        .put(
+            &Path::from(bad.as_str()),
+            b"not a snapshot object at all".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let mut units = plan.clone();
+    units[3].0.size = 28;
+    let items: Vec<_> = source.read_in_order(&units, 1).collect().await;
+    let ok = items.iter().take_while(|i| i.is_ok()).count();
+    let before: usize = (0..3)
+        .map(|i| {
+            want.iter()
+                .filter(|c| c.start.to_string().contains(&*plan[i].0.key))
+                .count()
+        })
+        .sum();
+    assert_eq!(ok, before);
+    assert_eq!(items.len(), ok + 1, "the stream ends at the error");
+    let err = items[ok].as_ref().unwrap_err().to_string();
+    assert!(err.contains(&bad), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_read_in_order_is_the_reads_concatenated() {
+    read_in_order_is_the_reads_concatenated(Format::Parquet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_read_in_order_is_the_reads_concatenated() {
+    read_in_order_is_the_reads_concatenated(Format::JsonLines).await;
+}
