@@ -168,12 +168,17 @@ impl<T, M: Monoid> Aggregator<T, M> {
         let bucket = match self.pipeline.window() {
             None => BucketKey::ALL_TIME,
             Some(w) => {
+                // One division per record: the bucket key comes from the
+                // index (`bucket_of` would divide again).
                 let index = w.index_of(record.event_time_ms)?;
                 if w.is_expired(index, now_ms) {
                     self.stats.expired_dropped += 1;
                     return Ok(Pushed::Expired);
                 }
-                w.bucket_of(record.event_time_ms)?
+                BucketKey::from_index(index).ok_or(PipelineError::EventTimeOutOfRange {
+                    event_time_ms: record.event_time_ms,
+                    granularity_ms: w.granularity_ms(),
+                })?
             }
         };
         let input = self.pipeline.input(&record.value);
