@@ -19,8 +19,10 @@
 //!    `--worker-index i --worker-count n` splits a backfill across machines.
 //! 3. **reads a unit from a position** ([`SnapshotSource::read`]) as a
 //!    stream of [`Chunk`]s `{start, end, last, records}` cut at resumable
-//!    boundaries, and [`SnapshotSource::scan`] reads many units with
-//!    bounded concurrency (order within a unit preserved).
+//!    boundaries; [`SnapshotSource::scan`] reads many units with
+//!    bounded concurrency (order within a unit preserved), and
+//!    [`SnapshotSource::read_in_order`] reads a lane's units one after
+//!    another with the next one already being read.
 //! 4. **carries a handoff token** ([`SnapshotSource::handoff`]): an explicit
 //!    one or the [`HANDOFF_MANIFEST`] object beside the data. The DynamoDB
 //!    source can also *capture* a DynamoDB Streams position before the scan.
