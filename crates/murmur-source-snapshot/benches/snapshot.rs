@@ -20,8 +20,11 @@
 //! `MURMUR_BENCH_RUNS` (default 3: every measurement, Murmur's and the
 //! baselines', is the fastest of that many runs), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
-//! `MURMUR_BENCH_ONLY` (`parquet-scan`, `parquet-aggregate`, `parquet-store`
-//! or `json-scan`: that measurement alone, for profiling).
+//! `MURMUR_BENCH_ONLY` (`parquet-scan`, `parquet-aggregate`, `parquet-store`,
+//! `json-scan` or `open-latency`: that measurement alone, for profiling) and
+//! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
+//! every object request in the open-latency measurement, one lane reading
+//! 48 Parquet objects each after the last vs with `read_in_order`.
 
 #[allow(dead_code)] // the bench uses the data set generator only
 #[path = "../tests/snapshot/common.rs"]
@@ -49,7 +52,7 @@ use murmur_core::{
 };
 use murmur_source_snapshot::{
     CountEventColumns, CountEventLines, JsonLinesSource, LanePlan, ObjectListing, ParquetSource,
-    SnapshotSource,
+    SnapshotSource, WorkUnit,
 };
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
@@ -60,7 +63,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 const PARTITIONS: usize = 720; // 30 days x 24 hours
 
 /// Units a lane reads ahead, as murmur-bootstrap's backfill does.
-const READ_UNITS_AHEAD: usize = 1;
+const READ_UNITS_AHEAD: usize = 3;
+
+/// Objects read by the object-open latency measurement.
+const LATENCY_UNITS: usize = 48;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -293,6 +299,95 @@ where
         secs: started.elapsed().as_secs_f64(),
         groups: None,
         total: Some(total),
+    }
+}
+
+/// One lane reading `units` in order with every object request delayed
+/// (a remote store): each unit's read drained before the next one is
+/// opened (`ahead == None`, how a lane read before `read_in_order`), or
+/// [`SnapshotSource::read_in_order`] with `ahead` units read ahead.
+async fn lane_read<S: SnapshotSource<Item = CountEvent>>(
+    source: &S,
+    units: &[WorkUnit],
+    ahead: Option<usize>,
+) -> Run {
+    let started = Instant::now();
+    let mut total = 0;
+    let mut sum =
+        |chunk: murmur_source_snapshot::Result<murmur_source_snapshot::Chunk<CountEvent>>| {
+            total += chunk
+                .unwrap()
+                .records
+                .iter()
+                .map(|r| r.value.count)
+                .sum::<i64>();
+        };
+    match ahead {
+        None => {
+            for unit in units {
+                let mut chunks = source.read(unit, &Position::Beginning);
+                while let Some(chunk) = chunks.next().await {
+                    sum(chunk);
+                }
+            }
+        }
+        Some(ahead) => {
+            let plan: Vec<_> = units
+                .iter()
+                .map(|u| (u.clone(), Position::Beginning))
+                .collect();
+            let mut chunks = source.read_in_order(&plan, ahead);
+            while let Some(chunk) = chunks.next().await {
+                sum(chunk);
+            }
+        }
+    }
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        groups: None,
+        total: Some(total),
+    }
+}
+
+/// A lane's read of the first [`LATENCY_UNITS`] Parquet objects with
+/// `latency_ms` added to every object request, one unit at a time and with
+/// units read ahead; prints each with its speed-up over one at a time.
+fn open_latency(
+    runtime: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    latency_ms: u64,
+    runs: usize,
+) {
+    let slow: Arc<dyn ObjectStore> = common::CountingStore::with_latency(
+        Arc::clone(store),
+        Some(std::time::Duration::from_millis(latency_ms)),
+    );
+    let source = ParquetSource::new(
+        ObjectListing::new(slow, Path::from("parquet")),
+        CountEventColumns,
+    );
+    let mut units = runtime.block_on(source.list_units()).unwrap();
+    units.truncate(LATENCY_UNITS);
+    println!(
+        "\n== one lane, {} Parquet objects, {latency_ms} ms per object request ==",
+        units.len()
+    );
+    let one = best(runs, || runtime.block_on(lane_read(&source, &units, None)));
+    println!(
+        "{:<44} {:>8.2} s",
+        "each unit read after the last", one.secs
+    );
+    for ahead in [1, 3] {
+        let run = best(runs, || {
+            runtime.block_on(lane_read(&source, &units, Some(ahead)))
+        });
+        assert_eq!(run.total, one.total, "the same records");
+        println!(
+            "{:<44} {:>8.2} s   {:.2}x as fast",
+            format!("read_in_order, {ahead} unit(s) ahead"),
+            run.secs,
+            one.secs / run.secs
+        );
     }
 }
 
@@ -560,6 +655,7 @@ fn main() {
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     );
     let runs = env_usize("MURMUR_BENCH_RUNS", 3).max(1);
+    let latency_ms = env_usize("MURMUR_BENCH_LATENCY_MS", 20) as u64;
     let dir = std::env::var_os("MURMUR_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("murmur-bench-snapshot-{rows}")));
@@ -625,9 +721,13 @@ fn main() {
             Some(runtime.block_on(murmur(parquet.clone(), threads as u32, true))),
             parquet_bytes,
         ),
+        "open-latency" => {
+            open_latency(&runtime, &store, latency_ms, runs);
+            return;
+        }
         other => {
             panic!(
-                "MURMUR_BENCH_ONLY={other}: expected parquet-scan, parquet-aggregate, parquet-store or json-scan"
+                "MURMUR_BENCH_ONLY={other}: expected parquet-scan, parquet-aggregate, parquet-store, json-scan or open-latency"
             )
         }
     };
@@ -672,6 +772,10 @@ fn main() {
             (m.groups, m.total),
             "DuckDB and Murmur agree"
         );
+    }
+
+    if latency_ms > 0 {
+        open_latency(&runtime, &store, latency_ms, runs);
     }
 
     let m = murmur_runs(

@@ -144,15 +144,33 @@ pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     counts: Mutex<BTreeMap<(String, Op), u64>>,
     bytes: Mutex<BTreeMap<String, u64>>,
+    /// Added to every read (a remote store's time to first byte).
+    latency: Option<std::time::Duration>,
 }
 
 impl CountingStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Self::with_latency(inner, None)
+    }
+
+    /// A counting store whose reads (`get`, `head`, ranges) each wait
+    /// `latency` first, as a request to S3 does.
+    pub fn with_latency(
+        inner: Arc<dyn ObjectStore>,
+        latency: Option<std::time::Duration>,
+    ) -> Arc<Self> {
         Arc::new(CountingStore {
             inner,
             counts: Mutex::new(BTreeMap::new()),
             bytes: Mutex::new(BTreeMap::new()),
+            latency,
         })
+    }
+
+    async fn wait(&self) {
+        if let Some(latency) = self.latency {
+            tokio::time::sleep(latency).await;
+        }
     }
 
     fn count(&self, path: &Path, op: Op) {
@@ -243,6 +261,7 @@ impl ObjectStore for CountingStore {
             Op::Get
         };
         self.count(location, op);
+        self.wait().await;
         let result = self.inner.get_opts(location, options).await?;
         if op != Op::Head {
             self.add_bytes(location, result.range.end - result.range.start);
@@ -257,6 +276,7 @@ impl ObjectStore for CountingStore {
     ) -> object_store::Result<Vec<Bytes>> {
         self.count(location, Op::GetRange);
         self.add_bytes(location, ranges.iter().map(|r| r.end - r.start).sum());
+        self.wait().await;
         self.inner.get_ranges(location, ranges).await
     }
 
