@@ -357,20 +357,17 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         // A batch may span units: the flush policy alone decides where it
         // ends, so small objects (hourly partitions) still fold into few
         // row writes. Its range re-reads across units (`reread`).
-        let units: Vec<(WorkUnit, Position)> = assignment.units[first..]
-            .iter()
-            .map(|unit| {
-                let from = match unit_index(&position) {
-                    Some(i) if i == unit.index => position.clone(),
-                    _ => Position::Beginning,
-                };
-                (unit.clone(), from)
-            })
-            .collect();
+        let units = read_plan(&assignment, first, &position);
         // One stream over the lane's units, the next one already being read
         // while this one is folded.
         let mut chunks = self.source.read_in_order(&units, UNITS_AHEAD);
-        let (mut current, mut opened) = (0, false);
+        let started = |units: &[(WorkUnit, Position)], i: usize| {
+            if let Some((unit, from)) = units.get(i) {
+                tracing::debug!(key = %unit.key, from = %from, "unit started");
+            }
+        };
+        started(&units, 0);
+        let mut current = 0;
         while let Some((unit, _)) = units.get(current) {
             let Some(chunk) = chunks.next().await else {
                 return Err(Error::Protocol {
@@ -379,10 +376,6 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                 });
             };
             let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-            if !opened {
-                tracing::debug!(key = %unit.key, from = %chunk.start, "unit started");
-                opened = true;
-            }
             let last = chunk.last;
             let records = self.keep(chunk.records);
             if let Some(r) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
@@ -391,7 +384,8 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
             position = chunk.end;
             if last {
                 self.progress.unit_done(unit.size);
-                (current, opened) = (current + 1, false);
+                current += 1;
+                started(&units, current);
             }
             if self.stop.is_cancelled() {
                 if let Some(r) = writer.flush().await? {
@@ -429,15 +423,8 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                 reason: format!("pending batch starts at {start}, in none of the lane's units"),
             })?,
         };
-        let units: Vec<(WorkUnit, Position)> = assignment.units[first..]
-            .iter()
-            .enumerate()
-            .map(|(i, unit)| {
-                let from = if i == 0 { start } else { &Position::Beginning };
-                (unit.clone(), from.clone())
-            })
-            .collect();
         let mut records = Vec::new();
+        let units = read_plan(assignment, first, start);
         let mut chunks = self.source.read_in_order(&units, UNITS_AHEAD);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
@@ -467,6 +454,22 @@ fn unit_index(p: &Position) -> Option<u64> {
         Position::Scan { segment, .. } => Some(u64::from(*segment)),
         _ => None,
     }
+}
+
+/// The lane's units from its `first` on, each with where to read it from:
+/// the unit holding `from` there, the others from the beginning.
+fn read_plan(
+    assignment: &LaneAssignment,
+    first: usize,
+    from: &Position,
+) -> Vec<(WorkUnit, Position)> {
+    assignment.units[first..]
+        .iter()
+        .map(|unit| match unit_index(from) {
+            Some(i) if i == unit.index => (unit.clone(), from.clone()),
+            _ => (unit.clone(), Position::Beginning),
+        })
+        .collect()
 }
 
 /// Where in the lane's unit list the unit holding `p` is.

@@ -221,12 +221,7 @@ where
                 }
                 spare = batch.rows;
             };
-            let units: Vec<_> = lane
-                .units
-                .iter()
-                .map(|u| (u.clone(), Position::Beginning))
-                .collect();
-            let mut chunks = source.read_in_order(&units, READ_UNITS_AHEAD);
+            let mut chunks = source.read_in_order(&from_start(&lane.units), READ_UNITS_AHEAD);
             while let Some(chunk) = chunks.next().await {
                 for record in &chunk.unwrap().records {
                     agg.push(record, i64::MAX).unwrap();
@@ -271,6 +266,14 @@ where
     }
 }
 
+/// Every unit, read from its beginning.
+fn from_start(units: &[WorkUnit]) -> Vec<(WorkUnit, Position)> {
+    units
+        .iter()
+        .map(|u| (u.clone(), Position::Beginning))
+        .collect()
+}
+
 /// Murmur's read path alone: every unit through `scan` (concurrency =
 /// threads), records counted and their `count` summed, nothing aggregated.
 async fn murmur_scan_only<S>(source: S, threads: usize) -> Run
@@ -278,14 +281,8 @@ where
     S: SnapshotSource<Item = CountEvent>,
 {
     let started = Instant::now();
-    let units: Vec<_> = source
-        .list_units()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|u| (u, Position::Beginning))
-        .collect();
-    let mut chunks = source.scan(&units, threads);
+    let units = source.list_units().await.unwrap();
+    let mut chunks = source.scan(&from_start(&units), threads);
     let mut total = 0;
     while let Some(chunk) = chunks.next().await {
         total += chunk
@@ -332,11 +329,7 @@ async fn lane_read<S: SnapshotSource<Item = CountEvent>>(
             }
         }
         Some(ahead) => {
-            let plan: Vec<_> = units
-                .iter()
-                .map(|u| (u.clone(), Position::Beginning))
-                .collect();
-            let mut chunks = source.read_in_order(&plan, ahead);
+            let mut chunks = source.read_in_order(&from_start(units), ahead);
             while let Some(chunk) = chunks.next().await {
                 sum(chunk);
             }
