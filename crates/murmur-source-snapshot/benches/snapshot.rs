@@ -20,8 +20,9 @@
 //! `MURMUR_BENCH_RUNS` (default 3: every measurement, Murmur's and the
 //! baselines', is the fastest of that many runs), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
-//! `MURMUR_BENCH_ONLY` (`parquet-scan`, `parquet-aggregate`, `parquet-store`,
-//! `json-scan` or `open-latency`: that measurement alone, for profiling) and
+//! `MURMUR_BENCH_ONLY` (`parquet` or `json`: that format's comparison alone;
+//! `parquet-scan`, `parquet-aggregate`, `parquet-store`, `json-scan` or
+//! `open-latency`: that measurement alone, for profiling) and
 //! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
 //! every object request in the open-latency measurement, one lane reading
 //! 48 Parquet objects each after the last vs with `read_in_order`.
@@ -693,7 +694,7 @@ fn main() {
     // One measurement alone, for profiling.
     let only = std::env::var("MURMUR_BENCH_ONLY").unwrap_or_default();
     let (name, run, bytes) = match only.as_str() {
-        "" => ("", None, 0),
+        "" | "parquet" | "json" => ("", None, 0),
         "parquet-scan" => (
             SCAN,
             Some(runtime.block_on(murmur_scan_only(parquet.clone(), threads))),
@@ -720,7 +721,7 @@ fn main() {
         }
         other => {
             panic!(
-                "MURMUR_BENCH_ONLY={other}: expected parquet-scan, parquet-aggregate, parquet-store, json-scan or open-latency"
+                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-store, json-scan or open-latency"
             )
         }
     };
@@ -729,45 +730,50 @@ fn main() {
         return;
     }
 
-    let m = murmur_runs(
-        &runtime,
-        &parquet,
-        threads,
-        runs,
-        "Parquet",
-        total_rows,
-        parquet_bytes,
-    );
-    let d = best(runs, || parquet_decode_only(&dir, threads));
-    report(
-        "(a) parquet crate decode-only, same columns",
-        &d,
-        total_rows,
-        parquet_bytes,
-        Some(&m),
-    );
-    assert_eq!(d.total, m.total, "decode-only sum of count");
-    if let Some(py) = &python {
-        let from = format!(
-            "read_parquet('{}/parquet/**/*.parquet', hive_partitioning=true)",
-            dir.display()
+    if only != "json" {
+        let m = murmur_runs(
+            &runtime,
+            &parquet,
+            threads,
+            runs,
+            "Parquet",
+            total_rows,
+            parquet_bytes,
         );
-        let q = best(runs, || duckdb(py, &from, threads));
+        let d = best(runs, || parquet_decode_only(&dir, threads));
         report(
-            "(b) DuckDB read_parquet GROUP BY entity_id, day",
-            &q,
+            "(a) parquet crate decode-only, same columns",
+            &d,
             total_rows,
             parquet_bytes,
             Some(&m),
         );
-        assert_eq!(
-            (q.groups, q.total),
-            (m.groups, m.total),
-            "DuckDB and Murmur agree"
-        );
+        assert_eq!(d.total, m.total, "decode-only sum of count");
+        if let Some(py) = &python {
+            let from = format!(
+                "read_parquet('{}/parquet/**/*.parquet', hive_partitioning=true)",
+                dir.display()
+            );
+            let q = best(runs, || duckdb(py, &from, threads));
+            report(
+                "(b) DuckDB read_parquet GROUP BY entity_id, day",
+                &q,
+                total_rows,
+                parquet_bytes,
+                Some(&m),
+            );
+            assert_eq!(
+                (q.groups, q.total),
+                (m.groups, m.total),
+                "DuckDB and Murmur agree"
+            );
+        }
     }
 
-    if latency_ms > 0 {
+    if only == "parquet" {
+        return;
+    }
+    if only.is_empty() && latency_ms > 0 {
         open_latency(&runtime, &store, latency_ms, runs);
     }
 

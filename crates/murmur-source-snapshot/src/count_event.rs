@@ -7,7 +7,7 @@ use murmur_core::{CountEvent, Position, Record};
 use serde::Deserializer;
 
 use crate::jsonl::LineDecoder;
-use crate::parquet::{Batch, BatchDecoder, ColumnError};
+use crate::parquet::{Batch, BatchDecoder, ColumnError, DecodedRows};
 
 /// The [`LineDecoder`] of the canonical [`CountEvent`]: each line is parsed
 /// with [`CountEvent::from_json`] (the same parser as the live sources), the
@@ -78,7 +78,7 @@ impl BatchDecoder for CountEventColumns {
     fn decode(
         &self,
         batch: &Batch<'_>,
-        out: &mut Vec<Result<Record<CountEvent>, String>>,
+        out: &mut DecodedRows<CountEvent>,
     ) -> Result<(), ColumnError> {
         let ids = batch.strings("entity_id")?;
         let counts = batch.i64s("count")?;

@@ -149,8 +149,8 @@ pub use lanes::{LaneAssignment, LanePlan};
 pub use listing::{HANDOFF_MANIFEST, ObjectListing, default_key_filter, hive_partitions};
 pub use murmur_core::CountEvent;
 pub use parquet::{
-    Batch, BatchDecoder, ColumnError, FloatColumn, IntColumn, ParquetOptions, ParquetSource,
-    StrColumn, TimeColumn,
+    Batch, BatchDecoder, ColumnError, DecodedRows, FloatColumn, IntColumn, ParquetOptions,
+    ParquetSource, StrColumn, TimeColumn,
 };
 pub use source::{Chunk, ChunkStream, Partitions, SnapshotSource, WorkUnit};
 

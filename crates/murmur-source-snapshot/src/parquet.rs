@@ -15,6 +15,7 @@ use arrow_array::{
     Array, ArrayRef, Float32Array, Float64Array, LargeStringArray, PrimitiveArray, RecordBatch,
     StringArray, StringViewArray,
 };
+use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, TimeUnit};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -67,7 +68,7 @@ impl std::error::Error for ColumnError {}
 ///
 /// ```
 /// use murmur_core::Record;
-/// use murmur_source_snapshot::{Batch, BatchDecoder, ColumnError};
+/// use murmur_source_snapshot::{Batch, BatchDecoder, ColumnError, DecodedRows};
 ///
 /// struct Purchase { user: String, cents: i64 }
 /// struct Purchases;
@@ -75,7 +76,7 @@ impl std::error::Error for ColumnError {}
 ///     type Item = Purchase;
 ///     fn columns(&self) -> Vec<String> { vec!["user".into(), "cents".into(), "ts".into()] }
 ///     fn event_time_column(&self) -> Option<String> { Some("ts".into()) }
-///     fn decode(&self, batch: &Batch<'_>, out: &mut Vec<Result<Record<Purchase>, String>>) -> Result<(), ColumnError> {
+///     fn decode(&self, batch: &Batch<'_>, out: &mut DecodedRows<Purchase>) -> Result<(), ColumnError> {
 ///         let (user, cents, ts) = (batch.strings("user")?, batch.i64s("cents")?, batch.timestamps_ms("ts")?);
 ///         for row in 0..batch.num_rows() {
 ///             out.push((|| {
@@ -101,13 +102,122 @@ pub trait BatchDecoder: Send + Sync + 'static {
         None
     }
 
-    /// Appends exactly one result per row of `batch` to `out`: the record
-    /// (its position is filled in by the source) or why the row is bad.
+    /// Pushes exactly one result per row of `batch` to `out`, in row order:
+    /// the record (its position is filled in by `out`) or why the row is
+    /// bad.
     fn decode(
         &self,
         batch: &Batch<'_>,
-        out: &mut Vec<Result<Record<Self::Item>, String>>,
+        out: &mut DecodedRows<Self::Item>,
     ) -> Result<(), ColumnError>;
+}
+
+/// Where a [`BatchDecoder`] puts its rows: one result per row of the batch,
+/// in row order ([`push`](Self::push), or `extend` with an iterator).
+///
+/// A record is kept as it is pushed, with its position filled in and only
+/// if its event time is in [`ParquetOptions::event_time_range`]; a bad row
+/// is kept by its row number for the source's bad-record sink. Records are
+/// not copied again on their way into a [`Chunk`].
+///
+/// A test of a decoder starts from [`DecodedRows::default`] (records keep
+/// [`Position::Unknown`]) and reads [`records`](Self::records) and
+/// [`bad_rows`](Self::bad_rows).
+#[derive(Debug)]
+pub struct DecodedRows<T> {
+    records: Vec<Record<T>>,
+    bad: Vec<(usize, String)>,
+    /// The object's index in its lane and key, for positions.
+    object: Option<(u64, Arc<str>)>,
+    /// The object row of the batch's first row.
+    first_row: u64,
+    /// Rows pushed since the batch began.
+    pushed: usize,
+    range: Option<Range<i64>>,
+}
+
+impl<T> Default for DecodedRows<T> {
+    fn default() -> Self {
+        DecodedRows {
+            records: Vec::new(),
+            bad: Vec::new(),
+            object: None,
+            first_row: 0,
+            pushed: 0,
+            range: None,
+        }
+    }
+}
+
+impl<T> DecodedRows<T> {
+    /// Rows of `unit` whose records are kept if their event time is in
+    /// `range`.
+    fn of(unit: &WorkUnit, range: Option<Range<i64>>) -> Self {
+        DecodedRows {
+            object: Some((unit.index, Arc::clone(&unit.key))),
+            range,
+            ..DecodedRows::default()
+        }
+    }
+
+    /// Starts a batch whose first row is object row `first_row`, with room
+    /// for `rows` records; the bad rows of the last batch are forgotten.
+    fn begin(&mut self, first_row: u64, rows: usize) {
+        self.first_row = first_row;
+        self.pushed = 0;
+        self.bad.clear();
+        self.records.reserve(rows);
+    }
+
+    /// The next row's result: its record or why the row is bad.
+    #[inline]
+    pub fn push(&mut self, row: Result<Record<T>, String>) {
+        let index = self.pushed;
+        self.pushed += 1;
+        match row {
+            Ok(mut record) => {
+                if self
+                    .range
+                    .as_ref()
+                    .is_none_or(|r| r.contains(&record.event_time_ms))
+                {
+                    if let Some((object, key)) = &self.object {
+                        record.position = Position::Object {
+                            index: *object,
+                            key: Arc::clone(key),
+                            unit: self.first_row + index as u64,
+                        };
+                    }
+                    self.records.push(record);
+                }
+            }
+            Err(reason) => self.bad.push((index, reason)),
+        }
+    }
+
+    /// The records kept so far.
+    pub fn records(&self) -> &[Record<T>] {
+        &self.records
+    }
+
+    /// The bad rows of the current batch: the row's index in the batch
+    /// (from 0) and the reason.
+    pub fn bad_rows(&self) -> &[(usize, String)] {
+        &self.bad
+    }
+
+    /// Takes the records kept so far.
+    fn take_records(&mut self) -> Vec<Record<T>> {
+        std::mem::take(&mut self.records)
+    }
+}
+
+impl<T> Extend<Result<Record<T>, String>> for DecodedRows<T> {
+    fn extend<I: IntoIterator<Item = Result<Record<T>, String>>>(&mut self, rows: I) {
+        for row in rows {
+            self.push(row);
+        }
+    }
 }
 
 /// A record batch being decoded, with typed column access by name.
@@ -245,7 +355,7 @@ impl<'a> Batch<'a> {
         Ok(TimeColumn {
             name: name.to_string(),
             values,
-            array: col.as_ref(),
+            nulls: col.nulls(),
             unit,
         })
     }
@@ -361,7 +471,7 @@ impl FloatColumn<'_> {
 pub struct TimeColumn<'a> {
     name: String,
     values: &'a [i64],
-    array: &'a dyn Array,
+    nulls: Option<&'a NullBuffer>,
     unit: TimeUnit,
 }
 
@@ -378,7 +488,7 @@ fn to_ms(value: i64, unit: TimeUnit) -> Option<i64> {
 impl TimeColumn<'_> {
     /// The value at `row` in milliseconds; `None` if null (or out of range).
     pub fn get(&self, row: usize) -> Option<i64> {
-        if self.array.is_null(row) {
+        if self.nulls.is_some_and(|n| n.is_null(row)) {
             return None;
         }
         to_ms(self.values[row], self.unit)
@@ -683,8 +793,7 @@ impl<D: BatchDecoder> Inner<D> {
                 .map_err(|e| parquet_error(object, "cannot read", e))?;
             let mut row = first;
             let mut chunk_start = first;
-            let mut records = Vec::new();
-            let mut results = Vec::new();
+            let mut rows = DecodedRows::of(&unit, self.options.event_time_range.clone());
             while let Some(batch) = batches
                 .try_next()
                 .await
@@ -695,8 +804,7 @@ impl<D: BatchDecoder> Inner<D> {
                     let boundary = (rg_start + ((row - rg_start) / n + 1) * n).min(rg_end);
                     let take = ((boundary - row) as usize).min(batch.num_rows() - offset);
                     let piece = batch.slice(offset, take);
-                    self.decode(&unit, &piece, row, &mut results, &mut records)
-                        .await?;
+                    self.decode(&unit, &piece, row, &mut rows).await?;
                     row += take as u64;
                     offset += take;
                     if row == boundary {
@@ -705,7 +813,7 @@ impl<D: BatchDecoder> Inner<D> {
                             start: unit_position(&unit, chunk_start),
                             end: unit_position(&unit, row),
                             last: row == total,
-                            records: std::mem::take(&mut records),
+                            records: rows.take_records(),
                         };
                         if !tx.send(chunk).await {
                             return Ok(());
@@ -755,7 +863,7 @@ impl<D: BatchDecoder> Inner<D> {
         })?;
         let empty = RecordBatch::new_empty(Arc::new(projected));
         self.decoder
-            .decode(&Batch::new(&empty, unit), &mut Vec::new())
+            .decode(&Batch::new(&empty, unit), &mut DecodedRows::default())
             .map_err(|e| Error::Schema {
                 object: unit.key.to_string(),
                 column: e.column,
@@ -794,59 +902,42 @@ impl<D: BatchDecoder> Inner<D> {
             .collect()
     }
 
-    /// Decodes one piece of a batch starting at object row `first_row`.
+    /// Decodes one piece of a batch starting at object row `first_row`
+    /// into `rows`, and reports its bad rows.
     async fn decode(
         &self,
         unit: &WorkUnit,
         piece: &RecordBatch,
         first_row: u64,
-        results: &mut Vec<Result<Record<D::Item>, String>>,
-        records: &mut Vec<Record<D::Item>>,
+        rows: &mut DecodedRows<D::Item>,
     ) -> Result<()> {
-        results.clear();
+        rows.begin(first_row, piece.num_rows());
         self.decoder
-            .decode(&Batch::new(piece, unit), results)
+            .decode(&Batch::new(piece, unit), rows)
             .map_err(|e| Error::Schema {
                 object: unit.key.to_string(),
                 column: e.column,
                 reason: e.reason,
             })?;
-        if results.len() != piece.num_rows() {
+        if rows.pushed != piece.num_rows() {
             return Err(Error::Config {
                 reason: format!(
                     "the batch decoder returned {} results for {} rows of `{}`",
-                    results.len(),
+                    rows.pushed,
                     piece.num_rows(),
                     unit.key
                 ),
             });
         }
-        records.reserve(results.len());
-        for (i, result) in results.drain(..).enumerate() {
-            let row = first_row + i as u64;
-            match result {
-                Ok(mut record) => {
-                    let in_range = self
-                        .options
-                        .event_time_range
-                        .as_ref()
-                        .is_none_or(|r| r.contains(&record.event_time_ms));
-                    if in_range {
-                        record.position = unit_position(unit, row);
-                        records.push(record);
-                    }
-                }
-                Err(reason) => {
-                    self.sink
-                        .report(BadRecord {
-                            object: unit.key.to_string(),
-                            location: RecordLocation::Row(row + 1),
-                            reason,
-                            raw: None,
-                        })
-                        .await?;
-                }
-            }
+        for (index, reason) in rows.bad.drain(..) {
+            self.sink
+                .report(BadRecord {
+                    object: unit.key.to_string(),
+                    location: RecordLocation::Row(first_row + index as u64 + 1),
+                    reason,
+                    raw: None,
+                })
+                .await?;
         }
         Ok(())
     }
@@ -881,4 +972,51 @@ fn stat_ms(array: &ArrayRef, i: usize) -> Option<i64> {
         _ => return None,
     };
     to_ms(value, unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Partitions;
+
+    #[test]
+    fn decoded_rows_position_filter_and_bad_rows() {
+        let unit = WorkUnit {
+            index: 7,
+            key: Arc::from("events/part-0.parquet"),
+            size: 0,
+            partitions: Partitions::default(),
+        };
+        let mut rows = DecodedRows::of(&unit, Some(10..20));
+        rows.begin(100, 4);
+        rows.extend([
+            Ok(Record::new("a", 10)),
+            Err("column `x` is null".to_string()),
+            Ok(Record::new("b", 20)),
+            Ok(Record::new("c", 19)),
+        ]);
+        assert_eq!(rows.pushed, 4);
+        let kept: Vec<_> = rows
+            .records()
+            .iter()
+            .map(|r| (r.value, r.position.to_string()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("a", "object #7 events/part-0.parquet unit 100".to_string()),
+                ("c", "object #7 events/part-0.parquet unit 103".to_string()),
+            ]
+        );
+        assert_eq!(rows.bad_rows(), [(1, "column `x` is null".to_string())]);
+        // The next batch forgets the last one's bad rows, not its records.
+        rows.begin(104, 1);
+        rows.push(Ok(Record::new("d", 11)));
+        assert_eq!(rows.bad_rows(), []);
+        assert_eq!(rows.take_records().len(), 3);
+        // Without a unit (a decoder's own test) records keep their position.
+        let mut alone = DecodedRows::default();
+        alone.push(Ok(Record::new("e", 1)));
+        assert_eq!(alone.records()[0].position, Position::Unknown);
+    }
 }
