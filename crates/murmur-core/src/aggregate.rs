@@ -345,9 +345,11 @@ impl<V, I> Parts<V, I> {
             if staged.is_empty() {
                 continue;
             }
-            // Stream the partition's rows into cache in memory order before
-            // the staged records probe them at random.
-            std::hint::black_box(cells.iter().fold(0u64, |a, s| a ^ s.key.bucket().0 as u64));
+            if staged.len() * 4 >= cells.len() {
+                // Stream the partition's rows into cache in memory order before
+                // the staged records probe them at random.
+                std::hint::black_box(cells.iter().fold(0u64, |a, s| a ^ s.key.bucket().0 as u64));
+            }
             for s in staged.drain(..) {
                 let entity = &text[s.start..s.end];
                 // One probe; the key is only built for a new row.
