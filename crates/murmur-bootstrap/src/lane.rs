@@ -192,8 +192,10 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             self.held_since.get_or_insert_with(Instant::now);
             self.held.extend(records);
         } else {
-            for r in &records {
-                self.fold(r)?;
+            // By value: each record is dropped right after its fold, while
+            // it is still in cache, not in a second pass over the chunk.
+            for r in records {
+                self.fold(&r)?;
             }
         }
         match &mut self.open_batch {

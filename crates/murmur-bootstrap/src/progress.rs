@@ -150,16 +150,15 @@ impl Progress {
 /// counts both sides in `progress`; returns the kept records and how many
 /// were dropped. Backfill keeps events before the cut, live after it.
 pub(crate) fn keep_counted<T>(
-    records: Vec<murmur_core::Record<T>>,
+    mut records: Vec<murmur_core::Record<T>>,
     keep: impl Fn(i64) -> bool,
     progress: &Progress,
 ) -> (Vec<murmur_core::Record<T>>, u64) {
     let before = records.len();
-    let kept: Vec<_> = records
-        .into_iter()
-        .filter(|r| keep(r.event_time_ms))
-        .collect();
-    let dropped = (before - kept.len()) as u64;
-    progress.read(kept.len() as u64, dropped);
-    (kept, dropped)
+    // In place: a chunk whose records are all kept (every chunk but the one
+    // at the cut) is only read, not moved.
+    records.retain(|r| keep(r.event_time_ms));
+    let dropped = (before - records.len()) as u64;
+    progress.read(records.len() as u64, dropped);
+    (records, dropped)
 }

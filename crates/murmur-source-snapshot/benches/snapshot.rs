@@ -3,7 +3,7 @@
 //!
 //! | Murmur | baselines |
 //! |---|---|
-//! | Parquet scan + aggregation (`entity_id` x day Sum) into murmur-core's `Aggregator` and `MemoryStore` | (a) decode-only of the same three columns with the parquet crate, (b) DuckDB `GROUP BY entity_id, day` |
+//! | Parquet scan + aggregation (`entity_id` x day Sum) into murmur-core's `Aggregator` and `MemoryStore` | (a) decode-only of the same three columns with the parquet crate (strings as `Utf8View`, as the source reads them), (b) DuckDB `GROUP BY entity_id, day` |
 //! | JSON Lines `.gz` scan + the same aggregation | (a) `gzip -dc \| wc -l`, (b) DuckDB `read_json` + `GROUP BY`, (c) inflate + parse: flate2 and serde_json into `CountEvent`, threads split the files |
 //!
 //! ```text
@@ -59,7 +59,7 @@ use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
 const PARTITIONS: usize = 720; // 30 days x 24 hours
 
@@ -224,8 +224,9 @@ where
             };
             let mut chunks = source.read_in_order(&from_start(&lane.units), READ_UNITS_AHEAD);
             while let Some(chunk) = chunks.next().await {
-                for record in &chunk.unwrap().records {
-                    agg.push(record, i64::MAX).unwrap();
+                // By value, as murmur-bootstrap's lane writer folds.
+                for record in chunk.unwrap().records {
+                    agg.push(&record, i64::MAX).unwrap();
                 }
                 if agg.should_flush() {
                     flush(&mut agg).await;
@@ -392,16 +393,31 @@ fn parquet_decode_only(dir: &FsPath, threads: usize) -> Run {
     let mut files = Vec::new();
     collect_files(&dir.join("parquet"), ".parquet", &mut files);
     files.sort();
+    let views = Arc::new(arrow_schema::Schema::new(
+        common::parquet_schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                arrow_schema::DataType::Utf8 => f
+                    .as_ref()
+                    .clone()
+                    .with_data_type(arrow_schema::DataType::Utf8View),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ));
     let started = Instant::now();
     let (rows, total): (u64, i64) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let files = &files;
+                let (files, views) = (&files, &views);
                 s.spawn(move || {
                     let (mut rows, mut total, mut bytes, mut times) = (0u64, 0i64, 0usize, 0i64);
                     for f in files.iter().skip(t).step_by(threads) {
-                        let builder = ParquetRecordBatchReaderBuilder::try_new(
+                        // Strings as Utf8View, as the Parquet source reads them.
+                        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
                             std::fs::File::open(f).unwrap(),
+                            ArrowReaderOptions::new().with_schema(Arc::clone(views)),
                         )
                         .unwrap();
                         let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2]);
@@ -412,7 +428,7 @@ fn parquet_decode_only(dir: &FsPath, threads: usize) -> Run {
                             .unwrap()
                         {
                             let batch = batch.unwrap();
-                            let ids = batch.column(0).as_string::<i32>();
+                            let ids = batch.column(0).as_string_view();
                             bytes += (0..ids.len()).map(|i| ids.value(i).len()).sum::<usize>();
                             total += batch
                                 .column(1)
