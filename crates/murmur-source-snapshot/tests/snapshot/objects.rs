@@ -737,3 +737,135 @@ async fn parquet_read_in_order_is_the_reads_concatenated() {
 async fn jsonl_read_in_order_is_the_reads_concatenated() {
     read_in_order_is_the_reads_concatenated(Format::JsonLines).await;
 }
+
+/// String columns reach a decoder as `Utf8View` whatever string type the
+/// file holds (Utf8, LargeUtf8, nullable or not), with their values, nulls
+/// and the other columns unchanged; a type error still names the file's type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_columns_are_read_as_views_with_their_values() {
+    use arrow_array::{Int64Array, LargeStringArray, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use murmur_source_snapshot::{Batch, BatchDecoder, ColumnError, DecodedRows};
+
+    let short: Vec<String> = (0..500).map(|i| format!("e-{i}")).collect();
+    let long: Vec<String> = (0..500)
+        .map(|i| format!("a-much-longer-entity-id-{i:08}"))
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("large", DataType::LargeUtf8, true),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(&short)),
+            Arc::new(LargeStringArray::from_iter(
+                long.iter()
+                    .enumerate()
+                    .map(|(i, s)| (i % 7 != 0).then_some(s.as_str())),
+            )),
+            Arc::new(Int64Array::from_iter_values(0..500)),
+        ],
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    store
+        .put(&Path::from("s/part-0.parquet"), bytes.into())
+        .await
+        .unwrap();
+
+    struct Rows;
+    impl BatchDecoder for Rows {
+        type Item = (String, Option<String>, i64);
+        fn columns(&self) -> Vec<String> {
+            vec!["id".into(), "large".into(), "n".into()]
+        }
+        fn decode(
+            &self,
+            batch: &Batch<'_>,
+            out: &mut DecodedRows<Self::Item>,
+        ) -> Result<(), ColumnError> {
+            let types: Vec<DataType> = batch
+                .record_batch()
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect();
+            assert_eq!(
+                types,
+                [DataType::Utf8View, DataType::Utf8View, DataType::Int64]
+            );
+            let (id, large, n) = (
+                batch.strings("id")?,
+                batch.strings("large")?,
+                batch.i64s("n")?,
+            );
+            out.extend((0..batch.num_rows()).map(|row| {
+                let value = (
+                    id.require(row)?.to_owned(),
+                    large.get(row).map(str::to_owned),
+                    n.require(row)?,
+                );
+                Ok(Record::new(value, 0))
+            }));
+            Ok(())
+        }
+    }
+    let source = ParquetSource::new(
+        ObjectListing::new(Arc::clone(&store), Path::from("s")),
+        Rows,
+    );
+    let units = source.list_units().await.unwrap();
+    let chunks: Vec<Chunk<_>> = source
+        .read(&units[0], &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    let read: Vec<_> = chunks
+        .into_iter()
+        .flat_map(|c| c.records)
+        .map(|r| r.value)
+        .collect();
+    let expected: Vec<_> = (0..500)
+        .map(|i| {
+            (
+                short[i].clone(),
+                (i % 7 != 0).then(|| long[i].clone()),
+                i as i64,
+            )
+        })
+        .collect();
+    assert_eq!(read, expected);
+
+    // Asking a string column for integers names the file's type.
+    struct Wrong;
+    impl BatchDecoder for Wrong {
+        type Item = i64;
+        fn columns(&self) -> Vec<String> {
+            vec!["id".into()]
+        }
+        fn decode(
+            &self,
+            batch: &Batch<'_>,
+            _out: &mut DecodedRows<i64>,
+        ) -> Result<(), ColumnError> {
+            batch.i64s("id").map(|_| ())
+        }
+    }
+    let wrong = ParquetSource::new(ObjectListing::new(store, Path::from("s")), Wrong);
+    let err = wrong
+        .read(&units[0], &Position::Beginning)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "object `s/part-0.parquet`: column `id`: expected an integer column (Int64), found Utf8"
+    );
+}
