@@ -577,6 +577,23 @@ fn duckdb(python: &FsPath, from: &str, threads: usize) -> Run {
     }
 }
 
+/// Reports DuckDB's run (`reader` the table function it read with) against
+/// Murmur's `m`, and checks that both found the same groups and total.
+fn report_duckdb(reader: &str, q: &Run, m: &Run, rows: u64, bytes: u64) {
+    report(
+        &format!("(b) DuckDB {reader} GROUP BY entity_id, day"),
+        q,
+        rows,
+        bytes,
+        Some(m),
+    );
+    assert_eq!(
+        (q.groups, q.total),
+        (m.groups, m.total),
+        "DuckDB and Murmur agree"
+    );
+}
+
 /// The fastest of `runs` runs of `f` (every measurement, Murmur's and the
 /// baselines', is taken the same way); the runs must agree on their results.
 fn best(runs: usize, mut f: impl FnMut() -> Run) -> Run {
@@ -771,18 +788,7 @@ fn main() {
                 dir.display()
             );
             let q = best(runs, || duckdb(py, &from, threads));
-            report(
-                "(b) DuckDB read_parquet GROUP BY entity_id, day",
-                &q,
-                total_rows,
-                parquet_bytes,
-                Some(&m),
-            );
-            assert_eq!(
-                (q.groups, q.total),
-                (m.groups, m.total),
-                "DuckDB and Murmur agree"
-            );
+            report_duckdb("read_parquet", &q, &m, total_rows, parquet_bytes);
         }
     }
 
@@ -819,18 +825,7 @@ fn main() {
             dir.display()
         );
         let q = best(runs, || duckdb(py, &from, threads));
-        report(
-            "(b) DuckDB read_json GROUP BY entity_id, day",
-            &q,
-            total_rows,
-            json_bytes,
-            Some(&m),
-        );
-        assert_eq!(
-            (q.groups, q.total),
-            (m.groups, m.total),
-            "DuckDB and Murmur agree"
-        );
+        report_duckdb("read_json", &q, &m, total_rows, json_bytes);
     }
     println!(
         "\n(murmur/this: Murmur's time divided by the baseline's; below 1 means Murmur is faster)"
