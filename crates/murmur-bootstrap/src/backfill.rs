@@ -10,18 +10,10 @@ use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
     RunRecord, RunStatus, StateStore,
 };
-use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, WorkUnit};
+use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, UNITS_AHEAD, WorkUnit};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-
-/// Units a lane reads ahead of the one it folds, so the requests that open
-/// an object (a footer and ranged GETs on S3) overlap the fold of the ones
-/// before. With 20 ms per request, one lane reading hourly Parquet files
-/// was 1.9x as fast one unit ahead and 3.7x three ahead (`cargo bench -p
-/// murmur-source-snapshot --bench snapshot`, open-latency). Each unit read
-/// ahead holds at most a reader's few decoded chunks.
-const UNITS_AHEAD: usize = 3;
 
 /// How to run a backfill.
 #[derive(Debug, Clone)]

@@ -53,7 +53,7 @@ use murmur_core::{
 };
 use murmur_source_snapshot::{
     CountEventColumns, CountEventLines, JsonLinesSource, LanePlan, ObjectListing, ParquetSource,
-    SnapshotSource, WorkUnit,
+    SnapshotSource, UNITS_AHEAD, WorkUnit,
 };
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
@@ -62,9 +62,6 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
 const PARTITIONS: usize = 720; // 30 days x 24 hours
-
-/// Units a lane reads ahead, as murmur-bootstrap's backfill does.
-const READ_UNITS_AHEAD: usize = 3;
 
 /// Objects read by the object-open latency measurement.
 const LATENCY_UNITS: usize = 48;
@@ -222,7 +219,7 @@ where
                 }
                 spare = batch.rows;
             };
-            let mut chunks = source.read_in_order(&from_start(&lane.units), READ_UNITS_AHEAD);
+            let mut chunks = source.read_in_order(&from_start(&lane.units), UNITS_AHEAD);
             while let Some(chunk) = chunks.next().await {
                 // By value, as murmur-bootstrap's lane writer folds.
                 for record in chunk.unwrap().records {

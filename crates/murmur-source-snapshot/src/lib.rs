@@ -152,7 +152,7 @@ pub use parquet::{
     Batch, BatchDecoder, ColumnError, DecodedRows, FloatColumn, IntColumn, ParquetOptions,
     ParquetSource, StrColumn, TimeColumn,
 };
-pub use source::{Chunk, ChunkStream, Partitions, SnapshotSource, WorkUnit};
+pub use source::{Chunk, ChunkStream, Partitions, SnapshotSource, UNITS_AHEAD, WorkUnit};
 
 use murmur_core::Position;
 

@@ -127,8 +127,8 @@ pub trait BatchDecoder: Send + Sync + 'static {
 pub struct DecodedRows<T> {
     records: Vec<Record<T>>,
     bad: Vec<(usize, String)>,
-    /// The object's index in its lane and key, for positions.
-    object: Option<(u64, Arc<str>)>,
+    /// The unit read, for positions.
+    unit: Option<WorkUnit>,
     /// The object row of the batch's first row.
     first_row: u64,
     /// Rows pushed since the batch began.
@@ -141,7 +141,7 @@ impl<T> Default for DecodedRows<T> {
         DecodedRows {
             records: Vec::new(),
             bad: Vec::new(),
-            object: None,
+            unit: None,
             first_row: 0,
             pushed: 0,
             range: None,
@@ -154,7 +154,7 @@ impl<T> DecodedRows<T> {
     /// `range`.
     fn of(unit: &WorkUnit, range: Option<Range<i64>>) -> Self {
         DecodedRows {
-            object: Some((unit.index, Arc::clone(&unit.key))),
+            unit: Some(unit.clone()),
             range,
             ..DecodedRows::default()
         }
@@ -181,12 +181,8 @@ impl<T> DecodedRows<T> {
                     .as_ref()
                     .is_none_or(|r| r.contains(&record.event_time_ms))
                 {
-                    if let Some((object, key)) = &self.object {
-                        record.position = Position::Object {
-                            index: *object,
-                            key: Arc::clone(key),
-                            unit: self.first_row + index as u64,
-                        };
+                    if let Some(unit) = &self.unit {
+                        record.position = unit_position(unit, self.first_row + index as u64);
                     }
                     self.records.push(record);
                 }
