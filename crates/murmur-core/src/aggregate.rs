@@ -8,6 +8,7 @@ use crate::record::Record;
 use crate::store::{InlineKey, RowDelta, RowKey};
 use crate::window::BucketKey;
 use hashbrown::{DefaultHashBuilder, HashTable};
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,23 @@ pub struct Aggregator<T, M: Monoid> {
     opened_at: Option<Instant>,
     stats: AggregatorStats,
     keys: Vec<String>,
+    last_bucket: LastBucket,
+}
+
+/// The bucket of the last pushed record, as the event-time range it covers:
+/// history arrives sorted or partitioned by time, so most records fall in
+/// the previous record's bucket and skip the division.
+struct LastBucket {
+    times: Range<i64>,
+    index: i64,
+}
+
+impl LastBucket {
+    /// Covers no time.
+    const NONE: LastBucket = LastBucket {
+        times: 0..0,
+        index: 0,
+    };
 }
 
 impl<T, M: Monoid> Aggregator<T, M> {
@@ -158,6 +176,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
             opened_at: None,
             stats: AggregatorStats::default(),
             keys: Vec::new(),
+            last_bucket: LastBucket::NONE,
         }
     }
 
@@ -168,9 +187,19 @@ impl<T, M: Monoid> Aggregator<T, M> {
         let bucket = match self.pipeline.window() {
             None => BucketKey::ALL_TIME,
             Some(w) => {
-                // One division per record: the bucket key comes from the
-                // index (`bucket_of` would divide again).
-                let index = w.index_of(record.event_time_ms)?;
+                let t = record.event_time_ms;
+                let index = if self.last_bucket.times.contains(&t) {
+                    self.last_bucket.index
+                } else {
+                    // One division per new bucket: the bucket key comes
+                    // from the index (`bucket_of` would divide again).
+                    let index = w.index_of(t)?;
+                    self.last_bucket = LastBucket {
+                        times: w.times_of(index),
+                        index,
+                    };
+                    index
+                };
                 if w.is_expired(index, now_ms) {
                     self.stats.expired_dropped += 1;
                     return Ok(Pushed::Expired);

@@ -117,6 +117,12 @@ impl Window {
         Ok(event_time_ms.div_euclid(self.granularity_ms))
     }
 
+    /// The event times [`index_of`](Self::index_of) maps to `index`
+    /// without an error: the bucket, clipped to the accepted times.
+    pub(crate) fn times_of(&self, index: i64) -> std::ops::Range<i64> {
+        self.start_ms(index).max(-MAX_ABS_TIME_MS)..self.end_ms(index).min(MAX_ABS_TIME_MS + 1)
+    }
+
     /// The stored key of the bucket holding `event_time_ms`.
     pub fn bucket_of(&self, event_time_ms: i64) -> Result<BucketKey, PipelineError> {
         let index = self.index_of(event_time_ms)?;
@@ -200,6 +206,27 @@ mod tests {
         assert_eq!(BucketKey::ALL_TIME.index(), None);
         assert!(w.bucket_of(i64::MAX).is_err());
         assert!(w.bucket_of(i64::MIN).is_err());
+    }
+
+    #[test]
+    fn times_of_a_bucket_are_the_times_that_map_to_it() {
+        let w = Window::day();
+        for t in [-86_400_001, -1, 0, 86_399_999, 1_778_248_800_000] {
+            let index = w.index_of(t).unwrap();
+            let times = w.times_of(index);
+            assert!(times.contains(&t), "time {t}");
+            assert_eq!(w.index_of(times.start).unwrap(), index);
+            assert_eq!(w.index_of(times.end - 1).unwrap(), index);
+            assert_ne!(w.index_of(times.start - 1).unwrap(), index);
+            assert_ne!(w.index_of(times.end).unwrap(), index);
+        }
+        // The buckets at the edges stop at the accepted times.
+        let edge = w.index_of(MAX_ABS_TIME_MS).unwrap();
+        assert_eq!(w.times_of(edge).end, MAX_ABS_TIME_MS + 1);
+        assert!(w.index_of(MAX_ABS_TIME_MS + 1).is_err());
+        let edge = w.index_of(-MAX_ABS_TIME_MS).unwrap();
+        assert_eq!(w.times_of(edge).start, -MAX_ABS_TIME_MS);
+        assert!(w.index_of(-MAX_ABS_TIME_MS - 1).is_err());
     }
 
     #[test]

@@ -228,6 +228,27 @@ fn out_of_range_event_time_is_an_error_not_a_panic() {
         err.to_string().contains("outside the supported range"),
         "{err}"
     );
+    // The last accepted time, then one past it in the same hour: the
+    // second is still refused (the aggregator remembers the last bucket).
+    let at = |ms| {
+        Record::new(
+            View {
+                page: 1,
+                user: 1,
+                ms,
+            },
+            ms,
+        )
+    };
+    let last = i64::MAX / 1_000;
+    assert_eq!(agg.push(&at(last), 0).unwrap(), Pushed::Folded);
+    let err = agg.push(&at(last + 1), 0).unwrap_err();
+    assert!(
+        err.to_string().contains("outside the supported range"),
+        "{err}"
+    );
+    assert_eq!(agg.push(&at(last - 1), 0).unwrap(), Pushed::Folded);
+    assert_eq!(agg.len(), 2, "two keys of one hour bucket");
 }
 
 #[test]
