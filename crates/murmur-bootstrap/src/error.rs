@@ -78,6 +78,20 @@ pub enum Error {
         /// The token given now, as JSON.
         given: String,
     },
+    /// An earlier call on this lane's [`LaneWriter`](crate::LaneWriter)
+    /// failed part-way (a record that did not fold, a store error), so the
+    /// writer may hold folded records that no stored batch intent covers.
+    /// It refuses further work: open the lane again, which resumes from its
+    /// durable checkpoint (replaying a pending batch if there is one).
+    #[error(
+        "lane {lane}: the writer failed earlier ({reason}); open the lane again to resume from its checkpoint"
+    )]
+    Poisoned {
+        /// The lane.
+        lane: LaneId,
+        /// The first error.
+        reason: String,
+    },
     /// The caller broke the lane protocol (for example pushed new records
     /// while a pending batch still had to be replayed).
     #[error("lane {lane}: {reason}")]

@@ -76,6 +76,12 @@ pub struct BatchReport {
 /// the next [`open`](LaneWriter::open) the caller re-reads exactly the
 /// pending range and [`replay`](LaneWriter::replay)s it with the same
 /// sequence number, which the stores' fences make exact.
+///
+/// After an error from [`push_chunk`](LaneWriter::push_chunk),
+/// [`flush`](LaneWriter::flush) or [`replay`](LaneWriter::replay) (other
+/// than a refused call, which changes nothing) the writer is poisoned:
+/// records may be folded that no stored intent covers, so every later call
+/// fails with [`Error::Poisoned`] and the lane must be opened again.
 pub struct LaneWriter<T, M: Monoid> {
     pipeline: Pipeline<T, M>,
     store: Arc<dyn StateStore>,
@@ -91,6 +97,8 @@ pub struct LaneWriter<T, M: Monoid> {
     held_since: Option<Instant>,
     /// The last batch's vector of deltas, emptied, for the next batch.
     spare: Vec<RowDelta>,
+    /// The first error that left the writer in an unknown state.
+    failed: Option<String>,
 }
 
 impl<T, M: Monoid> LaneWriter<T, M> {
@@ -130,6 +138,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 held: Vec::new(),
                 held_since: None,
                 spare: Vec::new(),
+                failed: None,
             },
             resume,
         ))
@@ -163,6 +172,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     where
         T: 'a,
     {
+        self.usable()?;
         let Some(intent) = self.state.pending.clone() else {
             return Err(self.protocol("replay called but no batch is pending"));
         };
@@ -172,8 +182,11 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let records: Vec<&Record<T>> = records.into_iter().collect();
         let n = records.len() as u64;
         tracing::info!(lane = %self.lane, seq = intent.seq, records = n, "replaying pending batch");
-        let duplicates = self.fold_claimed(intent.seq, &records).await?;
-        self.write(intent, n, duplicates).await
+        let replayed = match self.fold_claimed(intent.seq, &records).await {
+            Ok(duplicates) => self.write(intent, n, duplicates).await,
+            Err(e) => Err(e),
+        };
+        self.poison(replayed)
     }
 
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
@@ -184,6 +197,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         start: &Position,
         end: &Position,
     ) -> Result<Option<BatchReport>> {
+        self.usable()?;
         if self.state.pending.is_some() {
             return Err(self.protocol("a pending batch must be replayed before new records"));
         }
@@ -195,7 +209,8 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             // By value: each record is dropped right after its fold, while
             // it is still in cache, not in a second pass over the chunk.
             for r in records {
-                self.fold(&r)?;
+                let folded = self.fold(&r);
+                self.poison(folded)?;
             }
         }
         match &mut self.open_batch {
@@ -231,6 +246,12 @@ impl<T, M: Monoid> LaneWriter<T, M> {
 
     /// Flushes the open batch, if any.
     pub async fn flush(&mut self) -> Result<Option<BatchReport>> {
+        self.usable()?;
+        let flushed = self.flush_open().await;
+        self.poison(flushed)
+    }
+
+    async fn flush_open(&mut self) -> Result<Option<BatchReport>> {
         let Some((start, end, records)) = self.open_batch.take() else {
             return Ok(None);
         };
@@ -276,9 +297,10 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let claims = if ids.is_empty() {
             Vec::new()
         } else {
-            let expires_at = dedup
-                .ttl
-                .map(|ttl| (now_ms() + ttl.as_millis() as i64).div_euclid(1000));
+            let expires_at = dedup.ttl.map(|ttl| {
+                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                now_ms().saturating_add(ttl_ms).div_euclid(1000)
+            });
             dedup
                 .deduper
                 .claim(&self.lane, seq, &ids, expires_at)
@@ -350,6 +372,25 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             end: intent.end,
             duplicates,
         })
+    }
+
+    /// Refuses work once the writer is poisoned.
+    fn usable(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(reason) => Err(Error::Poisoned {
+                lane: self.lane.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Poisons the writer if `result` is an error (keeping the first one).
+    fn poison<R>(&mut self, result: Result<R>) -> Result<R> {
+        if let Err(e) = &result {
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+        result
     }
 
     fn store_err(&self, source: murmur_core::StoreError) -> Error {

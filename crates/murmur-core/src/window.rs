@@ -41,10 +41,44 @@ impl BucketKey {
 }
 
 /// A tumbling window with optional retention.
+///
+/// Deserializing checks what [`Window::new`] checks: a granularity of at
+/// least one millisecond (and a retention that is not negative).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WindowFields")]
 pub struct Window {
     granularity_ms: i64,
     retention_ms: Option<i64>,
+}
+
+/// The serialized fields of a [`Window`], before they are checked.
+#[derive(Deserialize)]
+struct WindowFields {
+    granularity_ms: i64,
+    retention_ms: Option<i64>,
+}
+
+impl TryFrom<WindowFields> for Window {
+    type Error = String;
+
+    fn try_from(f: WindowFields) -> Result<Window, String> {
+        if f.granularity_ms <= 0 {
+            return Err(format!(
+                "window granularity must be at least 1 ms, got {} ms",
+                f.granularity_ms
+            ));
+        }
+        if f.retention_ms.is_some_and(|r| r < 0) {
+            return Err(format!(
+                "window retention must not be negative, got {:?} ms",
+                f.retention_ms
+            ));
+        }
+        Ok(Window {
+            granularity_ms: f.granularity_ms,
+            retention_ms: f.retention_ms,
+        })
+    }
 }
 
 /// Largest supported |event time|: about ±292,000 years.
@@ -206,6 +240,26 @@ mod tests {
         assert_eq!(BucketKey::ALL_TIME.index(), None);
         assert!(w.bucket_of(i64::MAX).is_err());
         assert!(w.bucket_of(i64::MIN).is_err());
+    }
+
+    #[test]
+    fn deserializing_checks_the_window() {
+        let w = Window::hour().with_retention(Duration::from_secs(60));
+        let json = serde_json::to_string(&w).unwrap();
+        assert_eq!(serde_json::from_str::<Window>(&json).unwrap(), w);
+        let zero = serde_json::from_str::<Window>(r#"{"granularity_ms":0,"retention_ms":null}"#)
+            .unwrap_err();
+        assert!(
+            zero.to_string().contains("at least 1 ms, got 0 ms"),
+            "{zero}"
+        );
+        let negative =
+            serde_json::from_str::<Window>(r#"{"granularity_ms":1000,"retention_ms":-1}"#)
+                .unwrap_err();
+        assert!(
+            negative.to_string().contains("must not be negative"),
+            "{negative}"
+        );
     }
 
     #[test]

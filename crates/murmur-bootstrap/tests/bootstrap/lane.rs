@@ -191,3 +191,95 @@ async fn new_records_before_replay_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("must be replayed"), "{err}");
 }
+
+#[tokio::test]
+async fn a_writer_that_failed_mid_chunk_refuses_work_and_a_reopen_is_exact() {
+    let mem = MemoryStore::new();
+    let recs = source(500);
+    let (mut w, _) = LaneWriter::open(
+        pipeline(),
+        Arc::new(mem.clone()),
+        Arc::new(mem.clone()),
+        LaneId::new("p0"),
+        off(0),
+        FlushPolicy::default(),
+    )
+    .await
+    .unwrap();
+    w.push_chunk(recs[..7].to_vec(), &off(0), &off(7))
+        .await
+        .unwrap();
+    // Records 7, 8 and 9 fold; record 10's event time is out of range.
+    let mut bad = recs[7..14].to_vec();
+    bad[3].event_time_ms = i64::MAX;
+    let err = w.push_chunk(bad, &off(7), &off(14)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("outside the supported range"),
+        "{err}"
+    );
+    // Flushing now would write records 7..10 under a batch whose range
+    // ends at 7: refused, as is any further chunk.
+    let err = w.flush().await.unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::Poisoned { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("failed earlier (lane p0: event time 9223372036854775807")
+            && err.to_string().contains("open the lane again"),
+        "{err}"
+    );
+    let err = w
+        .push_chunk(recs[14..21].to_vec(), &off(14), &off(21))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::Poisoned { .. }),
+        "{err}"
+    );
+    let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
+    assert_eq!((lane.position, lane.committed_seq), (off(0), 0));
+    assert!(mem.rows().is_empty(), "nothing was written");
+
+    // Opened again, the lane resumes from its checkpoint: exact totals.
+    drop(w);
+    run_lane(Arc::new(mem.clone()), Arc::new(mem.clone()), &recs)
+        .await
+        .unwrap();
+    let want: BTreeMap<String, i64> = (0..50)
+        .map(|k| (format!("k{k}"), (0..500).filter(|i| i % 50 == k).sum()))
+        .collect();
+    assert_eq!(totals(&mem).await, want);
+}
+
+#[tokio::test]
+async fn a_store_failure_poisons_the_writer() {
+    let mem = MemoryStore::new();
+    let crashing = Arc::new(Crashing {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(3),
+    });
+    let (mut w, _) = LaneWriter::open(
+        pipeline(),
+        crashing,
+        Arc::new(mem.clone()),
+        LaneId::new("p0"),
+        off(0),
+        FlushPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let recs = source(10);
+    w.push_chunk(recs.clone(), &off(0), &off(10)).await.unwrap();
+    let err = w.flush().await.unwrap_err();
+    assert!(err.to_string().contains("killed"), "{err}");
+    let err = w.flush().await.unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::Poisoned { .. })
+            && err.to_string().contains("killed"),
+        "{err}"
+    );
+    let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
+    assert!(lane.pending.is_some(), "the intent waits for its replay");
+}
