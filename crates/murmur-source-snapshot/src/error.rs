@@ -43,6 +43,21 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An object is not the size it was listed with: it was rewritten or
+    /// truncated since the listing, so positions taken in it would no
+    /// longer point at the same records.
+    #[error(
+        "object `{object}`: changed since it was listed ({listed} bytes then, {now} now); \
+         restore it, or start a new run over the new objects"
+    )]
+    Changed {
+        /// The object key.
+        object: String,
+        /// Its size in the listing.
+        listed: u64,
+        /// Its size when read.
+        now: u64,
+    },
     /// A Parquet object's schema does not fit the decoder: a missing column or
     /// a column of the wrong type.
     #[error("object `{object}`: column `{column}`: {reason}")]

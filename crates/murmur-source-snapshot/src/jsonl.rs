@@ -112,6 +112,9 @@ impl<T: DeserializeOwned + Send + 'static> LineDecoder for SerdeLines<T> {
     }
 }
 
+/// Records a chunk has room for before it grows (the default chunk).
+const PREALLOCATED_LINES: u64 = 8192;
+
 /// Options of a [`JsonLinesSource`].
 #[derive(Debug, Clone)]
 pub struct JsonLinesOptions {
@@ -277,6 +280,7 @@ impl<D: LineDecoder> Inner<D> {
         let mut lines = LineReader::open(
             self.listing.store(),
             Arc::clone(&object),
+            unit.size,
             self.options.max_line_bytes,
         )
         .await?;
@@ -295,8 +299,11 @@ impl<D: LineDecoder> Inner<D> {
         loop {
             self.sink.check()?;
             let chunk_start = line_no;
-            let boundary = (line_no / n + 1) * n;
-            let mut records = Vec::with_capacity((boundary - line_no).min(n) as usize);
+            // Saturating: a `chunk_lines` near `u64::MAX` means one chunk
+            // per object.
+            let boundary = (line_no / n + 1).saturating_mul(n);
+            let mut records =
+                Vec::with_capacity((boundary - line_no).min(n).min(PREALLOCATED_LINES) as usize);
             let mut at_end = false;
             let mut bad = Vec::new();
             while line_no < boundary {

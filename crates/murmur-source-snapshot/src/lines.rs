@@ -151,10 +151,12 @@ pub(crate) struct LineReader {
 }
 
 impl LineReader {
-    /// Opens `object`, detecting its compression.
+    /// Opens `object`, listed with `listed_size` bytes, detecting its
+    /// compression.
     pub(crate) async fn open(
         store: &Arc<dyn ObjectStore>,
         object: Arc<str>,
+        listed_size: u64,
         max_line_bytes: usize,
     ) -> Result<Self> {
         let path = Path::parse(&*object).map_err(|e| Error::Read {
@@ -165,6 +167,15 @@ impl LineReader {
             object: object.to_string(),
             source,
         })?;
+        // Line positions count from the listed bytes: an object rewritten
+        // since (a re-export, a truncation) would resume at the wrong line.
+        if got.meta.size != listed_size {
+            return Err(Error::Changed {
+                object: object.to_string(),
+                listed: listed_size,
+                now: got.meta.size,
+            });
+        }
         let mut body = match got.payload {
             GetResultPayload::File(file, path) => file_stream(file, path, got.range),
             GetResultPayload::Stream(s) => s,

@@ -498,9 +498,19 @@ impl TimeColumn<'_> {
         to_ms(self.values[row], self.unit)
     }
 
-    /// The value at `row` in milliseconds; a null is an error naming the column.
+    /// The value at `row` in milliseconds; a null, or a time that does not
+    /// fit in milliseconds, is an error naming the column.
     pub fn require(&self, row: usize) -> Result<i64, String> {
-        self.get(row).ok_or_else(|| null_reason(&self.name))
+        self.get(row).ok_or_else(|| {
+            if self.nulls.is_some_and(|n| n.is_null(row)) {
+                null_reason(&self.name)
+            } else {
+                format!(
+                    "column `{}`: {} {:?} is out of range in milliseconds",
+                    self.name, self.values[row], self.unit
+                )
+            }
+        })
     }
 }
 
@@ -681,6 +691,12 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
+/// The rows of the row group `[start, end)` as a reader batch size (at
+/// least 1).
+fn rg_rows(start: u64, end: u64) -> usize {
+    usize::try_from(end - start).unwrap_or(usize::MAX).max(1)
+}
+
 /// A Parquet error while reading `object`: a store failure or a bad file.
 fn parquet_error(object: &str, what: &str, e: ParquetError) -> Error {
     match e {
@@ -733,10 +749,19 @@ impl<D: BatchDecoder> Inner<D> {
         let row_groups = meta.metadata().row_groups();
         let mut bounds = Vec::with_capacity(row_groups.len());
         let mut total: u64 = 0;
-        for rg in row_groups {
-            let rows = u64::try_from(rg.num_rows()).unwrap_or(0);
-            bounds.push((total, total + rows));
-            total += rows;
+        for (g, rg) in row_groups.iter().enumerate() {
+            let end = u64::try_from(rg.num_rows())
+                .ok()
+                .and_then(|rows| total.checked_add(rows))
+                .ok_or_else(|| Error::Corrupt {
+                    object: object.to_string(),
+                    reason: format!(
+                        "row group {g} has an impossible row count {} in the footer",
+                        rg.num_rows()
+                    ),
+                })?;
+            bounds.push((total, end));
+            total = end;
         }
         if start > total {
             return Err(Error::Position {
@@ -784,7 +809,7 @@ impl<D: BatchDecoder> Inner<D> {
                 ParquetRecordBatchStreamBuilder::new_with_metadata(reader.clone(), meta.clone())
                     .with_projection(mask.clone())
                     .with_row_groups(vec![g])
-                    .with_batch_size(self.options.chunk_rows);
+                    .with_batch_size(self.options.chunk_rows.min(rg_rows(rg_start, rg_end)));
             if first > rg_start {
                 let skip = (first - rg_start) as usize;
                 let select = (rg_end - first) as usize;
@@ -806,21 +831,32 @@ impl<D: BatchDecoder> Inner<D> {
             {
                 let mut offset = 0;
                 while offset < batch.num_rows() {
-                    let boundary = (rg_start + ((row - rg_start) / n + 1) * n).min(rg_end);
+                    if row == rg_end {
+                        return Err(Error::Corrupt {
+                            object: object.to_string(),
+                            reason: format!(
+                                "row group {g} yielded more rows than the {} its metadata says",
+                                rg_end - rg_start
+                            ),
+                        });
+                    }
+                    // Saturating: a `chunk_rows` near `usize::MAX` means
+                    // one chunk per row group.
+                    let boundary = rg_start
+                        .saturating_add(((row - rg_start) / n + 1).saturating_mul(n))
+                        .min(rg_end);
                     let take = ((boundary - row) as usize).min(batch.num_rows() - offset);
                     let piece = batch.slice(offset, take);
                     self.decode(&unit, &piece, row, &mut rows).await?;
                     row += take as u64;
                     offset += take;
-                    if row == boundary {
-                        self.sink.check()?;
-                        let chunk = Chunk {
-                            start: unit_position(&unit, chunk_start),
-                            end: unit_position(&unit, row),
-                            last: row == total,
-                            records: rows.take_records(),
-                        };
-                        if !tx.send(chunk).await {
+                    // The row group's last chunk waits for the end of
+                    // its batches, below.
+                    if row == boundary && row < rg_end {
+                        if !self
+                            .send_chunk(&tx, &unit, chunk_start..row, total, &mut rows)
+                            .await?
+                        {
                             return Ok(());
                         }
                         chunk_start = row;
@@ -837,8 +873,38 @@ impl<D: BatchDecoder> Inner<D> {
                     ),
                 });
             }
+            // Sent once the batches ended as the metadata says: a group
+            // with more rows fails above, before a consumer could take its
+            // chunk as the object's last and stop reading.
+            if !self
+                .send_chunk(&tx, &unit, chunk_start..row, total, &mut rows)
+                .await?
+            {
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// Sends the chunk of object rows `range` (its records taken from
+    /// `rows`) after checking the bad-record threshold; `false` when the
+    /// consumer is gone.
+    async fn send_chunk(
+        &self,
+        tx: &ChunkSender<D::Item>,
+        unit: &WorkUnit,
+        range: Range<u64>,
+        total: u64,
+        rows: &mut DecodedRows<D::Item>,
+    ) -> Result<bool> {
+        self.sink.check()?;
+        let chunk = Chunk {
+            start: unit_position(unit, range.start),
+            end: unit_position(unit, range.end),
+            last: range.end == total,
+            records: rows.take_records(),
+        };
+        Ok(tx.send(chunk).await)
     }
 
     /// Resolves the decoder's columns to a projection and checks their types
@@ -893,16 +959,23 @@ impl<D: BatchDecoder> Inner<D> {
         else {
             return all;
         };
-        let (Ok(mins), Ok(maxes)) = (
+        let (Ok(mins), Ok(maxes), Ok(nulls)) = (
             converter.row_group_mins(row_groups.iter()),
             converter.row_group_maxes(row_groups.iter()),
+            converter.row_group_null_counts(row_groups.iter()),
         ) else {
             return all;
         };
+        // A group with null event times (or an unknown null count) is read:
+        // its null rows are bad records, reported whatever the other rows'
+        // times are.
         (0..row_groups.len())
-            .map(|g| match (stat_ms(&mins, g), stat_ms(&maxes, g)) {
-                (Some(min), Some(max)) => max >= range.start && min < range.end,
-                _ => true,
+            .map(|g| {
+                let no_nulls = nulls.is_valid(g) && nulls.value(g) == 0;
+                match (stat_ms(&mins, g), stat_ms(&maxes, g)) {
+                    (Some(min), Some(max)) if no_nulls => max >= range.start && min < range.end,
+                    _ => true,
+                }
             })
             .collect()
     }
@@ -1056,5 +1129,26 @@ mod tests {
         let mut alone = DecodedRows::default();
         alone.push(Ok(Record::new("e", 1)));
         assert_eq!(alone.records()[0].position, Position::Unknown);
+    }
+
+    #[test]
+    fn a_time_past_the_millisecond_range_is_not_called_null() {
+        use arrow_array::TimestampSecondArray;
+        let unit = WorkUnit {
+            index: 0,
+            key: Arc::from("t.parquet"),
+            size: 0,
+            partitions: Partitions::default(),
+        };
+        let times = TimestampSecondArray::from(vec![Some(5), Some(i64::MAX), None]);
+        let batch = RecordBatch::try_from_iter([("t", Arc::new(times) as _)]).unwrap();
+        let batch = Batch::new(&batch, &unit);
+        let t = batch.timestamps_ms("t").unwrap();
+        assert_eq!(t.require(0), Ok(5_000));
+        assert_eq!(
+            t.require(1),
+            Err("column `t`: 9223372036854775807 Second is out of range in milliseconds".into())
+        );
+        assert_eq!(t.require(2), Err("column `t` is null".into()));
     }
 }

@@ -129,8 +129,9 @@ pub trait SnapshotSource: Send + Sync {
     /// (yields one empty last chunk).
     ///
     /// The stream is lazy: nothing is fetched until it is first polled. It
-    /// then decodes on its own tokio task, one chunk ahead of the consumer,
-    /// and stops when dropped. It must be polled inside a tokio runtime.
+    /// then decodes on its own tokio task, a few chunks ahead of the
+    /// consumer, and stops when dropped. It must be polled inside a tokio
+    /// runtime.
     fn read(&self, unit: &WorkUnit, from: &Position) -> ChunkStream<Self::Item>;
 
     /// The handoff token for the live stage, if the source carries one (an
@@ -166,14 +167,13 @@ pub trait SnapshotSource: Send + Sync {
         units: &[(WorkUnit, Position)],
         ahead: usize,
     ) -> ChunkStream<Self::Item> {
-        let reads: Vec<_> = units.iter().map(|(u, p)| self.read(u, p)).collect();
-        // Awaiting a read's first chunk starts its reader task, which then
-        // runs on by itself; `buffered` awaits `ahead` of those past the
-        // unit being flattened.
-        let started = stream::iter(reads).map(|mut chunks| async move {
-            let first = chunks.next().await;
-            stream::iter(first).chain(chunks)
-        });
+        let reads: Vec<_> = units
+            .iter()
+            .map(|(u, p)| (Arc::clone(&u.key), self.read(u, p)))
+            .collect();
+        // `buffered` takes in a read when the one `ahead + 1` before it is
+        // handed out, and `start` begins it right then.
+        let started = stream::iter(reads).map(|(unit, chunks)| start(unit, chunks));
         let mut failed = false;
         started
             .buffered(ahead + 1)
@@ -184,6 +184,47 @@ pub trait SnapshotSource: Send + Sync {
                 futures::future::ready(go)
             })
             .boxed()
+    }
+}
+
+/// Begins `chunks` now, on its own task, and resolves to the stream with
+/// its first chunk put back.
+///
+/// A read started by the future itself would start only when first polled,
+/// and `buffered` polls a future it just took in only once the ones before
+/// it are handed out and it has to wait: each group of `ahead + 1` units
+/// was opened together, and the lane waited at the first unit of the next
+/// group. The task is aborted if the future is dropped first.
+fn start<T: Send + 'static>(
+    unit: Arc<str>,
+    mut chunks: ChunkStream<T>,
+) -> impl Future<Output = ChunkStream<T>> {
+    let task = tokio::runtime::Handle::try_current().map(|runtime| {
+        AbortOnDrop(Some(runtime.spawn(async move {
+            let first = chunks.next().await;
+            (first, chunks)
+        })))
+    });
+    async move {
+        let failed = |reason: String| {
+            let err = Error::Reader {
+                unit: unit.to_string(),
+                reason,
+            };
+            stream::once(async move { Err(err) }).boxed()
+        };
+        let mut task = match task {
+            Ok(task) => task,
+            Err(e) => return failed(format!("must be polled inside a tokio runtime: {e}")),
+        };
+        let Some(handle) = task.0.as_mut() else {
+            return failed("reader task missing".into());
+        };
+        match handle.await {
+            Ok((first, chunks)) => stream::iter(first).chain(chunks).boxed(),
+            Err(e) if e.is_panic() => failed(format!("reader task panicked: {e}")),
+            Err(e) => failed(format!("reader task failed: {e}")),
+        }
     }
 }
 
@@ -207,9 +248,9 @@ impl<T> ChunkSender<T> {
 }
 
 /// Aborts the reader task when the stream is dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+struct AbortOnDrop<R = ()>(Option<tokio::task::JoinHandle<R>>);
 
-impl Drop for AbortOnDrop {
+impl<R> Drop for AbortOnDrop<R> {
     fn drop(&mut self) {
         if let Some(task) = &self.0 {
             task.abort();

@@ -338,3 +338,223 @@ async fn truncated_parquet_is_a_corrupt_object() {
         "{err}"
     );
 }
+
+/// `bytes` (a Parquet file) with its footer rewritten to claim `rows[g]`
+/// rows for row group `g` (the data pages stay as written).
+fn with_row_group_rows(bytes: &[u8], rows: &[i64]) -> Vec<u8> {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let data_end = n - 8 - footer;
+    let meta = ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::copy_from_slice(bytes))
+        .unwrap();
+    let mut builder = meta.into_builder();
+    let groups = builder
+        .take_row_groups()
+        .into_iter()
+        .zip(rows)
+        .map(|(g, &r)| g.into_builder().set_num_rows(r).build().unwrap())
+        .collect();
+    let meta = builder.set_row_groups(groups).build();
+    let mut out = bytes[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &meta)
+        .finish()
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn parquet_row_group_with_more_rows_than_its_footer_says_is_corrupt() {
+    let rows: Vec<_> = (0..200)
+        .map(|i| (format!("e{i}"), 1, MAY_1_2026_MS + i))
+        .collect();
+    let bytes = parquet_bytes(&rows, parquet::basic::Compression::SNAPPY, 100);
+    assert_eq!(read_parquet(bytes.clone()).await.0.unwrap(), 200);
+    // Row group 0 holds 100 rows but claims 50: an error, not a read that
+    // never ends (or one that drops the extra rows).
+    let claims_fewer = with_row_group_rows(&bytes, &[50, 100]);
+    let (err, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        read_parquet(claims_fewer),
+    )
+    .await
+    .expect("the read ends");
+    let err = err.unwrap_err().to_string();
+    assert!(
+        err.starts_with("object `in/part-0.parquet`: ") && err.contains("row group 0"),
+        "{err}"
+    );
+    // The last row group too: its extra rows are not dropped.
+    let (err, _) = read_parquet(with_row_group_rows(&bytes, &[100, 60])).await;
+    let err = err.unwrap_err().to_string();
+    assert!(
+        err.starts_with("object `in/part-0.parquet`: ") && err.contains("row group 1"),
+        "{err}"
+    );
+    let (err, _) = read_parquet(with_row_group_rows(&bytes, &[100, -5])).await;
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "object `in/part-0.parquet`: row group 1 has an impossible row count -5 in the footer"
+    );
+}
+
+/// A row group whose other rows' times all miss the event-time range is
+/// still read when it holds null event times: each null is a bad record,
+/// however the rows fall into row groups.
+#[tokio::test]
+async fn parquet_null_event_times_are_bad_rows_even_in_row_groups_out_of_range() {
+    use murmur_source_snapshot::ParquetOptions;
+    let hour = 3_600_000;
+    let times = [
+        // Row group 0: out of range, and one null.
+        Some(MAY_1_2026_MS),
+        None,
+        // Row group 1: in range.
+        Some(MAY_1_2026_MS + 5 * hour),
+        Some(MAY_1_2026_MS + 5 * hour),
+        // Row group 2: out of range, no null (pruned).
+        Some(MAY_1_2026_MS + 9 * hour),
+        Some(MAY_1_2026_MS + 9 * hour),
+    ];
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("entity_id", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("occurred_at_unix_ms", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["a"; 6])),
+            Arc::new(Int64Array::from(vec![1; 6])),
+            Arc::new(Int64Array::from(times.to_vec())),
+        ],
+    )
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(2))
+        .build();
+    let mut bytes = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    put(&store, "in/part-0.parquet", bytes).await;
+    let source = ParquetSource::with_options(
+        ObjectListing::new(store, Path::from("in")),
+        CountEventColumns,
+        ParquetOptions {
+            event_time_range: Some(MAY_1_2026_MS + 4 * hour..MAY_1_2026_MS + 6 * hour),
+            ..Default::default()
+        },
+        BadRecordPolicy::max_bad_records(10),
+    )
+    .unwrap();
+    let unit = source.list_units().await.unwrap().remove(0);
+    let chunks: Vec<_> = source
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    let records: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
+    assert_eq!(records, [0, 2, 0], "records per row group");
+    let bad: Vec<String> = source
+        .bad_records()
+        .samples()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        bad,
+        ["`in/part-0.parquet`: row 2: column `occurred_at_unix_ms` is null"]
+    );
+}
+
+/// A JSON Lines object rewritten between the listing and the read is an
+/// error naming it: its line positions would point at other records.
+#[tokio::test]
+async fn json_object_changed_since_the_listing_is_an_error() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let first = lines(&[&good("a"), &good("b")]);
+    let listed = first.len();
+    put(&store, "in/part-0.json", first).await;
+    let source = JsonLinesSource::new(
+        ObjectListing::new(Arc::clone(&store), Path::from("in")),
+        CountEventLines,
+    );
+    let unit = source.list_units().await.unwrap().remove(0);
+    let rewritten = lines(&[&good("a"), &good("b"), &good("c")]);
+    let now = rewritten.len();
+    put(&store, "in/part-0.json", rewritten).await;
+    let err = source
+        .read(&unit, &Position::Beginning)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Changed { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "object `in/part-0.json`: changed since it was listed ({listed} bytes then, {now} now); \
+             restore it, or start a new run over the new objects"
+        )
+    );
+}
+
+/// Chunk sizes up to the type's maximum mean one chunk per row group or
+/// object, not an overflow.
+#[tokio::test]
+async fn the_largest_chunk_sizes_give_one_chunk_per_row_group_or_object() {
+    use murmur_source_snapshot::ParquetOptions;
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let rows: Vec<_> = (0..300)
+        .map(|i| (format!("e{i}"), 1, MAY_1_2026_MS + i))
+        .collect();
+    put(
+        &store,
+        "in/part-0.parquet",
+        parquet_bytes(&rows, parquet::basic::Compression::SNAPPY, 100),
+    )
+    .await;
+    let parquet = ParquetSource::with_options(
+        ObjectListing::new(Arc::clone(&store), Path::from("in")),
+        CountEventColumns,
+        ParquetOptions {
+            chunk_rows: usize::MAX,
+            ..Default::default()
+        },
+        BadRecordPolicy::default(),
+    )
+    .unwrap();
+    let unit = parquet.list_units().await.unwrap().remove(0);
+    let chunks: Vec<_> = parquet
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
+    assert_eq!(sizes, [100, 100, 100]);
+
+    let text: Vec<String> = (0..300).map(|i| good(&format!("e{i}"))).collect();
+    let text: Vec<&str> = text.iter().map(String::as_str).collect();
+    put(&store, "json/part-0.json", lines(&text)).await;
+    let json = JsonLinesSource::with_options(
+        ObjectListing::new(store, Path::from("json")),
+        CountEventLines,
+        JsonLinesOptions {
+            chunk_lines: u64::MAX,
+            ..Default::default()
+        },
+        BadRecordPolicy::default(),
+    )
+    .unwrap();
+    let unit = json.list_units().await.unwrap().remove(0);
+    let chunks: Vec<_> = json
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
+    assert_eq!(sizes, [300]);
+}
