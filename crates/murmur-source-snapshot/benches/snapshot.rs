@@ -25,7 +25,8 @@
 //! `open-latency`: that measurement alone, for profiling) and
 //! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
 //! every object request in the open-latency measurement, one lane reading
-//! 48 Parquet objects each after the last vs with `read_in_order`.
+//! 48 Parquet objects each after the last vs with `read_in_order`, with the
+//! lane idle and with the lane busy as long after each object (its fold).
 
 #[allow(dead_code)] // the bench uses the data set generator only
 #[path = "../tests/snapshot/common.rs"]
@@ -40,7 +41,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::Array as _;
 use arrow_array::cast::AsArray as _;
@@ -301,36 +302,37 @@ where
 /// One lane reading `units` in order with every object request delayed
 /// (a remote store): each unit's read drained before the next one is
 /// opened (`ahead == None`, how a lane read before `read_in_order`), or
-/// [`SnapshotSource::read_in_order`] with `ahead` units read ahead.
+/// [`SnapshotSource::read_in_order`] with `ahead` units read ahead. After
+/// each unit's last chunk the lane is busy for `busy` (its fold and write).
 async fn lane_read<S: SnapshotSource<Item = CountEvent>>(
     source: &S,
     units: &[WorkUnit],
     ahead: Option<usize>,
+    busy: Duration,
 ) -> Run {
     let started = Instant::now();
     let mut total = 0;
-    let mut sum =
-        |chunk: murmur_source_snapshot::Result<murmur_source_snapshot::Chunk<CountEvent>>| {
-            total += chunk
-                .unwrap()
-                .records
-                .iter()
-                .map(|r| r.value.count)
-                .sum::<i64>();
+    let mut take =
+        async |chunk: murmur_source_snapshot::Result<murmur_source_snapshot::Chunk<CountEvent>>| {
+            let chunk = chunk.unwrap();
+            total += chunk.records.iter().map(|r| r.value.count).sum::<i64>();
+            if chunk.last && !busy.is_zero() {
+                tokio::time::sleep(busy).await;
+            }
         };
     match ahead {
         None => {
             for unit in units {
                 let mut chunks = source.read(unit, &Position::Beginning);
                 while let Some(chunk) = chunks.next().await {
-                    sum(chunk);
+                    take(chunk).await;
                 }
             }
         }
         Some(ahead) => {
             let mut chunks = source.read_in_order(&from_start(units), ahead);
             while let Some(chunk) = chunks.next().await {
-                sum(chunk);
+                take(chunk).await;
             }
         }
     }
@@ -343,7 +345,8 @@ async fn lane_read<S: SnapshotSource<Item = CountEvent>>(
 
 /// A lane's read of the first [`LATENCY_UNITS`] Parquet objects with
 /// `latency_ms` added to every object request, one unit at a time and with
-/// units read ahead; prints each with its speed-up over one at a time.
+/// units read ahead, with the lane idle and busy `latency_ms` after each
+/// unit; prints each with its speed-up over one at a time.
 fn open_latency(
     runtime: &tokio::runtime::Runtime,
     store: &Arc<dyn ObjectStore>,
@@ -352,7 +355,7 @@ fn open_latency(
 ) {
     let slow: Arc<dyn ObjectStore> = common::CountingStore::with_latency(
         Arc::clone(store),
-        Some(std::time::Duration::from_millis(latency_ms)),
+        Some(Duration::from_millis(latency_ms)),
     );
     let source = ParquetSource::new(
         ObjectListing::new(slow, Path::from("parquet")),
@@ -364,22 +367,30 @@ fn open_latency(
         "\n== one lane, {} Parquet objects, {latency_ms} ms per object request ==",
         units.len()
     );
-    let one = best(runs, || runtime.block_on(lane_read(&source, &units, None)));
-    println!(
-        "{:<44} {:>8.2} s",
-        "each unit read after the last", one.secs
-    );
-    for ahead in [1, 3] {
-        let run = best(runs, || {
-            runtime.block_on(lane_read(&source, &units, Some(ahead)))
+    for busy_ms in [0, latency_ms] {
+        let busy = Duration::from_millis(busy_ms);
+        if busy_ms > 0 {
+            println!("-- the lane busy {busy_ms} ms after each unit (its fold and write) --");
+        }
+        let one = best(runs, || {
+            runtime.block_on(lane_read(&source, &units, None, busy))
         });
-        assert_eq!(run.total, one.total, "the same records");
         println!(
-            "{:<44} {:>8.2} s   {:.2}x as fast",
-            format!("read_in_order, {ahead} unit(s) ahead"),
-            run.secs,
-            one.secs / run.secs
+            "{:<44} {:>8.2} s",
+            "each unit read after the last", one.secs
         );
+        for ahead in [1, 3] {
+            let run = best(runs, || {
+                runtime.block_on(lane_read(&source, &units, Some(ahead), busy))
+            });
+            assert_eq!(run.total, one.total, "the same records");
+            println!(
+                "{:<44} {:>8.2} s   {:.2}x as fast",
+                format!("read_in_order, {ahead} unit(s) ahead"),
+                run.secs,
+                one.secs / run.secs
+            );
+        }
     }
 }
 
