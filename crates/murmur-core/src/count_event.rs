@@ -60,10 +60,47 @@ struct CountEventWire<'a> {
 }
 
 impl CountEvent {
+    /// Whether the event can be counted: an `entity_id` of 1 to
+    /// [`RowKey::MAX_ENTITY_BYTES`](crate::RowKey::MAX_ENTITY_BYTES) bytes
+    /// and an `occurred_at_ms` within
+    /// [`Window::MAX_ABS_TIME_MS`](crate::Window::MAX_ABS_TIME_MS). The
+    /// decoders of this type ([`from_json`](Self::from_json),
+    /// `Deserialize`, the snapshot crate's Parquet decoder) check it, so an
+    /// event that no pipeline could fold is a bad record at decoding (with
+    /// its object and line, or its partition and offset), not an error that
+    /// stops a lane.
+    ///
+    /// ```
+    /// use murmur_core::CountEvent;
+    /// let e = CountEvent { entity_id: "".into(), count: 1, occurred_at_ms: 0, event_id: None };
+    /// assert_eq!(e.check().unwrap_err(), "CountEvent entity_id is empty");
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        if self.entity_id.is_empty() {
+            return Err("CountEvent entity_id is empty".to_owned());
+        }
+        if self.entity_id.len() > crate::RowKey::MAX_ENTITY_BYTES {
+            return Err(format!(
+                "CountEvent entity_id is {} bytes, more than the {} a row key holds",
+                self.entity_id.len(),
+                crate::RowKey::MAX_ENTITY_BYTES
+            ));
+        }
+        if self.occurred_at_ms.unsigned_abs() > crate::Window::MAX_ABS_TIME_MS.unsigned_abs() {
+            return Err(format!(
+                "CountEvent occurred_at_ms {} is outside the supported range (±{} ms)",
+                self.occurred_at_ms,
+                crate::Window::MAX_ABS_TIME_MS
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses one JSON object (see the type docs). The error names the
     /// reason: `invalid CountEvent JSON: ...` (syntax, missing field, wrong
     /// type, not UTF-8), `invalid RFC 3339 timestamp "..." in occurred_at:
-    /// ...`, or `CountEvent has neither occurred_at nor occurred_at_unix_ms`.
+    /// ...`, `CountEvent has neither occurred_at nor occurred_at_unix_ms`,
+    /// or what [`check`](Self::check) refuses.
     pub fn from_json(bytes: &[u8]) -> Result<CountEvent, String> {
         // One UTF-8 check of the whole payload is cheaper than serde_json's
         // check of every string in it.
@@ -85,12 +122,14 @@ impl CountEventWire<'_> {
                 return Err("CountEvent has neither occurred_at nor occurred_at_unix_ms".to_owned());
             }
         };
-        Ok(CountEvent {
+        let event = CountEvent {
             entity_id: self.entity_id,
             count: self.count,
             occurred_at_ms,
             event_id: self.event_id,
-        })
+        };
+        event.check()?;
+        Ok(event)
     }
 }
 
@@ -195,6 +234,42 @@ fn rfc3339_fast(b: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_no_pipeline_could_fold_are_refused_at_decoding() {
+        let err = CountEvent::from_json(br#"{"entity_id":"","count":1,"occurred_at_unix_ms":5}"#)
+            .unwrap_err();
+        assert_eq!(err, "CountEvent entity_id is empty");
+        let long = "x".repeat(crate::RowKey::MAX_ENTITY_BYTES + 1);
+        let line = format!(r#"{{"entity_id":"{long}","count":1,"occurred_at_unix_ms":5}}"#);
+        assert_eq!(
+            CountEvent::from_json(line.as_bytes()).unwrap_err(),
+            "CountEvent entity_id is 2049 bytes, more than the 2048 a row key holds"
+        );
+        let longest = "x".repeat(crate::RowKey::MAX_ENTITY_BYTES);
+        let line = format!(r#"{{"entity_id":"{longest}","count":1,"occurred_at_unix_ms":5}}"#);
+        assert!(CountEvent::from_json(line.as_bytes()).is_ok());
+        // Nanoseconds where milliseconds belong.
+        let err = CountEvent::from_json(
+            br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":1778248800000000000}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "CountEvent occurred_at_ms 1778248800000000000 is outside the supported range (±9223372036854775 ms)"
+        );
+        let edge = format!(
+            r#"{{"entity_id":"a","count":1,"occurred_at_unix_ms":-{}}}"#,
+            crate::Window::MAX_ABS_TIME_MS
+        );
+        assert!(CountEvent::from_json(edge.as_bytes()).is_ok());
+        // The same check behind `Deserialize` (a DynamoDB item, say).
+        let err = serde_json::from_str::<CountEvent>(
+            r#"{"entity_id":"","count":1,"occurred_at_unix_ms":5}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("entity_id is empty"), "{err}");
+    }
 
     #[test]
     fn json_decoding_and_errors() {

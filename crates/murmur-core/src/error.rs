@@ -138,6 +138,17 @@ pub enum PipelineError {
         /// The window granularity in milliseconds.
         granularity_ms: i64,
     },
+    /// An entity key no store can hold: empty, or longer than
+    /// [`RowKey::MAX_ENTITY_BYTES`](crate::RowKey::MAX_ENTITY_BYTES).
+    #[error("pipeline {pipeline}: entity key {entity:?}: {reason}")]
+    InvalidKey {
+        /// The pipeline name.
+        pipeline: String,
+        /// The key (its first 64 characters when longer).
+        entity: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Folding an event into the batch failed.
     #[error("pipeline {pipeline}: entity {entity}: {source}")]
     Monoid {

@@ -41,6 +41,12 @@ pub struct RowKey {
 }
 
 impl RowKey {
+    /// The longest entity id, in bytes: the DynamoDB state table's partition
+    /// key is the entity, and DynamoDB holds at most 2048 bytes there. The
+    /// [`Aggregator`](crate::Aggregator) refuses longer (and empty) keys
+    /// for every store, so a pipeline behaves the same on each.
+    pub const MAX_ENTITY_BYTES: usize = 2048;
+
     /// A row key.
     pub fn new(entity: impl Into<Arc<str>>, bucket: BucketKey) -> Self {
         RowKey {

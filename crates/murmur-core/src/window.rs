@@ -85,6 +85,12 @@ impl TryFrom<WindowFields> for Window {
 const MAX_ABS_TIME_MS: i64 = i64::MAX / 1_000;
 
 impl Window {
+    /// The largest |event time| in milliseconds a window accepts (about
+    /// 292,000 years from 1970, so that times in seconds or microseconds
+    /// convert without overflow); [`index_of`](Self::index_of) refuses
+    /// times beyond it.
+    pub const MAX_ABS_TIME_MS: i64 = MAX_ABS_TIME_MS;
+
     /// A window of `granularity` (at least one millisecond).
     pub fn new(granularity: Duration) -> Result<Window, PipelineError> {
         let ms = i64::try_from(granularity.as_millis()).unwrap_or(i64::MAX);

@@ -56,7 +56,8 @@ impl LineDecoder for CountEventLines {
 /// The [`BatchDecoder`] of the canonical [`CountEvent`]: columns
 /// `entity_id: string`, `count: int64` and `occurred_at_unix_ms: int64` (or
 /// an Arrow timestamp), which is also the event time. Other columns are
-/// ignored; records have no event id.
+/// ignored; records have no event id. A row with a null, or that
+/// [`CountEvent::check`] refuses (an empty entity id), is a bad record.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CountEventColumns;
 
@@ -91,6 +92,7 @@ impl BatchDecoder for CountEventColumns {
                 occurred_at_ms,
                 event_id: None,
             };
+            event.check()?;
             Ok(Record::new(event, occurred_at_ms))
         }));
         Ok(())

@@ -252,6 +252,36 @@ fn out_of_range_event_time_is_an_error_not_a_panic() {
 }
 
 #[test]
+fn keys_no_store_can_hold_are_refused_before_anything_is_staged() {
+    let p = Pipeline::builder("fan", Sum)
+        .key_by_many(|v: &(String, String)| vec![v.0.clone(), v.1.clone()])
+        .value(|_| 1)
+        .build()
+        .unwrap();
+    let mut agg = Aggregator::new(p, FlushPolicy::default());
+    let push = |agg: &mut Aggregator<(String, String), Sum>, a: &str, b: &str| {
+        agg.push(&Record::new((a.to_owned(), b.to_owned()), 0), 0)
+    };
+    let err = push(&mut agg, "ok", "").unwrap_err();
+    assert_eq!(err.to_string(), r#"pipeline fan: entity key "": is empty"#);
+    let long = "k".repeat(RowKey::MAX_ENTITY_BYTES + 1);
+    let err = push(&mut agg, &long, "ok").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "pipeline fan: entity key {:?}: is 2049 bytes, more than the 2048 a row key holds",
+            "k".repeat(64)
+        )
+    );
+    assert!(
+        agg.is_empty(),
+        "the refused records' other keys were not staged"
+    );
+    push(&mut agg, "a", &"b".repeat(RowKey::MAX_ENTITY_BYTES)).unwrap();
+    assert_eq!(agg.len(), 2);
+}
+
+#[test]
 fn pipeline_definition_errors() {
     let no_key = Pipeline::<View, Sum>::builder("p", Sum)
         .value(|_| 1)

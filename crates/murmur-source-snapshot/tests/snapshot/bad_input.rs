@@ -558,3 +558,44 @@ async fn the_largest_chunk_sizes_give_one_chunk_per_row_group_or_object() {
     let sizes: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
     assert_eq!(sizes, [300]);
 }
+
+/// Events that decode but that no pipeline could fold (an empty entity id,
+/// a time in nanoseconds) are bad records with their line or row, in both
+/// formats; the scan goes on.
+#[tokio::test]
+async fn events_no_pipeline_could_fold_are_bad_records() {
+    let nanos = r#"{"entity_id":"n","count":1,"occurred_at_unix_ms":1778248800000000000}"#;
+    let (ok, bad) = read_json(
+        "a.json",
+        lines(&[&good("a"), &good(""), nanos, &good("d")]),
+        5,
+    )
+    .await;
+    assert_eq!(ok.unwrap(), 2);
+    assert_eq!(
+        bad,
+        [
+            "`in/a.json`: line 2: CountEvent entity_id is empty",
+            "`in/a.json`: line 3: CountEvent occurred_at_ms 1778248800000000000 is outside the supported range (±9223372036854775 ms)"
+        ]
+    );
+
+    let bytes = parquet_with(
+        vec![
+            Field::new("entity_id", DataType::Utf8, false),
+            Field::new("count", DataType::Int64, false),
+            Field::new("occurred_at_unix_ms", DataType::Int64, false),
+        ],
+        vec![
+            Arc::new(StringArray::from(vec!["a", "", "c"])),
+            Arc::new(Int64Array::from(vec![1, 1, 1])),
+            Arc::new(Int64Array::from(vec![MAY_1_2026_MS; 3])),
+        ],
+    );
+    let (ok, bad) = read_parquet(bytes).await;
+    assert_eq!(ok.unwrap(), 2);
+    assert_eq!(
+        bad,
+        ["`in/part-0.parquet`: row 2: CountEvent entity_id is empty"]
+    );
+}
