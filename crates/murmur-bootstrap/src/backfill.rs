@@ -38,6 +38,11 @@ pub struct BackfillOptions {
     /// with `None` uses it without asking the source again, and a resume
     /// with a different token is refused ([`Error::TokenChanged`](crate::Error::TokenChanged)).
     pub token: Option<HandoffToken>,
+    /// Refuse a run that has no handoff token (none given, none from the
+    /// source), before anything is read: set it when a live stage follows,
+    /// which cannot know where the history ends without one
+    /// ([`Error::NoToken`](crate::Error::NoToken)).
+    pub require_token: bool,
     /// Per-event deduplication, for sources that overlap each other.
     pub dedup: Option<Dedup>,
     /// Counters updated as the run goes (read them for a progress bar).
@@ -60,6 +65,7 @@ impl BackfillOptions {
             concurrency: 4,
             flush: FlushPolicy::backfill(),
             token: None,
+            require_token: false,
             dedup: None,
             progress: Arc::new(Progress::new()),
             stop: CancellationToken::new(),
@@ -162,8 +168,30 @@ where
     S::Item: Send + Sync,
 {
     let run_id = options.run_id.as_str();
+    let changed = |begun: &HandoffToken, given: &HandoffToken| Error::TokenChanged {
+        run_id: run_id.to_owned(),
+        begun: begun.to_json(),
+        given: given.to_json(),
+    };
+    // A run without a token cannot hand over to live.
+    let usable = |token: HandoffToken| {
+        if options.require_token && token == HandoffToken::None {
+            return Err(Error::NoToken {
+                run_id: run_id.to_owned(),
+            });
+        }
+        Ok(token)
+    };
+    // A completed run is not run again; the token it completed with is the
+    // run's, as for a resume.
     let already = |run: RunRecord| {
         let token = run.token.unwrap_or(HandoffToken::None);
+        if let Some(given) = &options.token
+            && *given != token
+        {
+            return Err(changed(&token, given));
+        }
+        let token = usable(token)?;
         tracing::info!(run = run_id, token = %token.to_json(), "backfill already completed; not re-run");
         Ok(BackfillOutcome::AlreadyCompleted { token })
     };
@@ -177,11 +205,6 @@ where
     {
         return already(run.clone());
     }
-    let changed = |begun: &HandoffToken, given: &HandoffToken| Error::TokenChanged {
-        run_id: run_id.to_owned(),
-        begun: begun.to_json(),
-        given: given.to_json(),
-    };
     // A resume keeps the run's token: the source is not asked again (a
     // stream position captured now would miss what changed since the run
     // began).
@@ -195,6 +218,7 @@ where
             .map_err(|e| Error::source(run_id, e))?
             .unwrap_or(HandoffToken::None),
     };
+    let token = usable(token)?;
     let units = source
         .list_units()
         .await
@@ -223,7 +247,7 @@ where
         Some(begun) if options.token.as_ref().is_some_and(|given| *given != begun) => {
             return Err(changed(&begun, &token));
         }
-        Some(begun) => begun,
+        Some(begun) => usable(begun)?,
         None => token,
     };
     let cut = match token {

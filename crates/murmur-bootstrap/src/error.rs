@@ -78,6 +78,18 @@ pub enum Error {
         /// The token given now, as JSON.
         given: String,
     },
+    /// A backfill that a live stage follows has no handoff token (none
+    /// given, none from the source, or the run began without one): live
+    /// could not know where the history ends, and would count it twice or
+    /// leave a gap.
+    #[error(
+        "run {run_id}: no handoff token (none given, no manifest beside the data, or the run began without one); \
+         live cannot know where the history ends: pass a token (with a new run id if this one began without)"
+    )]
+    NoToken {
+        /// The run id.
+        run_id: String,
+    },
     /// An earlier call on this lane's [`LaneWriter`](crate::LaneWriter)
     /// failed part-way (a record that did not fold, a store error), so the
     /// writer may hold folded records that no stored batch intent covers.

@@ -445,27 +445,27 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
 impl<T: DeserializeOwned + Send + 'static> SnapshotSource for DynamoDbScanSource<T> {
     type Item = T;
 
-    /// One unit per segment, `<table>#segment-<s>-of-<n>`; `size` is the
-    /// table's (approximate) size divided by the segment count.
+    /// One unit per segment, `<table>#segment-<s>-of-<n>`, with `size` 0:
+    /// the table's size is an estimate DynamoDB refreshes every few hours,
+    /// and a unit's size is part of a run's identity (the backfill runner's
+    /// plan fingerprint), so a resume hours later would see another plan.
+    /// The segments weigh the same, and lanes get them by count.
+    ///
+    /// Fails if the table cannot be described (it does not exist, no
+    /// access).
     async fn list_units(&self) -> Result<Vec<WorkUnit>> {
-        let out = self
-            .client
+        self.client
             .describe_table()
             .table_name(&self.options.table)
             .send()
             .await
             .map_err(|e| self.ddb_error("DescribeTable", aws_sdk_dynamodb::Error::from(e)))?;
         let n = self.options.segments;
-        let bytes = out
-            .table()
-            .and_then(|t| t.table_size_bytes())
-            .unwrap_or(0)
-            .max(0) as u64;
         Ok((0..n)
             .map(|s| WorkUnit {
                 index: u64::from(s),
                 key: format!("{}#segment-{s}-of-{n}", self.options.table).into(),
-                size: bytes / u64::from(n),
+                size: 0,
                 partitions: Partitions::default(),
             })
             .collect())

@@ -381,6 +381,10 @@ impl Worker<'_> {
             concurrency: args.concurrency,
             flush: self.flush(FlushPolicy::backfill()),
             token: explicit,
+            // Refused before anything is read, not after the whole history
+            // (an explicit `--token '{"kind":"none"}'` lets live start from
+            // `--start` instead).
+            require_token: args.source.live != LiveKind::None && args.token.is_none(),
             dedup: self.dedup(stores),
             progress: progress.clone(),
             stop: self.stop.clone(),

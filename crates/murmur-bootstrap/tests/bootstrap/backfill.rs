@@ -551,3 +551,64 @@ async fn a_run_keeps_the_token_it_began_with() {
     assert!(stats.records > 0, "{stats:?}");
     assert_eq!(stored(&mem, &d.truth).await, d.truth);
 }
+
+/// A backfill with no handoff token cannot hand over to live: with
+/// `require_token` it is refused before anything is read, and a run that
+/// completed without one refuses a token given later (its history was
+/// folded without the cut, so live from that token would count twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_a_token_cannot_hand_over_to_live() {
+    let d = write_data(1_000);
+    std::fs::remove_file(d.root.join("events/_murmur_handoff.json")).unwrap();
+    let mem = MemoryStore::new();
+    let cps: Arc<dyn CheckpointStore> = Arc::new(mem.clone());
+    let run = |options: BackfillOptions| {
+        let (mem, cps, d) = (mem.clone(), cps.clone(), &d);
+        async move { backfill(&pipeline(), &source(d), Arc::new(mem), cps, &options).await }
+    };
+    let live_follows = BackfillOptions {
+        require_token: true,
+        ..options("bf-none")
+    };
+    let err = run(live_follows.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::NoToken { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("run bf-none: no handoff token (none given, no manifest beside the data"),
+        "{err}"
+    );
+    assert!(cps.run("bf-none").await.unwrap().is_none(), "no run begun");
+    assert!(mem.rows().is_empty(), "nothing read");
+
+    // Without a live stage it runs, and completes without a token.
+    let out = run(options("bf-none")).await.unwrap();
+    let BackfillOutcome::Completed { token, stats } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(token, HandoffToken::None);
+    assert!(stats.records > 900, "{stats:?}");
+    let rows = mem.rows();
+
+    // A token given now is refused, and so is a live stage without one.
+    let cut = HandoffToken::EventTimeCut { at_ms: d.cut };
+    let err = run(BackfillOptions {
+        token: Some(cut.clone()),
+        ..options("bf-none")
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::TokenChanged { .. })
+            && err.to_string().contains(&cut.to_json()),
+        "{err}"
+    );
+    let err = run(live_follows).await.unwrap_err();
+    assert!(
+        matches!(err, murmur_bootstrap::Error::NoToken { .. }),
+        "{err}"
+    );
+    assert_eq!(mem.rows(), rows, "nothing more was written");
+}
