@@ -689,17 +689,34 @@ pub fn expand_config(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
-    // The subcommand is the first argument that is not a global flag.
-    let sub = args
-        .iter()
-        .skip(1)
-        .position(|a| !a.to_string_lossy().starts_with('-'))
-        .map_or(1, |i| i + 2);
+    let command = <Cli as clap::CommandFactory>::command();
+    // The subcommand is the first argument that is neither a global flag
+    // nor a global flag's value (`--log debug run`).
+    let takes_value = |flag: &str| {
+        command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(flag) && a.get_action().takes_values())
+    };
+    let mut at = 1;
+    while let Some(a) = args.get(at).map(|a| a.to_string_lossy()) {
+        match a.strip_prefix("--") {
+            Some(flag) if !flag.contains('=') && takes_value(flag) => at += 2,
+            Some(_) => at += 1,
+            None => break,
+        }
+    }
+    // `sub` is the index after the subcommand.
+    let sub = at + 1;
     let sub_name = args
-        .get(sub - 1)
+        .get(at)
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let command = <Cli as clap::CommandFactory>::command();
+    if command.find_subcommand(&sub_name).is_none() {
+        bail!(
+            "--config: no subcommand before it (found {sub_name:?}); write e.g. `murmur-worker run --config {}`",
+            path.display()
+        );
+    }
     let known: Vec<String> = command
         .find_subcommand(&sub_name)
         .map(|c| {
@@ -861,5 +878,38 @@ mod tests {
         assert!(err.to_string().contains("unknown setting `lanez`"), "{err}");
         // Queries share the run's config file and skip what they do not take.
         assert_eq!(expand_config(args("get")).unwrap().len(), 6);
+
+        // A global flag's value is not taken for the subcommand.
+        std::fs::write(&file, "lanes = 8\nfrom = \"s3://b/p\"\n").unwrap();
+        let args = |before: &[&str]| -> Vec<OsString> {
+            std::iter::once("murmur-worker")
+                .chain(before.iter().copied())
+                .chain(["run", "--config"])
+                .map(OsString::from)
+                .chain([file.clone().into_os_string()])
+                .collect()
+        };
+        for before in [
+            &["--log", "debug"][..],
+            &["--log=debug", "--json"],
+            &["--progress", "never"],
+        ] {
+            let cli = Cli::parse_from(expand_config(args(before)).unwrap());
+            let Command::Run(run) = cli.command else {
+                panic!("not run")
+            };
+            assert_eq!(run.lanes, 8, "{before:?}: the file's setting");
+        }
+        let err = expand_config(vec![
+            "murmur-worker".into(),
+            "--config".into(),
+            file.clone().into_os_string(),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--config: no subcommand before it"),
+            "{err}"
+        );
     }
 }
