@@ -42,6 +42,35 @@ pub struct DynamoDbDeduper {
     namespace: Option<Arc<str>>,
 }
 
+/// Longest event id claimed as it is; longer ones are claimed by their
+/// SHA-256 (DynamoDB's partition key holds at most 2048 bytes, and the
+/// namespace shares them).
+const MAX_PLAIN_ID_BYTES: usize = 1024;
+
+/// `namespace` with `%` and `#` percent-escaped.
+fn escape(namespace: &str) -> String {
+    namespace.replace('%', "%25").replace('#', "%23")
+}
+
+/// The partition key of the claim of `id`: `[<namespace>#]<id>`, or
+/// `[<namespace>#]sha256:<hex>` for an id longer than
+/// [`MAX_PLAIN_ID_BYTES`] (a plain id meets one only by spelling out the
+/// digest of another).
+fn claim_key(namespace: Option<&str>, id: &str) -> String {
+    use sha2::Digest as _;
+    let id = if id.len() > MAX_PLAIN_ID_BYTES {
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        std::borrow::Cow::Owned(format!("sha256:{hex}"))
+    } else {
+        std::borrow::Cow::Borrowed(id)
+    };
+    match namespace {
+        Some(ns) => format!("{ns}#{id}"),
+        None => id.into_owned(),
+    }
+}
+
 impl DynamoDbDeduper {
     /// A deduper on `config.table` (see
     /// [`DynamoDbStore::new`](crate::DynamoDbStore::new) for what happens to
@@ -54,9 +83,17 @@ impl DynamoDbDeduper {
     }
 
     /// Prefixes every claimed id with `<namespace>#`, so pipelines sharing
-    /// the table do not see each other's events as duplicates.
+    /// the table do not see each other's events as duplicates. A `#` or `%`
+    /// in the namespace is percent-escaped, so the first `#` of a key always
+    /// ends its namespace (namespace `a#b` with id `c` and namespace `a`
+    /// with id `b#c` are different claims).
     pub fn with_namespace(mut self, namespace: impl Into<Arc<str>>) -> Self {
-        self.namespace = Some(namespace.into());
+        let namespace: Arc<str> = namespace.into();
+        self.namespace = Some(if namespace.contains(['#', '%']) {
+            escape(&namespace).into()
+        } else {
+            namespace
+        });
         self
     }
 
@@ -130,10 +167,7 @@ impl DynamoDbDeduper {
         expires_at: Option<i64>,
         stats: &CallStats,
     ) -> Result<bool> {
-        let pk = match &self.namespace {
-            Some(ns) => format!("{ns}#{id}"),
-            None => id.to_owned(),
-        };
+        let pk = claim_key(self.namespace.as_deref(), id);
         let mut request = self
             .ctx
             .client
@@ -186,5 +220,25 @@ impl Deduper for DynamoDbDeduper {
         self.claim_ids(lane, seq, event_ids, expires_at)
             .await
             .map_err(|e| e.into_store_error("claim"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_keys_are_unambiguous_and_fit_a_partition_key() {
+        assert_eq!(claim_key(None, "e1"), "e1");
+        assert_eq!(claim_key(Some("p"), "e1"), "p#e1");
+        let a = escape("a#b");
+        assert_eq!(claim_key(Some(&a), "c"), "a%23b#c");
+        assert_ne!(claim_key(Some(&a), "c"), claim_key(Some("a"), "b#c"));
+        assert_eq!(escape("50%"), "50%25");
+        let long = "x".repeat(5000);
+        let key = claim_key(Some("p"), &long);
+        assert_eq!(key.len(), "p#sha256:".len() + 64);
+        assert_ne!(key, claim_key(Some("p"), &"x".repeat(5001)));
+        assert_eq!(claim_key(None, &"y".repeat(1024)), "y".repeat(1024));
     }
 }
