@@ -566,6 +566,7 @@ async fn write_batch<T: Send + Sync + 'static>(
         apply: ApplyReport::default(),
         end: intent.end,
         duplicates: 0,
+        expired: 0,
     })
 }
 

@@ -131,6 +131,9 @@ pub struct BackfillStats {
     pub replayed: u64,
     /// Row deltas written.
     pub rows: u64,
+    /// Records dropped because their bucket was already past the window's
+    /// retention.
+    pub expired: u64,
 }
 
 impl BackfillStats {
@@ -141,6 +144,7 @@ impl BackfillStats {
             batches: now.batches - start.batches,
             replayed: now.replayed - start.replayed,
             rows: now.rows - start.rows,
+            expired: now.expired - start.expired,
         }
     }
 }

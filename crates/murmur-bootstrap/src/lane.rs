@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use murmur_core::store::{RowDelta, now_ms};
 use murmur_core::{
     Aggregator, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, FlushPolicy, LaneId,
-    LaneState, Monoid, Pipeline, Position, Record, StateStore, WriteBatch,
+    LaneState, Monoid, Pipeline, Position, Pushed, Record, StateStore, WriteBatch,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +59,9 @@ pub struct BatchReport {
     /// Records skipped because another batch claimed their event id first
     /// (only with [`Dedup`]).
     pub duplicates: u64,
+    /// Records dropped because their bucket was already past the window's
+    /// retention (counted, never written).
+    pub expired: u64,
 }
 
 /// Turns one lane's records into fenced batches.
@@ -99,6 +102,8 @@ pub struct LaneWriter<T, M: Monoid> {
     spare: Vec<RowDelta>,
     /// The first error that left the writer in an unknown state.
     failed: Option<String>,
+    /// Records of the open batch dropped as past retention.
+    expired: u64,
 }
 
 impl<T, M: Monoid> LaneWriter<T, M> {
@@ -139,6 +144,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 held_since: None,
                 spare: Vec::new(),
                 failed: None,
+                expired: 0,
             },
             resume,
         ))
@@ -327,13 +333,17 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     }
 
     fn fold(&mut self, r: &Record<T>) -> Result<()> {
-        self.agg
-            .push(r, now_ms())
-            .map(|_| ())
-            .map_err(|source| Error::Pipeline {
+        match self.agg.push(r, now_ms()) {
+            Ok(Pushed::Folded) => Ok(()),
+            Ok(Pushed::Expired) => {
+                self.expired += 1;
+                Ok(())
+            }
+            Err(source) => Err(Error::Pipeline {
                 lane: self.lane.clone(),
                 source: Box::new(source),
-            })
+            }),
+        }
     }
 
     async fn write(
@@ -371,6 +381,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             apply,
             end: intent.end,
             duplicates,
+            expired: std::mem::take(&mut self.expired),
         })
     }
 

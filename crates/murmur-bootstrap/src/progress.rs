@@ -18,6 +18,7 @@ pub struct Progress {
     records: AtomicU64,
     skipped: AtomicU64,
     duplicates: AtomicU64,
+    expired: AtomicU64,
     batches: AtomicU64,
     replayed: AtomicU64,
     rows: AtomicU64,
@@ -43,6 +44,9 @@ pub struct ProgressSnapshot {
     pub skipped: u64,
     /// Records skipped as duplicates by the deduper.
     pub duplicates: u64,
+    /// Records dropped because their bucket was already past the window's
+    /// retention when they were folded.
+    pub expired: u64,
     /// Batches committed, replays included.
     pub batches: u64,
     /// Batches replayed from a pending intent after a crash or takeover.
@@ -71,6 +75,7 @@ impl Progress {
             records: get(&self.records),
             skipped: get(&self.skipped),
             duplicates: get(&self.duplicates),
+            expired: get(&self.expired),
             batches: get(&self.batches),
             replayed: get(&self.replayed),
             rows: get(&self.rows),
@@ -98,6 +103,7 @@ impl Progress {
         self.rows.fetch_add(report.rows, Ordering::Relaxed);
         self.duplicates
             .fetch_add(report.duplicates, Ordering::Relaxed);
+        self.expired.fetch_add(report.expired, Ordering::Relaxed);
         if replayed {
             self.replayed.fetch_add(1, Ordering::Relaxed);
         }

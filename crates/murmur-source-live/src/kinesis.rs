@@ -746,8 +746,18 @@ impl<T: Send + 'static> Shared<T> {
                 at = Cursor::After(s);
             }
             let done = matches!((&at, &last), (Cursor::After(a), Some(l)) if a == l);
-            if reached_end || done {
+            if done {
                 return Ok(records);
+            }
+            // Past the range's end without reading its last record (a range
+            // ends at a record it read): the shard no longer holds it,
+            // trimmed past retention. An empty or short replay would lose
+            // the batch's events.
+            if reached_end {
+                return Err(replay_err(format!(
+                    "the shard no longer holds the range's records up to its end (after {} it goes on past the end; trimmed past its retention?)",
+                    at.position()
+                )));
             }
             match out.next {
                 None if last.is_none() => return Ok(records),

@@ -134,6 +134,9 @@ fn line(stage: &str, p: &ProgressSnapshot, start: Instant) -> String {
     if p.duplicates > 0 {
         s = format!("{s}, {} duplicates", p.duplicates);
     }
+    if p.expired > 0 {
+        s = format!("{s}, {} past retention", p.expired);
+    }
     if p.replayed > 0 {
         s = format!("{s}, {} batches replayed", p.replayed);
     }

@@ -94,6 +94,8 @@ pub struct Summary {
     pub rows: u64,
     /// Records skipped by the deduper.
     pub duplicates: u64,
+    /// Records dropped as past the window's retention (`--retention-days`).
+    pub expired: u64,
     /// DynamoDB requests (all attempts).
     pub store_requests: Option<u64>,
     /// DynamoDB retries.
@@ -115,6 +117,7 @@ impl Summary {
         self.replayed += p.replayed;
         self.rows += p.rows;
         self.duplicates += p.duplicates;
+        self.expired += p.expired;
     }
 }
 

@@ -283,3 +283,33 @@ async fn a_store_failure_poisons_the_writer() {
     let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
     assert!(lane.pending.is_some(), "the intent waits for its replay");
 }
+
+#[tokio::test]
+async fn records_past_retention_are_counted_in_the_batch_report() {
+    let mem = MemoryStore::new();
+    let pipeline = Pipeline::builder("retained", Sum)
+        .key_by(|e: &(u32, i64)| format!("k{}", e.0))
+        .value(|e| e.1)
+        .window(Window::hour().with_retention(Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    let (mut w, _) = LaneWriter::open(
+        pipeline,
+        Arc::new(mem.clone()),
+        Arc::new(mem.clone()),
+        LaneId::new("p0"),
+        off(0),
+        FlushPolicy::default(),
+    )
+    .await
+    .unwrap();
+    // Ten records of 1970, long past an hour's retention, and three of now.
+    let now = murmur_core::store::now_ms();
+    let mut recs = source(10);
+    recs.extend((10..13).map(|i| Record::new((1, i), now).at(off(i))));
+    w.push_chunk(recs, &off(0), &off(13)).await.unwrap();
+    let report = w.flush().await.unwrap().unwrap();
+    assert_eq!((report.records, report.expired), (13, 10));
+    assert_eq!(report.rows, 1, "only the recent records' row");
+    assert_eq!(mem.rows().len(), 1);
+}

@@ -179,6 +179,58 @@ async fn kinesis_starts_after_token_sequence_numbers() {
             .collect::<Vec<_>>(),
         vec![3, 4, 5, 6, 7]
     );
+    // A range whose last record the shard no longer holds (trimmed past
+    // retention; here a sequence number between #7 and #8, or before #0)
+    // is an error, not a short or empty replay.
+    let between = decimal_add(&seqs[s0][7], 1);
+    assert!(
+        between.len() == seqs[s0][8].len() && between < seqs[s0][8],
+        "{between} lies between #7 and #8"
+    );
+    let before_first = decimal_add(&seqs[s0][0], -1);
+    for (from, end) in [
+        (
+            Position::Sequence {
+                sequence: Arc::from(seqs[s0][2].as_str()),
+            },
+            between,
+        ),
+        (Position::Beginning, before_first),
+    ] {
+        let err = runner
+            .source
+            .read_range(
+                &lane0,
+                &from,
+                &Position::Sequence {
+                    sequence: Arc::from(end.as_str()),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the shard no longer holds the range's records up to its end"),
+            "{err}"
+        );
+    }
+}
+
+/// `n` (a decimal string) plus `d` (+1 or -1), as a decimal string of the
+/// same length.
+fn decimal_add(n: &str, d: i8) -> String {
+    let mut digits: Vec<u8> = n.bytes().map(|b| b - b'0').collect();
+    for x in digits.iter_mut().rev() {
+        if d > 0 && *x < 9 {
+            *x += 1;
+            break;
+        } else if d < 0 && *x > 0 {
+            *x -= 1;
+            break;
+        }
+        *x = if d > 0 { 0 } else { 9 };
+    }
+    digits.into_iter().map(|x| char::from(b'0' + x)).collect()
 }
 
 #[tokio::test]
