@@ -235,9 +235,14 @@ where
     S: LaneSinks<T>,
     L: LiveSource<T>,
 {
+    let start = match &options.start {
+        Start::Latest => Start::Timestamp(murmur_core::store::now_ms()),
+        other => other.clone(),
+    };
     let mut run = Live {
         sinks,
         options,
+        start,
         writers: HashMap::new(),
         stats: LiveStats::default(),
     };
@@ -278,6 +283,11 @@ where
 struct Live<'a, T, S: LaneSinks<T>> {
     sinks: &'a S,
     options: &'a LiveOptions,
+    /// Where a lane without a checkpoint starts: `options.start`, with
+    /// [`Start::Latest`] fixed to the time this run began, so a lane that
+    /// appears later (a partition added, a child shard after a split)
+    /// starts there too and misses nothing written since.
+    start: Start,
     writers: HashMap<LaneId, S::Sink>,
     stats: LiveStats,
 }
@@ -363,7 +373,7 @@ impl<T: Send + Sync + 'static, S: LaneSinks<T>> Live<'_, T, S> {
         let start = match existing {
             Some(st) => st.position,
             None => source
-                .resolve_start(&lane, &self.options.start)
+                .resolve_start(&lane, &self.start)
                 .await
                 .map_err(|e| Error::source(lane.as_str(), e))?,
         };

@@ -22,7 +22,11 @@ pub enum Start {
     Token(HandoffToken),
     /// The oldest retained record.
     Earliest,
-    /// Only records written from now on.
+    /// Only records written from now on. The live driver
+    /// (`murmur_bootstrap::live`) fixes "now" when it starts and resolves
+    /// every lane as [`Timestamp`](Start::Timestamp) of that time, so a
+    /// lane that appears later (a Kafka partition added, a Kinesis child
+    /// shard) misses nothing written since.
     Latest,
     /// The first record at or after this time (ms since the epoch; Kafka
     /// message timestamp, Kinesis approximate arrival time).
@@ -102,6 +106,12 @@ pub struct LeaseGuard {
 impl LeaseGuard {
     pub(crate) fn new(lane: LaneId, state: Arc<GuardState>) -> Self {
         LeaseGuard { lane, state }
+    }
+
+    /// A guard that never fails: for a [`LiveSource`] of your own whose
+    /// lanes cannot be taken away (a single reader of each lane).
+    pub fn unconditional(lane: LaneId) -> Self {
+        LeaseGuard::new(lane, GuardState::new(None))
     }
 
     /// `Ok` while the lane may still be written.

@@ -5,4 +5,5 @@
 
 mod backfill;
 mod lane;
+mod latest;
 mod seam;
