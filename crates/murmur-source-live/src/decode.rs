@@ -60,6 +60,43 @@ impl<T> fmt::Debug for Decoder<T> {
 /// The default payload limit (1 MiB, Kafka's default `message.max.bytes`).
 const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
+/// The most payload bytes a dead letter carries: a Kafka broker takes
+/// about 1 MB per message by default and Kinesis 1 MiB per record, which the
+/// payload (base64 in a Kinesis envelope) and its context must fit in. A
+/// longer payload is cut here, and the dead letter says so
+/// ([`Clipped::note`]): a dead letter that cannot be written would stop the
+/// lane at that message for good.
+pub(crate) const MAX_DEAD_LETTER_PAYLOAD: usize = 512 * 1024;
+
+/// A payload as a dead letter carries it.
+pub(crate) struct Clipped<'a> {
+    /// At most [`MAX_DEAD_LETTER_PAYLOAD`] bytes of the payload.
+    pub(crate) bytes: &'a [u8],
+    /// For a cut payload: `<n> bytes, sha256 <hex>; the first <m> kept`.
+    pub(crate) note: Option<String>,
+}
+
+/// `payload` cut to [`MAX_DEAD_LETTER_PAYLOAD`] bytes, with a note naming
+/// its full size and SHA-256 when it was cut.
+pub(crate) fn clip_dead_letter(payload: &[u8]) -> Clipped<'_> {
+    use sha2::Digest as _;
+    if payload.len() <= MAX_DEAD_LETTER_PAYLOAD {
+        return Clipped {
+            bytes: payload,
+            note: None,
+        };
+    }
+    let digest = sha2::Sha256::digest(payload);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Clipped {
+        bytes: &payload[..MAX_DEAD_LETTER_PAYLOAD],
+        note: Some(format!(
+            "{} bytes, sha256 {hex}; the first {MAX_DEAD_LETTER_PAYLOAD} kept",
+            payload.len()
+        )),
+    }
+}
+
 impl<T> Decoder<T> {
     /// A decoder from a decode function; event time is the broker's
     /// timestamp until [`event_time`](Self::event_time) says otherwise.
@@ -197,6 +234,22 @@ impl Decoder<CountEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_payloads_are_cut_with_a_note() {
+        let small = vec![7u8; 100];
+        let c = clip_dead_letter(&small);
+        assert_eq!((c.bytes.len(), c.note), (100, None));
+        let big = vec![b'x'; MAX_DEAD_LETTER_PAYLOAD + 10];
+        let c = clip_dead_letter(&big);
+        assert_eq!(c.bytes.len(), MAX_DEAD_LETTER_PAYLOAD);
+        let note = c.note.unwrap();
+        assert!(
+            note.starts_with(&format!("{} bytes, sha256 ", MAX_DEAD_LETTER_PAYLOAD + 10))
+                && note.ends_with("; the first 524288 kept"),
+            "{note}"
+        );
+    }
     use serde::Deserialize;
 
     #[test]

@@ -43,6 +43,9 @@ pub const HEADER_SOURCE_PARTITION: &str = "murmur.source.partition";
 pub const HEADER_SOURCE_OFFSET: &str = "murmur.source.offset";
 /// Dead-letter header: why it could not be decoded.
 pub const HEADER_ERROR: &str = "murmur.error";
+/// Dead-letter header, only on a payload that was cut to fit a message:
+/// `<n> bytes, sha256 <hex>; the first <m> kept`.
+pub const HEADER_PAYLOAD_CUT: &str = "murmur.payload.cut";
 
 /// Properties Murmur sets itself: the exactly-once protocol depends on them.
 const RESERVED: [&str; 6] = [
@@ -173,7 +176,9 @@ impl KafkaConfig {
 
     /// Undecodable messages go to this topic, with headers
     /// [`HEADER_SOURCE_TOPIC`], [`HEADER_SOURCE_PARTITION`],
-    /// [`HEADER_SOURCE_OFFSET`] and [`HEADER_ERROR`]. Without one they are
+    /// [`HEADER_SOURCE_OFFSET`] and [`HEADER_ERROR`] (and
+    /// [`HEADER_PAYLOAD_CUT`] on a payload over 512 KiB, cut to that so the
+    /// dead letter fits a message). Without one they are
     /// logged and counted.
     pub fn dead_letter_topic(mut self, topic: &str) -> Self {
         self.dead_letter_topic = Some(topic.to_owned());
@@ -727,7 +732,8 @@ impl<T: Send + 'static> Shared<T> {
         let sends = dead.iter().map(|d| {
             let partition = d.partition.to_string();
             let offset = d.offset.to_string();
-            let headers = OwnedHeaders::new()
+            let payload = d.payload.as_deref().map(crate::decode::clip_dead_letter);
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: HEADER_SOURCE_TOPIC,
                     value: Some(topic.as_str()),
@@ -744,9 +750,15 @@ impl<T: Send + 'static> Shared<T> {
                     key: HEADER_ERROR,
                     value: Some(d.reason.as_str()),
                 });
+            if let Some(note) = payload.as_ref().and_then(|p| p.note.as_deref()) {
+                headers = headers.insert(Header {
+                    key: HEADER_PAYLOAD_CUT,
+                    value: Some(note),
+                });
+            }
             let mut record = FutureRecord::<(), [u8]>::to(dlq).headers(headers);
-            if let Some(p) = &d.payload {
-                record = record.payload(p.as_slice());
+            if let Some(p) = &payload {
+                record = record.payload(p.bytes);
             }
             tracing::warn!(%topic, partition = d.partition, offset = d.offset, reason = %d.reason, dead_letter_topic = dlq,
                 "undecodable message sent to the dead-letter topic");

@@ -211,7 +211,9 @@ impl KinesisConfig {
 
     /// Undecodable records go to this stream as a JSON envelope
     /// (`source_stream`, `shard_id`, `sequence_number`, `error`,
-    /// `payload_base64`), partition key = the source shard id.
+    /// `payload_base64`), partition key = the source shard id. A payload
+    /// over 512 KiB is cut to that, so the envelope fits a record, and
+    /// `payload_cut` gives its full size and SHA-256.
     pub fn dead_letter_stream(mut self, stream: &str) -> Self {
         self.dead_letter_stream = Some(stream.to_owned());
         self
@@ -616,13 +618,17 @@ impl<T: Send + 'static> Shared<T> {
             return Ok(());
         };
         for d in &dead {
-            let envelope = serde_json::json!({
+            let payload = crate::decode::clip_dead_letter(&d.payload);
+            let mut envelope = serde_json::json!({
                 "source_stream": stream,
                 "shard_id": d.shard,
                 "sequence_number": d.sequence,
                 "error": d.reason,
-                "payload_base64": base64(&d.payload),
+                "payload_base64": base64(payload.bytes),
             });
+            if let Some(note) = payload.note {
+                envelope["payload_cut"] = note.into();
+            }
             tracing::warn!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason, dead_letter_stream = %dlq,
                 "undecodable record sent to the dead-letter stream");
             client

@@ -158,8 +158,8 @@ pub use dynamodb_streams::{DynamoDbStreamsConfig, DynamoDbStreamsSource, dynamod
 // and live); re-exported for `Decoder::count_events` users.
 pub use error::{Error, Result};
 pub use kafka::{
-    HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, KafkaConfig,
-    KafkaSource, kafka_lane,
+    HEADER_ERROR, HEADER_PAYLOAD_CUT, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC, KafkaConfig, KafkaSource, kafka_lane,
 };
 pub use kinesis::{KinesisConfig, KinesisSource, kinesis_lane};
 pub use lease::ensure_lease_table;

@@ -3,9 +3,9 @@
 use crate::common::{Runner, drive};
 use murmur_core::{CheckpointStore, HandoffToken, LaneId, MemoryStore, Position};
 use murmur_source_live::{
-    CountEvent, Decoder, Error, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC, KafkaConfig, KafkaSource, LiveSource, OnExpired, SourceEvent, Start,
-    kafka_lane,
+    CountEvent, Decoder, Error, HEADER_ERROR, HEADER_PAYLOAD_CUT, HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, KafkaConfig, KafkaSource, LiveSource, OnExpired,
+    SourceEvent, Start, kafka_lane,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -394,9 +394,10 @@ async fn kafka_poison_messages_go_to_the_dead_letter_topic() {
     cluster.create_topic("orders", 1, 1).unwrap();
     cluster.create_topic("orders.dlq", 1, 1).unwrap();
     let p = producer(&brokers);
+    // Over the decoder's limit, and over what a dead letter carries.
     let oversized = event("x", 0)
         .into_iter()
-        .chain(std::iter::repeat_n(b' ', 2048))
+        .chain(std::iter::repeat_n(b' ', 600_000))
         .collect::<Vec<u8>>();
     let messages: Vec<Option<Vec<u8>>> = vec![
         Some(event("a", 1)),
@@ -486,7 +487,19 @@ async fn kafka_poison_messages_go_to_the_dead_letter_topic() {
     for (offset, (h, payload)) in &by_offset {
         assert_eq!(h[HEADER_SOURCE_TOPIC], "orders", "the real source topic");
         assert_eq!(h[HEADER_SOURCE_PARTITION], "0");
-        let expected_payload = messages[*offset as usize].clone().filter(|m| !m.is_empty());
+        let mut expected_payload = messages[*offset as usize].clone().filter(|m| !m.is_empty());
+        if *offset == 3 {
+            // Cut to fit a message, and said so.
+            expected_payload = Some(oversized[..512 * 1024].to_vec());
+            let cut = &h[HEADER_PAYLOAD_CUT];
+            assert!(
+                cut.starts_with(&format!("{} bytes, sha256 ", oversized.len()))
+                    && cut.ends_with("; the first 524288 kept"),
+                "{cut}"
+            );
+        } else {
+            assert!(!h.contains_key(HEADER_PAYLOAD_CUT), "{h:?}");
+        }
         assert_eq!(
             payload.clone().filter(|m| !m.is_empty()),
             expected_payload,
