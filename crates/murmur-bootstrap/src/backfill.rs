@@ -228,7 +228,7 @@ where
         .await
         .map_err(|e| Error::source(run_id, e))?;
     let plan = LanePlan::new(run_id, units, options.lanes).map_err(|e| Error::source(run_id, e))?;
-    let fingerprint = fingerprint(&plan);
+    let fingerprint = fingerprint(&plan, pipeline);
     let run = checkpoints
         .begin_run(run_id, &fingerprint, &token)
         .await
@@ -498,11 +498,31 @@ fn unit_offset(assignment: &LaneAssignment, p: &Position) -> Option<usize> {
     assignment.units.iter().position(|u| u.index == index)
 }
 
-/// `units=<n> bytes=<total> lanes=<n> sha256=<16 hex digits>`: the digest
-/// covers every lane's id and its units' index, key and size, in plan order.
-fn fingerprint(plan: &LanePlan) -> String {
+/// `units=<n> bytes=<total> lanes=<n> fold=<kind>/<window> sha256=<16 hex
+/// digits>`: the digest covers every lane's id and its units' index, key
+/// and size, in plan order, and what the pipeline folds into a row (the
+/// monoid's kind and parameters, through its identity cell, and the
+/// window's granularity and retention): a resume that would fold into
+/// other buckets or values is another plan.
+fn fingerprint<T, M: Monoid>(plan: &LanePlan, pipeline: &Pipeline<T, M>) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
+    let kind = format!("{:?}", pipeline.monoid().kind()).to_lowercase();
+    let window = match pipeline.window() {
+        Some(w) => {
+            hash.update(w.granularity_ms().to_le_bytes());
+            hash.update(w.retention_ms().unwrap_or(-1).to_le_bytes());
+            format!("{}ms", w.granularity_ms())
+        }
+        None => "all-time".to_owned(),
+    };
+    hash.update(kind.as_bytes());
+    hash.update([0]);
+    let monoid = pipeline.monoid();
+    match monoid.encode(&monoid.identity()) {
+        murmur_core::Cell::Int(v) => hash.update(v.to_le_bytes()),
+        murmur_core::Cell::Bytes(b) => hash.update(&b),
+    }
     let (mut units, mut bytes) = (0u64, 0u64);
     for lane in plan.lanes() {
         hash.update(lane.lane.as_str().as_bytes());
@@ -522,7 +542,7 @@ fn fingerprint(plan: &LanePlan) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!(
-        "units={units} bytes={bytes} lanes={} sha256={digest}",
+        "units={units} bytes={bytes} lanes={} fold={kind}/{window} sha256={digest}",
         plan.lanes().len()
     )
 }

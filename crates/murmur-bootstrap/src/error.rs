@@ -46,13 +46,15 @@ pub enum Error {
         source: Box<StoreError>,
     },
     /// The run was begun with a different work plan: the source's listing
-    /// changed (objects added or removed) or the lane count differs. Its
-    /// lane checkpoints belong to the old plan, so resuming could skip or
-    /// double-count; restore the listing and `--lanes`, or start a new run
+    /// changed (objects added or removed), the lane count differs, or the
+    /// pipeline folds differently (another aggregate, its parameters, the
+    /// window or its retention). Its lane checkpoints and rows belong to
+    /// the old plan, so resuming could skip, double-count or mix buckets;
+    /// restore the listing, `--lanes` and the pipeline, or start a new run
     /// id (into a fresh store).
     #[error(
         "run {run_id}: the work plan changed since the run began (then: {begun}; now: {now}); \
-         restore the source's objects and the lane count, or use a new run id"
+         restore the source's objects, the lane count and the pipeline, or use a new run id"
     )]
     PlanChanged {
         /// The run id.

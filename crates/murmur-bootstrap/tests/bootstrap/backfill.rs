@@ -395,6 +395,28 @@ async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("lanes=4"), "{err}");
 
+    // So is a pipeline that folds into other buckets.
+    let hourly = Pipeline::builder("daily_counts", Sum)
+        .key_by_str(|e: &CountEvent| &e.entity_id)
+        .value(|e| e.count)
+        .window(Window::hour())
+        .build()
+        .unwrap();
+    let err = backfill(
+        &hourly,
+        &source(&d),
+        state.clone(),
+        cps.clone(),
+        &options("bf-plan"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("fold=sum/86400000ms")
+            && err.to_string().contains("fold=sum/3600000ms"),
+        "{err}"
+    );
+
     // The original plan resumes and is exact.
     let out = backfill(
         &pipeline(),
