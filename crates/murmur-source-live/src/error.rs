@@ -43,6 +43,29 @@ pub enum Error {
         missing: i64,
     },
 
+    /// An event-time cut older than what a partition retains: the cut
+    /// (minus the skew allowance) resolves to the partition's first
+    /// retained message, which is newer than it, and older messages were
+    /// deleted, so some at or after the cut may be gone (a gap at the
+    /// seam).
+    #[error(
+        "topic {topic} partition {partition}: the event-time cut asks for messages from {from_ms} ms, but the \
+         oldest retained one (offset {earliest}) is from {first_ms} ms and the {earliest} before it were deleted \
+         (retention): events between may be lost; choose OnExpired::Earliest to accept the gap"
+    )]
+    CutExpired {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The cut minus the skew allowance, ms.
+        from_ms: i64,
+        /// The oldest retained offset (low watermark).
+        earliest: i64,
+        /// The timestamp of the message at `earliest`, ms.
+        first_ms: i64,
+    },
+
     /// A start position is beyond the end of the partition's log (a token
     /// from another cluster, or a truncated log).
     #[error(

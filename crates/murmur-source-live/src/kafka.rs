@@ -538,6 +538,38 @@ impl<T: Send + 'static> Shared<T> {
         Ok(wanted)
     }
 
+    /// `offset`, where a cut's time `from_ms` resolved, unless it is the
+    /// first retained message, newer than `from_ms`, after deleted ones:
+    /// those may have been at or after the cut ([`Error::CutExpired`], or
+    /// a warning under [`OnExpired::Earliest`]).
+    fn check_cut_retained(&self, partition: i32, from_ms: i64, offset: i64) -> Result<i64> {
+        let (earliest, latest) = self.watermarks(partition)?;
+        if earliest == 0 || offset != earliest || earliest == latest {
+            return Ok(offset);
+        }
+        let consumer = self.reader(partition, earliest)?;
+        let Some((_, Some(first_ms))) = self.probe(&consumer, partition, earliest)? else {
+            return Ok(offset);
+        };
+        if first_ms <= from_ms {
+            return Ok(offset);
+        }
+        let err = Error::CutExpired {
+            topic: self.config.topic.clone(),
+            partition,
+            from_ms,
+            earliest,
+            first_ms,
+        };
+        match self.config.on_expired {
+            OnExpired::Fail => Err(err),
+            OnExpired::Earliest => {
+                tracing::warn!(%err, "starting at the earliest retained offset (OnExpired::Earliest)");
+                Ok(offset)
+            }
+        }
+    }
+
     /// A private consumer reading `partition` from `offset`, reporting
     /// the end of the log.
     fn reader(&self, partition: i32, offset: i64) -> Result<BaseConsumer> {
@@ -679,7 +711,9 @@ impl<T: Send + 'static> Shared<T> {
             }
             Start::Token(HandoffToken::EventTimeCut { at_ms }) => {
                 let skew = i64::try_from(self.config.cut_skew.as_millis()).unwrap_or(i64::MAX);
-                self.offset_for_time(partition, at_ms.saturating_sub(skew))
+                let from_ms = at_ms.saturating_sub(skew);
+                let offset = self.offset_for_time(partition, from_ms)?;
+                self.check_cut_retained(partition, from_ms, offset)
             }
             Start::Token(other) => Err(Error::Token {
                 lane: lane.clone(),

@@ -350,6 +350,49 @@ async fn kafka_expired_token_offsets_are_refused() {
         "{err}"
     );
 
+    // An event-time cut older than the oldest retained message is refused
+    // too: the deleted messages may have been after it. A cut the retained
+    // messages cover resolves as usual.
+    let cut = |at_ms| Start::Token(HandoffToken::EventTimeCut { at_ms });
+    let hour_ago = murmur_core::store::now_ms() - 3_600_000;
+    let err = source
+        .resolve_start(&lane, &cut(hour_ago))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::CutExpired {
+            topic,
+            partition,
+            earliest: e,
+            first_ms,
+            ..
+        } => {
+            assert_eq!((topic.as_str(), *partition, *e), ("big", 0, earliest));
+            assert!(*first_ms > hour_ago, "{err}");
+        }
+        other => panic!("expected CutExpired, got {other}"),
+    }
+    assert!(err.to_string().contains("were deleted"), "{err}");
+    let future = murmur_core::store::now_ms() + 3_600_000;
+    assert_eq!(
+        source.resolve_start(&lane, &cut(future)).await.unwrap(),
+        Position::Offset { offset: 12 }
+    );
+    let accepting = KafkaSource::<CountEvent>::connect(
+        KafkaConfig::assign(&brokers, "big").on_expired(OnExpired::Earliest),
+        Decoder::count_events(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        accepting
+            .resolve_start(&lane, &cut(hour_ago))
+            .await
+            .unwrap(),
+        Position::Offset { offset: earliest },
+        "OnExpired::Earliest accepts the gap"
+    );
+
     // An expired checkpoint is refused at start too; replays of expired ranges as well.
     let mut source = source;
     let SourceEvent::Assigned(lanes) = source.next().await.unwrap() else {
