@@ -228,7 +228,7 @@ where
         .await
         .map_err(|e| Error::source(run_id, e))?;
     let plan = LanePlan::new(run_id, units, options.lanes).map_err(|e| Error::source(run_id, e))?;
-    let fingerprint = fingerprint(&plan, pipeline);
+    let fingerprint = fingerprint(&plan, pipeline, &source.plan_settings());
     let run = checkpoints
         .begin_run(run_id, &fingerprint, &token)
         .await
@@ -498,15 +498,24 @@ fn unit_offset(assignment: &LaneAssignment, p: &Position) -> Option<usize> {
     assignment.units.iter().position(|u| u.index == index)
 }
 
-/// `units=<n> bytes=<total> lanes=<n> fold=<kind>/<window> sha256=<16 hex
-/// digits>`: the digest covers every lane's id and its units' index, key
-/// and size, in plan order, and what the pipeline folds into a row (the
-/// monoid's kind and parameters, through its identity cell, and the
-/// window's granularity and retention): a resume that would fold into
-/// other buckets or values is another plan.
-fn fingerprint<T, M: Monoid>(plan: &LanePlan, pipeline: &Pipeline<T, M>) -> String {
+/// `units=<n> bytes=<total> lanes=<n> fold=<kind>/<window>
+/// [source=[<settings>]] sha256=<16 hex digits>`: the digest covers every
+/// lane's id and its units' index, key and size, in plan order, what the
+/// pipeline folds into a row (the monoid's kind and parameters, through its
+/// identity cell, and the window's granularity and retention) and the
+/// source's [`plan_settings`](SnapshotSource::plan_settings) (where chunks
+/// end, which records they keep): a resume that would read other records
+/// into a pending range, or fold into other buckets or values, is another
+/// plan.
+fn fingerprint<T, M: Monoid>(
+    plan: &LanePlan,
+    pipeline: &Pipeline<T, M>,
+    source_settings: &str,
+) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
+    hash.update(source_settings.as_bytes());
+    hash.update([0]);
     let kind = format!("{:?}", pipeline.monoid().kind()).to_lowercase();
     let window = match pipeline.window() {
         Some(w) => {
@@ -541,8 +550,13 @@ fn fingerprint<T, M: Monoid>(plan: &LanePlan, pipeline: &Pipeline<T, M>) -> Stri
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let source = if source_settings.is_empty() {
+        String::new()
+    } else {
+        format!(" source=[{source_settings}]")
+    };
     format!(
-        "units={units} bytes={bytes} lanes={} fold={kind}/{window} sha256={digest}",
+        "units={units} bytes={bytes} lanes={} fold={kind}/{window}{source} sha256={digest}",
         plan.lanes().len()
     )
 }

@@ -497,6 +497,23 @@ impl<T: DeserializeOwned + Send + 'static> SnapshotSource for DynamoDbScanSource
         }
     }
 
+    fn plan_settings(&self) -> String {
+        let o = &self.options;
+        let mut s = match o.page_size {
+            Some(n) => format!("page_size={n}"),
+            None => "page_size=full".to_owned(),
+        };
+        for (name, expression) in [
+            ("filter", &o.filter_expression),
+            ("projection", &o.projection_expression),
+        ] {
+            if let Some(e) = expression {
+                s.push_str(&format!(" {name}={e:?}"));
+            }
+        }
+        s
+    }
+
     fn bad_records(&self) -> &Arc<BadRecordSink> {
         &self.sink
     }

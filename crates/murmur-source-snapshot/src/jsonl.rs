@@ -254,6 +254,17 @@ impl<D: LineDecoder> SnapshotSource for JsonLinesSource<D> {
         self.inner.listing.handoff().await
     }
 
+    fn plan_settings(&self) -> String {
+        let o = &self.inner.options;
+        match &o.event_time_range {
+            Some(r) => format!(
+                "chunk_lines={} event_time={}..{}",
+                o.chunk_lines, r.start, r.end
+            ),
+            None => format!("chunk_lines={}", o.chunk_lines),
+        }
+    }
+
     fn bad_records(&self) -> &Arc<BadRecordSink> {
         &self.inner.sink
     }

@@ -636,6 +636,17 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
         self.inner.listing.handoff().await
     }
 
+    fn plan_settings(&self) -> String {
+        let o = &self.inner.options;
+        match &o.event_time_range {
+            Some(r) => format!(
+                "chunk_rows={} event_time={}..{}",
+                o.chunk_rows, r.start, r.end
+            ),
+            None => format!("chunk_rows={}", o.chunk_rows),
+        }
+    }
+
     fn bad_records(&self) -> &Arc<BadRecordSink> {
         &self.inner.sink
     }

@@ -144,6 +144,15 @@ pub trait SnapshotSource: Send + Sync {
     /// Where undecodable records go; shared by all reads of this source.
     fn bad_records(&self) -> &Arc<BadRecordSink>;
 
+    /// The settings besides the units that decide what a read yields: where
+    /// chunks end (`chunk_rows=8192`) and which records they keep (an
+    /// event-time range, a scan filter). A backfill run keeps them in its
+    /// plan: a resume with others would re-read a pending batch's range
+    /// into other records. Empty by default.
+    fn plan_settings(&self) -> String {
+        String::new()
+    }
+
     /// Reads many units with at most `concurrency` of them in flight at
     /// once. Chunks of one unit arrive in order; chunks of different units
     /// interleave (tell them apart by `start`). An error ends only the

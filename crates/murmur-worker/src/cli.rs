@@ -384,7 +384,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4, help_heading = "Backfill")]
     pub concurrency: usize,
     /// Rows (Parquet) or lines (JSON Lines) per chunk: the unit a crash
-    /// replays. Fixed for the life of a run.
+    /// replays. Fixed for the life of a run (a resume with another value is
+    /// refused as a changed plan).
     #[arg(long, default_value_t = 8192, help_heading = "Backfill")]
     pub chunk_rows: u64,
     /// Undecodable rows tolerated before the backfill fails.

@@ -395,6 +395,34 @@ async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("lanes=4"), "{err}");
 
+    // So is a source that cuts other chunks (a pending range would end
+    // inside one).
+    let fs = Arc::new(LocalFileSystem::new_with_prefix(&d.root).unwrap());
+    let other_chunks = JsonLinesSource::with_options(
+        ObjectListing::new(fs, Path::from("events")),
+        CountEventLines,
+        JsonLinesOptions {
+            chunk_lines: 100,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let err = backfill(
+        &pipeline(),
+        &other_chunks,
+        state.clone(),
+        cps.clone(),
+        &options("bf-plan"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("source=[chunk_lines=64]")
+            && err.to_string().contains("source=[chunk_lines=100]"),
+        "{err}"
+    );
+
     // So is a pipeline that folds into other buckets.
     let hourly = Pipeline::builder("daily_counts", Sum)
         .key_by_str(|e: &CountEvent| &e.entity_id)
