@@ -143,6 +143,11 @@ impl DynamoDbAliasStore {
                     Some(UpdateItemError::ConditionalCheckFailedException(_))
                 ) =>
             {
+                // Refused on a retry with `version` now active: an earlier
+                // attempt of this call landed and its answer was lost.
+                if f.attempts > 1 && self.active_version(alias).await? == Some(version) {
+                    return Ok(true);
+                }
                 Ok(false)
             }
             Err(f) => Err(f.into_error(&self.ctx.table, Op::UpdateItem, Some(key))),

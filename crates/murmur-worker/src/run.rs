@@ -238,11 +238,22 @@ impl Worker<'_> {
         if let Mode::Replay { version, .. } = self.mode {
             let ready = !self.stop.is_cancelled() && summary.backfill != "stopped";
             if ready {
-                backend
-                    .aliases()
-                    .swap(alias, version)
-                    .await
-                    .with_context(|| format!("cannot swap {alias} to version {version}"))?;
+                match backend.aliases().swap(alias, version).await {
+                    Ok(()) => {}
+                    // A replay run again after its swap (or a second
+                    // worker of it): the version is active already.
+                    Err(murmur_core::StoreError::StaleSwap { active, .. }) if active == version => {
+                        tracing::info!(
+                            pipeline = alias,
+                            version,
+                            "version {version} is active already"
+                        );
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("cannot swap {alias} to version {version}")));
+                    }
+                }
                 tracing::info!(
                     pipeline = alias,
                     version,

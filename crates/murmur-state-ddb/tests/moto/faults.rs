@@ -187,6 +187,46 @@ async fn writes_retried_after_they_landed_stay_exact() {
     );
 }
 
+/// An alias swap that landed but was answered 500 is retried, refused by
+/// its condition, and recognised as done (the requested version is
+/// active), not reported as a stale swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_swaps_that_landed_before_a_500_succeed() {
+    use murmur_core::AliasStore as _;
+    let Some(moto) = moto("alias_swaps_that_landed_before_a_500_succeed").await else {
+        return;
+    };
+    let faults = Faults {
+        forward_then_500: 0.5,
+        ..Faults::default()
+    };
+    let proxy = moto.fault_proxy(faults, 5).await;
+    let client = moto.client_via(&proxy.url);
+    let table = moto.checkpoint_table("f-alias").await;
+    let aliases = murmur_state_ddb::DynamoDbAliasStore::new(&client, config(&table));
+    for a in 0..20 {
+        let alias = format!("p{a}");
+        for version in [1, 2] {
+            aliases
+                .swap(&alias, version)
+                .await
+                .unwrap_or_else(|e| panic!("{alias} to {version}: {e}"));
+        }
+        assert_eq!(aliases.active(&alias).await.unwrap(), Some(2));
+    }
+    assert!(
+        proxy.counts().forwarded_then_500.load(Relaxed) >= 10,
+        "{:?}",
+        proxy.counts()
+    );
+    // A swap that is really stale is still refused.
+    let err = aliases.swap("p0", 1).await.unwrap_err();
+    assert!(
+        matches!(err, murmur_core::StoreError::StaleSwap { active: 2, .. }),
+        "{err}"
+    );
+}
+
 /// `BatchGetItem` answered with every key unprocessed is re-requested with
 /// backoff until all keys are read; results stay aligned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
