@@ -152,6 +152,14 @@ pub(crate) fn stored_value(table: &str, key: &RowKey, item: &Item) -> Result<Sto
 }
 
 /// An item as a [`StoredRow`]; also whether it carries a version attribute.
+/// The fence of `lane` in `item`, if it holds a readable one.
+pub(crate) fn fence_of(item: &Item, lane: &LaneId) -> Option<u64> {
+    match item.get(&fence_attr(lane))? {
+        AttributeValue::N(n) => n.parse().ok(),
+        _ => None,
+    }
+}
+
 pub(crate) fn stored_row(
     table: &str,
     key: &RowKey,

@@ -321,6 +321,16 @@ impl DynamoDbStore {
         let fenced = monoid.write_strategy().is_fenced();
         let mut conflicts = 0u32;
         loop {
+            // A batch the row already took (a replay, or a retry whose
+            // first attempt landed) changes nothing, whatever the value
+            // holds: decided before the value is decoded, so a row whose
+            // value cannot be read (a Sum past i64) does not stop a replay.
+            if fenced
+                && let Some(it) = &item
+                && item::fence_of(it, lane).is_some_and(|fence| fence >= seq)
+            {
+                return Ok(Outcome::Unchanged);
+            }
             let current = match &item {
                 None => None,
                 Some(it) => Some(item::stored_row(&self.ctx.table, &delta.key, it)?),

@@ -131,6 +131,41 @@ async fn undecodable_values_name_table_key_and_reason() {
             "dynamodb:{table}: row bytes-for-sum/7: cannot decode Sum value: expected an integer, found bytes"
         )
     );
+    // A Sum past i64 (DynamoDB numbers go further) under a fence: replaying
+    // a batch that landed changes nothing and is no error (the fence is
+    // read before the value); reading it says why it cannot be used.
+    moto.client
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("past-i64".into()))
+        .item("sk", AttributeValue::N("7".into()))
+        .item("v", AttributeValue::N("9223372036854775808".into()))
+        .item("ver", AttributeValue::N("3".into()))
+        .item("f:bad-input", AttributeValue::N("4".into()))
+        .send()
+        .await
+        .unwrap();
+    let key = RowKey::new("past-i64", BucketKey(7));
+    let replayed = store
+        .apply(&Sum, &one_row(&Sum, &key, &5, 4))
+        .await
+        .unwrap();
+    assert_eq!((replayed.rows_written, replayed.rows_unchanged), (0, 1));
+    let added = store
+        .apply(&Sum, &one_row(&Sum, &key, &5, 5))
+        .await
+        .unwrap();
+    assert_eq!(added.rows_written, 1, "DynamoDB adds past i64");
+    let replayed = store
+        .apply(&Sum, &one_row(&Sum, &key, &5, 5))
+        .await
+        .unwrap();
+    assert_eq!((replayed.rows_written, replayed.rows_unchanged), (0, 1));
+    let err = store.get(&key).await.unwrap_err().to_string();
+    assert!(
+        err.contains("pk=\"past-i64\", sk=7") && err.contains("is not a 64-bit integer"),
+        "{err}"
+    );
     // Garbage bytes where an HLL sketch is expected.
     put(
         "garbage-hll",
