@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::lane::{Dedup, LaneWriter, Resume};
 use crate::progress::{Progress, keep_counted};
 use futures::StreamExt;
+use futures::stream::{self, BoxStream};
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
     RunRecord, RunStatus, StateStore,
@@ -364,8 +365,8 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
         let mut position = match resume {
             Resume::From(p) => p,
             Resume::Pending(intent) => {
-                let records = self.reread(&assignment, &intent.start, &intent.end).await?;
-                let report = writer.replay(&records).await?;
+                let parts = self.reread(&assignment, &intent.start, &intent.end)?;
+                let report = writer.replay_parts(parts).await?;
                 self.progress.batch(&report, true);
                 intent.end
             }
@@ -427,15 +428,17 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
 
     /// Re-reads the records of the range `[start, end)` of this lane's
     /// units — a pending batch, possibly spanning units — with the same
-    /// chunking and cut as the first read. `End` means "to the end of the
-    /// lane's last unit".
-    async fn reread(
+    /// chunking and cut as the first read, as a stream of the chunks'
+    /// records (folded as they come, never all held). `End` means "to the
+    /// end of the lane's last unit". A chunk ending past `end`, or the
+    /// units ending before it, is an error as soon as it shows.
+    fn reread(
         &self,
         assignment: &LaneAssignment,
         start: &Position,
         end: &Position,
-    ) -> Result<Vec<Record<S::Item>>> {
-        let lane = &assignment.lane;
+    ) -> Result<Parts<S::Item>> {
+        let lane = assignment.lane.clone();
         let first = match start {
             Position::Beginning => 0,
             p => unit_offset(assignment, p).ok_or_else(|| Error::Protocol {
@@ -443,26 +446,75 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                 reason: format!("pending batch starts at {start}, in none of the lane's units"),
             })?,
         };
-        let mut records = Vec::new();
         let units = read_plan(assignment, first, start);
-        let mut chunks = self.source.read_in_order(&units, UNITS_AHEAD);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
-            records.extend(self.keep(chunk.records));
-            if chunk.end == *end {
-                return Ok(records);
-            }
-        }
-        if *end == Position::End {
-            return Ok(records);
-        }
-        Err(Error::Protocol {
+        let chunks = self.source.read_in_order(&units, UNITS_AHEAD);
+        let (cut, progress) = (self.cut, self.progress.clone());
+        let range = format!("[{start}, {end})");
+        let end = end.clone();
+        let unreadable = move |lane: &LaneId, why: &str| Error::Protocol {
             lane: lane.clone(),
             reason: format!(
-                "the pending batch [{start}, {end}) could not be re-read: no chunk of the lane's \
-                 units ends at {end} (did the source's objects change?)"
+                "the pending batch {range} could not be re-read: {why} (did the source's objects change?)"
             ),
-        })
+        };
+        let parts = stream::try_unfold((chunks, false), move |(mut chunks, done)| {
+            let (lane, progress, unreadable) = (lane.clone(), progress.clone(), unreadable.clone());
+            let end = end.clone();
+            async move {
+                if done {
+                    return Ok(None);
+                }
+                let Some(chunk) = chunks.next().await else {
+                    if end == Position::End {
+                        return Ok(None);
+                    }
+                    return Err(unreadable(
+                        &lane,
+                        &format!("no chunk of the lane's units ends at {end}"),
+                    ));
+                };
+                let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
+                let done = chunk.end == end;
+                if !done && past(&chunk.end, &end) {
+                    return Err(unreadable(
+                        &lane,
+                        &format!("a chunk ends at {}, past the batch's end", chunk.end),
+                    ));
+                }
+                let kept =
+                    keep_counted(chunk.records, |t| cut.is_none_or(|at| t < at), &progress).0;
+                Ok(Some((kept, (chunks, done))))
+            }
+        });
+        Ok(parts.boxed())
+    }
+}
+
+/// A pending batch's records as re-read, chunk by chunk.
+type Parts<T> = BoxStream<'static, Result<Vec<Record<T>>>>;
+
+/// Whether lane position `p` lies past `end` (in a later unit, or later in
+/// the same one); `false` when the two cannot be compared.
+fn past(p: &Position, end: &Position) -> bool {
+    match (p, end) {
+        (_, Position::End) => false,
+        (Position::End, _) => true,
+        (
+            Position::Object { index, unit, .. },
+            Position::Object {
+                index: end_index,
+                unit: end_unit,
+                ..
+            },
+        ) => (index, unit) > (end_index, end_unit),
+        (
+            Position::Scan { segment, .. },
+            Position::Scan {
+                segment: end_segment,
+                ..
+            },
+        ) => segment > end_segment,
+        _ => false,
     }
 }
 
@@ -559,4 +611,33 @@ fn fingerprint<T, M: Monoid>(
         "units={units} bytes={bytes} lanes={} fold={kind}/{window}{source} sha256={digest}",
         plan.lanes().len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_past_a_batch_end() {
+        let at = |index, unit| Position::Object {
+            index,
+            key: format!("o{index}").into(),
+            unit,
+        };
+        assert!(past(&at(3, 10), &at(3, 9)));
+        assert!(past(&at(4, 0), &at(3, 9)));
+        assert!(!past(&at(3, 9), &at(3, 9)));
+        assert!(!past(&at(2, 100), &at(3, 9)));
+        assert!(past(&Position::End, &at(3, 9)));
+        assert!(!past(&at(3, 9), &Position::End));
+        let seg = |segment| Position::Scan {
+            segment,
+            last_key: None,
+        };
+        assert!(past(&seg(2), &seg(1)) && !past(&seg(1), &seg(1)));
+        assert!(
+            !past(&Position::Offset { offset: 9 }, &at(0, 0)),
+            "not comparable"
+        );
+    }
 }

@@ -195,6 +195,37 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         self.poison(replayed)
     }
 
+    /// [`replay`](Self::replay) from the range's records in parts, in
+    /// source order (the chunks as they are re-read): each part is folded
+    /// as it comes, so a long range (a batch of few keys spans many
+    /// records) is never held in memory at once.
+    pub async fn replay_parts<P>(&mut self, mut parts: P) -> Result<BatchReport>
+    where
+        P: futures::Stream<Item = Result<Vec<Record<T>>>> + Unpin,
+    {
+        use futures::StreamExt as _;
+        self.usable()?;
+        let Some(intent) = self.state.pending.clone() else {
+            return Err(self.protocol("replay called but no batch is pending"));
+        };
+        if self.open_batch.is_some() {
+            return Err(self.protocol("replay called while a new batch is open"));
+        }
+        tracing::info!(lane = %self.lane, seq = intent.seq, "replaying pending batch");
+        let replayed = async {
+            let (mut n, mut duplicates) = (0u64, 0u64);
+            while let Some(part) = parts.next().await {
+                let part = part?;
+                n += part.len() as u64;
+                let refs: Vec<&Record<T>> = part.iter().collect();
+                duplicates += self.fold_claimed(intent.seq, &refs).await?;
+            }
+            self.write(intent, n, duplicates).await
+        }
+        .await;
+        self.poison(replayed)
+    }
+
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
     /// Returns a report when the chunk completed a batch.
     pub async fn push_chunk(
