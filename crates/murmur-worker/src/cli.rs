@@ -392,7 +392,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0, help_heading = "Backfill")]
     pub max_bad_records: u64,
     /// Bad rows are also written as JSON Lines to this object key (under
-    /// the export's store), naming object, line/row and reason.
+    /// the export's store), naming object, line/row and reason. Not with
+    /// `--backfill dynamodb` (no export store).
     #[arg(long, value_name = "KEY", help_heading = "Backfill")]
     pub dead_letter: Option<String>,
     /// The handoff token as JSON, e.g.

@@ -450,6 +450,14 @@ impl Worker<'_> {
                     .scan_table
                     .clone()
                     .context("--backfill dynamodb needs --scan-table")?;
+                // The dead-letter object lives in the export's store, which
+                // a table scan does not have: refused, not ignored.
+                if args.dead_letter.is_some() {
+                    bail!(
+                        "--dead-letter writes beside an export (--from); a --backfill dynamodb scan has none: \
+                         its bad items are counted and logged (see --max-bad-records)"
+                    );
+                }
                 let mut scan = DynamoDbScanOptions::new(table);
                 scan.segments = args.scan_segments;
                 scan.page_size = args.scan_page_size.map(|n| n.max(1) as u32);

@@ -264,6 +264,33 @@ fn bad_lines_go_to_the_dead_letter_object_and_the_threshold_fails_the_run() {
             .count(),
         2
     );
+
+    // A table scan has no export store for dead letters: refused, not
+    // ignored.
+    let args: Vec<String> = [
+        "run",
+        "--backfill",
+        "dynamodb",
+        "--scan-table",
+        "events",
+        "--dead-letter",
+        "rejects/bad.jsonl",
+        "--data-dir",
+        &p(&dir, "scan").to_string_lossy(),
+        "--live",
+        "none",
+        "--progress",
+        "never",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let out = worker_with(&args).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dead-letter writes beside an export (--from)"),
+        "{err}"
+    );
 }
 
 #[test]
