@@ -24,6 +24,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use murmur_core::{HandoffToken, LaneId, Position, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -504,6 +505,10 @@ struct Shared<T> {
     dead_letters: Option<(Client, String)>,
     leases: Option<LeaseTable>,
     lanes: Mutex<HashMap<String, LaneEntry>>,
+    /// The last reader epoch handed out, for all lanes: epochs only grow,
+    /// so a lane owned again (its entry new) never matches chunks its
+    /// previous reader left in the channel.
+    epochs: AtomicU64,
     failure: Mutex<Option<String>>,
 }
 
@@ -920,6 +925,7 @@ impl<T: Send + 'static> KinesisSource<T> {
             dead_letters,
             leases,
             lanes: Mutex::new(HashMap::new()),
+            epochs: AtomicU64::new(0),
             failure: Mutex::new(None),
             config,
         });
@@ -1470,7 +1476,7 @@ impl<T: Send + 'static> Coordinator<T> {
         let epoch = {
             let mut lanes = self.shared.lanes.lock().expect("lanes lock");
             let entry = lanes.get_mut(&shard).expect("owned lanes have an entry");
-            entry.epoch += 1;
+            entry.epoch = self.shared.epochs.fetch_add(1, Ordering::Relaxed) + 1;
             entry.epoch
         };
         let reader = Reader {
