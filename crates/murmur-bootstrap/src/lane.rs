@@ -97,7 +97,10 @@ pub struct LaneWriter<T, M: Monoid> {
     flush_policy: FlushPolicy,
     /// With dedup, the open batch's records wait here for their claims.
     held: Vec<Record<T>>,
-    held_since: Option<Instant>,
+    /// When the open batch began: it is due at `max_age` even if nothing
+    /// was folded (every record of its chunks before the cut, or past
+    /// retention), so the lane's checkpoint still moves.
+    opened_at: Option<Instant>,
     /// The last batch's vector of deltas, emptied, for the next batch.
     spare: Vec<RowDelta>,
     /// The first error that left the writer in an unknown state.
@@ -141,7 +144,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 dedup: None,
                 flush_policy: flush,
                 held: Vec::new(),
-                held_since: None,
+                opened_at: None,
                 spare: Vec::new(),
                 failed: None,
                 expired: 0,
@@ -239,8 +242,8 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             return Err(self.protocol("a pending batch must be replayed before new records"));
         }
         let n = records.len() as u64;
+        self.opened_at.get_or_insert_with(Instant::now);
         if self.dedup.is_some() {
-            self.held_since.get_or_insert_with(Instant::now);
             self.held.extend(records);
         } else {
             // By value: each record is dropped right after its fold, while
@@ -271,11 +274,11 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     }
 
     fn due(&self) -> bool {
-        if self.dedup.is_some() {
+        let aged = self
+            .opened_at
+            .is_some_and(|t| t.elapsed() >= self.flush_policy.max_age);
+        aged || if self.dedup.is_some() {
             self.held.len() >= self.flush_policy.max_keys
-                || self
-                    .held_since
-                    .is_some_and(|t| t.elapsed() >= self.flush_policy.max_age)
         } else {
             self.agg.should_flush()
         }
@@ -292,6 +295,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let Some((start, end, records)) = self.open_batch.take() else {
             return Ok(None);
         };
+        self.opened_at = None;
         let intent = BatchIntent {
             lane: self.lane.clone(),
             seq: self.state.committed_seq + 1,
@@ -306,7 +310,6 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 .map_err(|source| self.store_err(source))?;
             self.state.pending = Some(intent.clone());
             let held = std::mem::take(&mut self.held);
-            self.held_since = None;
             let refs: Vec<&Record<T>> = held.iter().collect();
             let duplicates = self.fold_claimed(intent.seq, &refs).await?;
             self.write(intent, records, duplicates).await.map(Some)

@@ -176,7 +176,7 @@ impl WithPipeline for Worker<'_> {
 
         // Backfill, then the token live starts from.
         let token = if args.backfill == BackfillKind::None {
-            explicit
+            self.live_only_token(&pipeline, &stores, explicit).await?
         } else {
             match self
                 .backfill(&pipeline, &stores, explicit, &mut summary)
@@ -274,6 +274,48 @@ impl Worker<'_> {
     /// Where live starts when no token says (`--start`).
     fn start_without_token(&self) -> Start {
         start_of(self.args.source.start)
+    }
+
+    /// A live-only run's token (`--backfill none`): the one its first run
+    /// was given, kept in the checkpoint store, so a restart without
+    /// `--token` still drops what precedes an event-time cut (a late event
+    /// before it belongs to the history counted elsewhere), and a restart
+    /// with another token is refused.
+    async fn live_only_token<M: Render>(
+        &self,
+        pipeline: &Pipeline<CountEvent, M>,
+        stores: &Stores,
+        explicit: Option<HandoffToken>,
+    ) -> anyhow::Result<Option<HandoffToken>> {
+        let run_id = match &self.args.run_id {
+            Some(id) => format!("{id}-live"),
+            None => format!("{}-live", pipeline.name()),
+        };
+        let begun = match (stores.checkpoints.run(&run_id).await?, explicit) {
+            (Some(run), given) => (run, given),
+            (None, Some(given)) => (
+                stores
+                    .checkpoints
+                    .begin_run(&run_id, "live", &given)
+                    .await?,
+                Some(given),
+            ),
+            (None, None) => return Ok(None),
+        };
+        let (run, given) = begun;
+        let kept = run.token.unwrap_or(HandoffToken::None);
+        if let Some(given) = given
+            && given != kept
+        {
+            bail!(
+                "the live stage of {} began with token {}, not {}: its lanes went on from that one; \
+                 restart with it (or none), or use a new --run-id",
+                pipeline.name(),
+                kept.to_json(),
+                given.to_json()
+            );
+        }
+        Ok(Some(kept))
     }
 
     /// The backfill run id.

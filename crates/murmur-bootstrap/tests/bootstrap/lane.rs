@@ -313,3 +313,40 @@ async fn records_past_retention_are_counted_in_the_batch_report() {
     assert_eq!(report.rows, 1, "only the recent records' row");
     assert_eq!(mem.rows().len(), 1);
 }
+
+#[tokio::test]
+async fn a_batch_of_only_dropped_records_still_commits_its_range_at_max_age() {
+    let mem = MemoryStore::new();
+    let flush = FlushPolicy {
+        max_keys: 1_000,
+        max_age: Duration::from_millis(50),
+    };
+    let (mut w, _) = LaneWriter::open(
+        pipeline(),
+        Arc::new(mem.clone()),
+        Arc::new(mem.clone()),
+        LaneId::new("p0"),
+        off(0),
+        flush,
+    )
+    .await
+    .unwrap();
+    // Chunks whose records were all dropped upstream (before a cut).
+    assert!(
+        w.push_chunk(Vec::new(), &off(0), &off(10))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!w.should_flush(), "not yet aged");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(w.should_flush(), "aged, though nothing was folded");
+    let report = w
+        .push_chunk(Vec::new(), &off(10), &off(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.records, report.rows, report.end), (0, 0, off(20)));
+    let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
+    assert_eq!(lane.position, off(20), "the checkpoint moved");
+}

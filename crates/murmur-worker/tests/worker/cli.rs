@@ -329,3 +329,63 @@ fn demo_checks_itself_and_a_second_run_resumes() {
         "{second}"
     );
 }
+
+/// A live-only run (`--backfill none`) keeps the token its first run was
+/// given: restarted without `--token` it still drops events before the
+/// cut (late ones arriving after the restart), and another token is
+/// refused.
+#[test]
+fn a_live_only_run_keeps_its_cut_across_restarts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir();
+    let (_broker, topic) = Topic::new();
+    rt.block_on(topic.produce(90));
+    let cut = event(60).2;
+    let token = format!("{{\"kind\":\"event_time_cut\",\"at_ms\":{cut}}}");
+    let args = |token: Option<&str>| {
+        let mut a: Vec<String> = [
+            "run",
+            "--backfill",
+            "none",
+            "--live",
+            "kafka",
+            "--kafka-brokers",
+            &topic.brokers,
+            "--kafka-topic",
+            TOPIC,
+            "--data-dir",
+            &p(&dir, "data").to_string_lossy(),
+            "--until",
+            &topic.until(),
+            "--progress",
+            "never",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(t) = token {
+            a.extend(["--token".to_owned(), t.to_owned()]);
+        }
+        a
+    };
+    let first = finished(&args(Some(&token)), &Kill::Never);
+    let kept = first["live_records"].as_u64().unwrap();
+    assert!(
+        kept > 0 && first["live_before_cut"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+
+    // Twenty early events arrive late; the restart has no --token.
+    rt.block_on(topic.produce_again(20));
+    let second = finished(&args(None), &Kill::Never);
+    assert_eq!(
+        second["live_before_cut"], 20,
+        "the late events are dropped: {second}"
+    );
+    assert_eq!(second["live_records"], 0, "{second}");
+
+    let other = format!("{{\"kind\":\"event_time_cut\",\"at_ms\":{}}}", cut - 1);
+    let out = worker_with(&args(Some(&other))).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("began with token"), "{err}");
+}

@@ -163,6 +163,28 @@ impl Topic {
         self.produced.store(from + n, Ordering::SeqCst);
     }
 
+    /// Produces events `0..n` again, late, at the next offsets (the
+    /// partitions of the next `n` events, so [`until`](Self::until) stays
+    /// right).
+    pub async fn produce_again(&self, n: u64) {
+        let from = self.produced.load(Ordering::SeqCst);
+        for k in 0..n {
+            self.producer
+                .send(
+                    FutureRecord::<(), _>::to(TOPIC)
+                        .partition(partition(from + k))
+                        .payload(&json(k))
+                        .timestamp(event(k).2),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        self.producer.flush(Duration::from_secs(30)).unwrap();
+        self.produced.store(from + n, Ordering::SeqCst);
+    }
+
     /// The `--until` token for everything produced so far.
     pub fn until(&self) -> String {
         let n = self.produced.load(Ordering::SeqCst);
