@@ -256,13 +256,7 @@ impl<D: LineDecoder> SnapshotSource for JsonLinesSource<D> {
 
     fn plan_settings(&self) -> String {
         let o = &self.inner.options;
-        match &o.event_time_range {
-            Some(r) => format!(
-                "chunk_lines={} event_time={}..{}",
-                o.chunk_lines, r.start, r.end
-            ),
-            None => format!("chunk_lines={}", o.chunk_lines),
-        }
+        crate::object_settings("chunk_lines", o.chunk_lines, o.event_time_range.as_ref())
     }
 
     fn bad_records(&self) -> &Arc<BadRecordSink> {

@@ -176,6 +176,19 @@ pub(crate) fn object_start(unit: &WorkUnit, from: &Position) -> Result<Option<u6
     }
 }
 
+/// The [`plan_settings`](SnapshotSource::plan_settings) of an object
+/// source: its chunk size (`<chunk>=<n>`) and event-time range.
+pub(crate) fn object_settings(
+    chunk: &str,
+    n: u64,
+    event_time_range: Option<&std::ops::Range<i64>>,
+) -> String {
+    match event_time_range {
+        Some(r) => format!("{chunk}={n} event_time={}..{}", r.start, r.end),
+        None => format!("{chunk}={n}"),
+    }
+}
+
 /// The position of line/row `n` of an object unit.
 pub(crate) fn unit_position(unit: &WorkUnit, n: u64) -> Position {
     Position::Object {

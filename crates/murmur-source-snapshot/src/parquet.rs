@@ -638,13 +638,11 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
 
     fn plan_settings(&self) -> String {
         let o = &self.inner.options;
-        match &o.event_time_range {
-            Some(r) => format!(
-                "chunk_rows={} event_time={}..{}",
-                o.chunk_rows, r.start, r.end
-            ),
-            None => format!("chunk_rows={}", o.chunk_rows),
-        }
+        crate::object_settings(
+            "chunk_rows",
+            o.chunk_rows as u64,
+            o.event_time_range.as_ref(),
+        )
     }
 
     fn bad_records(&self) -> &Arc<BadRecordSink> {

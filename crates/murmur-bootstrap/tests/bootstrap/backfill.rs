@@ -104,10 +104,15 @@ fn source(d: &Data) -> JsonLinesSource<CountEventLines> {
 }
 
 fn pipeline() -> Pipeline<CountEvent, Sum> {
+    pipeline_in(Window::day())
+}
+
+/// `daily_counts`, its buckets those of `window`.
+fn pipeline_in(window: Window) -> Pipeline<CountEvent, Sum> {
     Pipeline::builder("daily_counts", Sum)
         .key_by_str(|e: &CountEvent| &e.entity_id)
         .value(|e| e.count)
-        .window(Window::day())
+        .window(window)
         .build()
         .unwrap()
 }
@@ -424,14 +429,8 @@ async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
     );
 
     // So is a pipeline that folds into other buckets.
-    let hourly = Pipeline::builder("daily_counts", Sum)
-        .key_by_str(|e: &CountEvent| &e.entity_id)
-        .value(|e| e.count)
-        .window(Window::hour())
-        .build()
-        .unwrap();
     let err = backfill(
-        &hourly,
+        &pipeline_in(Window::hour()),
         &source(&d),
         state.clone(),
         cps.clone(),

@@ -74,6 +74,26 @@ async fn totals(store: &MemoryStore) -> BTreeMap<String, i64> {
     t
 }
 
+/// Lane p0 opened at offset 0, its rows in `state` and its checkpoints in
+/// `mem`.
+async fn open<M: murmur_core::Monoid>(
+    pipeline: Pipeline<(u32, i64), M>,
+    state: Arc<dyn StateStore>,
+    mem: &MemoryStore,
+    flush: FlushPolicy,
+) -> (LaneWriter<(u32, i64), M>, Resume) {
+    LaneWriter::open(
+        pipeline,
+        state,
+        Arc::new(mem.clone()),
+        LaneId::new("p0"),
+        off(0),
+        flush,
+    )
+    .await
+    .unwrap()
+}
+
 async fn run_lane(
     store: Arc<dyn StateStore>,
     cps: Arc<dyn CheckpointStore>,
@@ -174,16 +194,7 @@ async fn new_records_before_replay_are_refused() {
             .is_err()
     );
     let flush = FlushPolicy::default();
-    let (mut w, resume) = LaneWriter::open(
-        pipeline(),
-        Arc::new(mem.clone()),
-        Arc::new(mem.clone()),
-        LaneId::new("p0"),
-        off(0),
-        flush,
-    )
-    .await
-    .unwrap();
+    let (mut w, resume) = open(pipeline(), Arc::new(mem.clone()), &mem, flush).await;
     assert!(matches!(resume, Resume::Pending(_)));
     let err = w
         .push_chunk(recs[..1].to_vec(), &off(0), &off(1))
@@ -196,16 +207,13 @@ async fn new_records_before_replay_are_refused() {
 async fn a_writer_that_failed_mid_chunk_refuses_work_and_a_reopen_is_exact() {
     let mem = MemoryStore::new();
     let recs = source(500);
-    let (mut w, _) = LaneWriter::open(
+    let (mut w, _) = open(
         pipeline(),
         Arc::new(mem.clone()),
-        Arc::new(mem.clone()),
-        LaneId::new("p0"),
-        off(0),
+        &mem,
         FlushPolicy::default(),
     )
-    .await
-    .unwrap();
+    .await;
     w.push_chunk(recs[..7].to_vec(), &off(0), &off(7))
         .await
         .unwrap();
@@ -260,16 +268,7 @@ async fn a_store_failure_poisons_the_writer() {
         inner: mem.clone(),
         budget: AtomicUsize::new(3),
     });
-    let (mut w, _) = LaneWriter::open(
-        pipeline(),
-        crashing,
-        Arc::new(mem.clone()),
-        LaneId::new("p0"),
-        off(0),
-        FlushPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let (mut w, _) = open(pipeline(), crashing, &mem, FlushPolicy::default()).await;
     let recs = source(10);
     w.push_chunk(recs.clone(), &off(0), &off(10)).await.unwrap();
     let err = w.flush().await.unwrap_err();
@@ -293,16 +292,13 @@ async fn records_past_retention_are_counted_in_the_batch_report() {
         .window(Window::hour().with_retention(Duration::from_secs(3600)))
         .build()
         .unwrap();
-    let (mut w, _) = LaneWriter::open(
+    let (mut w, _) = open(
         pipeline,
         Arc::new(mem.clone()),
-        Arc::new(mem.clone()),
-        LaneId::new("p0"),
-        off(0),
+        &mem,
         FlushPolicy::default(),
     )
-    .await
-    .unwrap();
+    .await;
     // Ten records of 1970, long past an hour's retention, and three of now.
     let now = murmur_core::store::now_ms();
     let mut recs = source(10);
@@ -321,16 +317,7 @@ async fn a_batch_of_only_dropped_records_still_commits_its_range_at_max_age() {
         max_keys: 1_000,
         max_age: Duration::from_millis(50),
     };
-    let (mut w, _) = LaneWriter::open(
-        pipeline(),
-        Arc::new(mem.clone()),
-        Arc::new(mem.clone()),
-        LaneId::new("p0"),
-        off(0),
-        flush,
-    )
-    .await
-    .unwrap();
+    let (mut w, _) = open(pipeline(), Arc::new(mem.clone()), &mem, flush).await;
     // Chunks whose records were all dropped upstream (before a cut).
     assert!(
         w.push_chunk(Vec::new(), &off(0), &off(10))

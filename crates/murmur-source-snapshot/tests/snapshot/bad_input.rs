@@ -76,6 +76,17 @@ async fn read_parquet(bytes: Vec<u8>) -> (Result<usize, Error>, Vec<String>) {
     (result, bad)
 }
 
+/// The records of each chunk of `source`'s first unit, read whole.
+async fn chunk_sizes<S: SnapshotSource>(source: &S) -> Vec<usize> {
+    let unit = source.list_units().await.unwrap().remove(0);
+    let chunks: Vec<_> = source
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    chunks.iter().map(|c| c.records.len()).collect()
+}
+
 fn lines(lines: &[&str]) -> Vec<u8> {
     let mut s = lines.join("\n");
     s.push('\n');
@@ -451,14 +462,11 @@ async fn parquet_null_event_times_are_bad_rows_even_in_row_groups_out_of_range()
         BadRecordPolicy::max_bad_records(10),
     )
     .unwrap();
-    let unit = source.list_units().await.unwrap().remove(0);
-    let chunks: Vec<_> = source
-        .read(&unit, &Position::Beginning)
-        .try_collect()
-        .await
-        .unwrap();
-    let records: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
-    assert_eq!(records, [0, 2, 0], "records per row group");
+    assert_eq!(
+        chunk_sizes(&source).await,
+        [0, 2, 0],
+        "records per row group"
+    );
     let bad: Vec<String> = source
         .bad_records()
         .samples()
@@ -527,13 +535,7 @@ async fn the_largest_chunk_sizes_give_one_chunk_per_row_group_or_object() {
         BadRecordPolicy::default(),
     )
     .unwrap();
-    let unit = parquet.list_units().await.unwrap().remove(0);
-    let chunks: Vec<_> = parquet
-        .read(&unit, &Position::Beginning)
-        .try_collect()
-        .await
-        .unwrap();
-    let sizes: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
+    let sizes = chunk_sizes(&parquet).await;
     assert_eq!(sizes, [100, 100, 100]);
 
     let text: Vec<String> = (0..300).map(|i| good(&format!("e{i}"))).collect();
@@ -549,13 +551,7 @@ async fn the_largest_chunk_sizes_give_one_chunk_per_row_group_or_object() {
         BadRecordPolicy::default(),
     )
     .unwrap();
-    let unit = json.list_units().await.unwrap().remove(0);
-    let chunks: Vec<_> = json
-        .read(&unit, &Position::Beginning)
-        .try_collect()
-        .await
-        .unwrap();
-    let sizes: Vec<usize> = chunks.iter().map(|c| c.records.len()).collect();
+    let sizes = chunk_sizes(&json).await;
     assert_eq!(sizes, [300]);
 }
 
