@@ -77,6 +77,7 @@ impl CountEvent {
     /// let e = CountEvent { entity_id: "".into(), count: 1, occurred_at_ms: 0, event_id: None };
     /// assert_eq!(e.check().unwrap_err(), "CountEvent entity_id is empty");
     /// ```
+    #[inline]
     pub fn check(&self) -> Result<(), String> {
         if self.entity_id.is_empty() {
             return Err("CountEvent entity_id is empty".to_owned());
