@@ -217,11 +217,24 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         tracing::info!(lane = %self.lane, seq = intent.seq, "replaying pending batch");
         let replayed = async {
             let (mut n, mut duplicates) = (0u64, 0u64);
+            // With dedup the batch is claimed in one call, as its flush
+            // claimed it: an id repeated within the batch is owned once
+            // (claims per part would each own it again). Such a batch is
+            // bounded by `max_keys` held records.
+            let mut whole = Vec::new();
             while let Some(part) = parts.next().await {
                 let part = part?;
                 n += part.len() as u64;
-                let refs: Vec<&Record<T>> = part.iter().collect();
-                duplicates += self.fold_claimed(intent.seq, &refs).await?;
+                if self.dedup.is_some() {
+                    whole.extend(part);
+                } else {
+                    let refs: Vec<&Record<T>> = part.iter().collect();
+                    duplicates += self.fold_claimed(intent.seq, &refs).await?;
+                }
+            }
+            if self.dedup.is_some() {
+                let refs: Vec<&Record<T>> = whole.iter().collect();
+                duplicates = self.fold_claimed(intent.seq, &refs).await?;
             }
             self.write(intent, n, duplicates).await
         }

@@ -61,10 +61,8 @@ struct CountEventWire<'a> {
 
 impl CountEvent {
     /// Whether the event can be counted: an `entity_id` of 1 to
-    /// [`RowKey::MAX_ENTITY_BYTES`](crate::RowKey::MAX_ENTITY_BYTES) bytes,
-    /// an `event_id` that is absent or not empty (an empty one would make
-    /// every such event a duplicate of the first) and an `occurred_at_ms`
-    /// within
+    /// [`RowKey::MAX_ENTITY_BYTES`](crate::RowKey::MAX_ENTITY_BYTES) bytes
+    /// and an `occurred_at_ms` within
     /// [`Window::MAX_ABS_TIME_MS`](crate::Window::MAX_ABS_TIME_MS). The
     /// decoders of this type ([`from_json`](Self::from_json),
     /// `Deserialize`, the snapshot crate's Parquet decoder) check it, so an
@@ -88,11 +86,6 @@ impl CountEvent {
                 self.entity_id.len(),
                 crate::RowKey::MAX_ENTITY_BYTES
             ));
-        }
-        if self.event_id.as_deref() == Some("") {
-            return Err(
-                "CountEvent event_id is empty (leave it out when there is none)".to_owned(),
-            );
         }
         if self.occurred_at_ms.unsigned_abs() > crate::Window::MAX_ABS_TIME_MS.unsigned_abs() {
             return Err(format!(
@@ -134,7 +127,9 @@ impl CountEventWire<'_> {
             entity_id: self.entity_id,
             count: self.count,
             occurred_at_ms,
-            event_id: self.event_id,
+            // An empty id is no id (under dedup it would make every such
+            // event a duplicate of the first).
+            event_id: self.event_id.filter(|id| !id.is_empty()),
         };
         event.check()?;
         Ok(event)
@@ -257,14 +252,11 @@ mod tests {
         let longest = "x".repeat(crate::RowKey::MAX_ENTITY_BYTES);
         let line = format!(r#"{{"entity_id":"{longest}","count":1,"occurred_at_unix_ms":5}}"#);
         assert!(CountEvent::from_json(line.as_bytes()).is_ok());
-        let err = CountEvent::from_json(
+        let no_id = CountEvent::from_json(
             br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":5,"event_id":""}"#,
         )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            "CountEvent event_id is empty (leave it out when there is none)"
-        );
+        .unwrap();
+        assert_eq!(no_id.event_id, None, "an empty id is no id");
         // Nanoseconds where milliseconds belong.
         let err = CountEvent::from_json(
             br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":1778248800000000000}"#,

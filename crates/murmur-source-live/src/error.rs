@@ -51,7 +51,8 @@ pub enum Error {
     #[error(
         "topic {topic} partition {partition}: the event-time cut asks for messages from {from_ms} ms, but the \
          oldest retained one (offset {earliest}) is from {first_ms} ms and the {earliest} before it were deleted \
-         (retention): events between may be lost; choose OnExpired::Earliest to accept the gap"
+         (retention): events between may be lost; if the partition is quiet and the cut lies within the \
+         topic's retention, nothing is: choose OnExpired::Earliest to start there"
     )]
     CutExpired {
         /// The topic.

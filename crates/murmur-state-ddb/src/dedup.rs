@@ -42,10 +42,9 @@ pub struct DynamoDbDeduper {
     namespace: Option<Arc<str>>,
 }
 
-/// Longest event id claimed as it is; longer ones are claimed by their
-/// SHA-256 (DynamoDB's partition key holds at most 2048 bytes, and the
-/// namespace shares them).
-const MAX_PLAIN_ID_BYTES: usize = 1024;
+/// DynamoDB's partition key limit, in bytes: a claim key that would be
+/// longer is claimed by its id's SHA-256 instead.
+const MAX_KEY_BYTES: usize = 2048;
 
 /// `namespace` with `%` and `#` percent-escaped.
 fn escape(namespace: &str) -> String {
@@ -53,12 +52,14 @@ fn escape(namespace: &str) -> String {
 }
 
 /// The partition key of the claim of `id`: `[<namespace>#]<id>`, or
-/// `[<namespace>#]sha256:<hex>` for an id longer than
-/// [`MAX_PLAIN_ID_BYTES`] (a plain id meets one only by spelling out the
-/// digest of another).
+/// `[<namespace>#]sha256:<hex>` when that would not fit in
+/// [`MAX_KEY_BYTES`] (such claims failed before, so no stored claim changes
+/// key; a plain id meets a hashed one only by spelling out the digest of
+/// another).
 fn claim_key(namespace: Option<&str>, id: &str) -> String {
     use sha2::Digest as _;
-    let id = if id.len() > MAX_PLAIN_ID_BYTES {
+    let prefix = namespace.map_or(0, |ns| ns.len() + 1);
+    let id = if prefix + id.len() > MAX_KEY_BYTES {
         let digest = sha2::Sha256::digest(id.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         std::borrow::Cow::Owned(format!("sha256:{hex}"))
@@ -86,7 +87,8 @@ impl DynamoDbDeduper {
     /// the table do not see each other's events as duplicates. A `#` or `%`
     /// in the namespace is percent-escaped, so the first `#` of a key always
     /// ends its namespace (namespace `a#b` with id `c` and namespace `a`
-    /// with id `b#c` are different claims).
+    /// with id `b#c` are different claims; a namespace with either
+    /// character claimed under other keys before this was so).
     pub fn with_namespace(mut self, namespace: impl Into<Arc<str>>) -> Self {
         let namespace: Arc<str> = namespace.into();
         self.namespace = Some(if namespace.contains(['#', '%']) {
@@ -239,6 +241,8 @@ mod tests {
         let key = claim_key(Some("p"), &long);
         assert_eq!(key.len(), "p#sha256:".len() + 64);
         assert_ne!(key, claim_key(Some("p"), &"x".repeat(5001)));
-        assert_eq!(claim_key(None, &"y".repeat(1024)), "y".repeat(1024));
+        assert_eq!(claim_key(None, &"y".repeat(2048)), "y".repeat(2048));
+        assert_eq!(claim_key(Some("p"), &"y".repeat(2046)).len(), 2048);
+        assert!(claim_key(Some("p"), &"y".repeat(2047)).starts_with("p#sha256:"));
     }
 }

@@ -337,3 +337,55 @@ async fn a_batch_of_only_dropped_records_still_commits_its_range_at_max_age() {
     let lane = mem.lane(&LaneId::new("p0")).await.unwrap().unwrap();
     assert_eq!(lane.position, off(20), "the checkpoint moved");
 }
+
+/// With dedup, a replay in parts claims the batch as its flush did: an
+/// event id repeated in two chunks of one batch is folded once.
+#[tokio::test]
+async fn a_replay_in_parts_with_dedup_folds_a_repeated_event_once() {
+    use futures::StreamExt as _;
+    let mem = MemoryStore::new();
+    // Ten records, ids e0..e9; record 7 repeats e2 (a second export of it).
+    let recs: Vec<Record<(u32, i64)>> = (0..10)
+        .map(|i| {
+            let mut r = Record::new((0, 1), i * 1000).at(off(i));
+            r.event_id = Some(format!("e{}", if i == 7 { 2 } else { i }).into());
+            r
+        })
+        .collect();
+    let dedup = Some(murmur_bootstrap::Dedup {
+        deduper: Arc::new(mem.clone()),
+        ttl: None,
+    });
+    // The batch's rows fail to land: its intent stays pending.
+    let crashing = Arc::new(Crashing {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(0),
+    });
+    let (w, _) = open(pipeline(), crashing, &mem, FlushPolicy::default()).await;
+    let mut w = w.with_dedup(dedup.clone());
+    w.push_chunk(recs[..5].to_vec(), &off(0), &off(5))
+        .await
+        .unwrap();
+    w.push_chunk(recs[5..].to_vec(), &off(5), &off(10))
+        .await
+        .unwrap();
+    assert!(w.flush().await.is_err());
+
+    let (w, resume) = open(
+        pipeline(),
+        Arc::new(mem.clone()),
+        &mem,
+        FlushPolicy::default(),
+    )
+    .await;
+    let mut w = w.with_dedup(dedup);
+    assert!(matches!(resume, Resume::Pending(_)));
+    let parts = futures::stream::iter([Ok(recs[..5].to_vec()), Ok(recs[5..].to_vec())]).boxed();
+    let report = w.replay_parts(parts).await.unwrap();
+    assert_eq!((report.records, report.duplicates), (10, 1));
+    assert_eq!(
+        totals(&mem).await["k0"],
+        9,
+        "nine distinct events of value 1"
+    );
+}
