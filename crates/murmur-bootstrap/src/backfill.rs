@@ -346,8 +346,7 @@ struct LaneRun<S: SnapshotSource, M: Monoid> {
 impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
     /// The backfill side of an event-time cut: keep `event_time < cut`.
     fn keep(&self, records: Vec<Record<S::Item>>) -> Vec<Record<S::Item>> {
-        let cut = self.cut;
-        keep_counted(records, |t| cut.is_none_or(|at| t < at), &self.progress).0
+        keep_before(self.cut, records, &self.progress)
     }
 
     async fn run(self, assignment: LaneAssignment) -> Result<()> {
@@ -481,13 +480,23 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                         &format!("a chunk ends at {}, past the batch's end", chunk.end),
                     ));
                 }
-                let kept =
-                    keep_counted(chunk.records, |t| cut.is_none_or(|at| t < at), &progress).0;
+                let kept = keep_before(cut, chunk.records, &progress);
                 Ok(Some((kept, (chunks, done))))
             }
         });
         Ok(parts.boxed())
     }
+}
+
+/// The records of `records` before `cut` (all without one); the others are
+/// counted as after it. A chunk's first read and its re-read keep the same
+/// records through this one function.
+fn keep_before<T>(
+    cut: Option<i64>,
+    records: Vec<Record<T>>,
+    progress: &Progress,
+) -> Vec<Record<T>> {
+    keep_counted(records, |t| cut.is_none_or(|at| t < at), progress).0
 }
 
 /// A pending batch's records as re-read, chunk by chunk.

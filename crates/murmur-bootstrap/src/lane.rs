@@ -181,13 +181,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     where
         T: 'a,
     {
-        self.usable()?;
-        let Some(intent) = self.state.pending.clone() else {
-            return Err(self.protocol("replay called but no batch is pending"));
-        };
-        if self.open_batch.is_some() {
-            return Err(self.protocol("replay called while a new batch is open"));
-        }
+        let intent = self.pending_intent()?;
         let records: Vec<&Record<T>> = records.into_iter().collect();
         let n = records.len() as u64;
         tracing::info!(lane = %self.lane, seq = intent.seq, records = n, "replaying pending batch");
@@ -207,13 +201,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         P: futures::Stream<Item = Result<Vec<Record<T>>>> + Unpin,
     {
         use futures::StreamExt as _;
-        self.usable()?;
-        let Some(intent) = self.state.pending.clone() else {
-            return Err(self.protocol("replay called but no batch is pending"));
-        };
-        if self.open_batch.is_some() {
-            return Err(self.protocol("replay called while a new batch is open"));
-        }
+        let intent = self.pending_intent()?;
         tracing::info!(lane = %self.lane, seq = intent.seq, "replaying pending batch");
         let replayed = async {
             let (mut n, mut duplicates) = (0u64, 0u64);
@@ -240,6 +228,19 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         }
         .await;
         self.poison(replayed)
+    }
+
+    /// The pending batch a replay re-applies; refuses a poisoned writer, a
+    /// lane with nothing pending and one with a new batch open.
+    fn pending_intent(&self) -> Result<BatchIntent> {
+        self.usable()?;
+        let Some(intent) = self.state.pending.clone() else {
+            return Err(self.protocol("replay called but no batch is pending"));
+        };
+        if self.open_batch.is_some() {
+            return Err(self.protocol("replay called while a new batch is open"));
+        }
+        Ok(intent)
     }
 
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
