@@ -5,11 +5,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use object_store::ObjectStore;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt as _;
 
 use crate::error::{Error, Result};
 
@@ -61,19 +59,33 @@ impl fmt::Display for BadRecord {
     }
 }
 
-/// A JSON Lines object that receives one line per bad record.
+/// Where dead letters go: one JSON Lines object per chunk that had bad
+/// records, under a prefix.
 ///
 /// Each line is a JSON object with `object`, `location` (`{"line": 3}`,
 /// `{"row": 17}` or `{"item": {...}}`), `reason` and, for JSON Lines input,
-/// `raw`. The object is created on the first bad record (streamed as a
-/// multipart upload) and completed by [`BadRecordSink::finish`].
+/// `raw`. A chunk's object is
+/// `<prefix>/<unit key>/<first line or row of the chunk>.jsonl`
+/// (`dlq/events/day=02/part-0.json.gz/lines-8193.jsonl`;
+/// `dlq/<table>%23segment-0-of-4/page-after-<hash>.jsonl` for a DynamoDB
+/// page) and is written with one PUT before the chunk is handed on, so it is
+/// durable before anything that chunk holds can be committed: a worker
+/// killed at any point loses no dead letter, and a chunk read again (a
+/// resume, a replay) writes the same object with the same lines, so no bad
+/// record is in two objects. A chunk with more than 8 MiB of dead letters
+/// continues in `<...>.2.jsonl`, `<...>.3.jsonl`.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// The store to write to.
     pub store: Arc<dyn ObjectStore>,
-    /// The object to write.
-    pub path: Path,
+    /// The prefix the objects are written under.
+    pub prefix: Path,
 }
+
+/// The most dead-letter bytes one object holds before a chunk's bad records
+/// continue in its next part object; bounds what a chunk of long bad lines
+/// keeps in memory.
+const PART_BYTES: usize = 8 << 20;
 
 /// What to do with bad records.
 #[derive(Debug, Clone)]
@@ -81,7 +93,7 @@ pub struct BadRecordPolicy {
     /// How many bad records a scan tolerates; one more fails it with
     /// [`Error::TooManyBadRecords`]. Default 0: the first bad record fails.
     pub max_bad_records: u64,
-    /// Optional dead-letter object.
+    /// Optional dead-letter objects.
     pub dead_letter: Option<DeadLetter>,
     /// How many bad records to keep in memory for
     /// [`BadRecordSink::samples`]. Default 100.
@@ -107,24 +119,27 @@ impl BadRecordPolicy {
         }
     }
 
-    /// Also writes every bad record to a dead-letter JSON Lines object.
-    pub fn with_dead_letter(mut self, store: Arc<dyn ObjectStore>, path: Path) -> Self {
-        self.dead_letter = Some(DeadLetter { store, path });
+    /// Also writes every bad record to dead-letter JSON Lines objects under
+    /// `prefix` (see [`DeadLetter`]).
+    pub fn with_dead_letter(mut self, store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
+        self.dead_letter = Some(DeadLetter { store, prefix });
         self
     }
 }
 
 /// The error sink every read of a source reports bad records to: logs them
 /// (`tracing` warn), counts them, keeps the first few, writes them to the
-/// dead-letter object, and fails the scan past `max_bad_records`.
+/// dead-letter objects, and fails the scan past `max_bad_records`.
 ///
-/// A replayed chunk reports its bad records again.
+/// A read reports a chunk's bad records through [`chunk`](Self::chunk) and
+/// [seals](ChunkBadRecords::seal) it before delivering the chunk. A replayed
+/// chunk reports its bad records again (counted again; its dead-letter
+/// object is rewritten, not added to).
 pub struct BadRecordSink {
     policy: BadRecordPolicy,
     count: AtomicU64,
     samples: Mutex<Vec<BadRecord>>,
     exceeded: Mutex<Option<String>>,
-    writer: tokio::sync::Mutex<Option<BufWriter>>,
 }
 
 impl fmt::Debug for BadRecordSink {
@@ -150,7 +165,6 @@ impl BadRecordSink {
             count: AtomicU64::new(0),
             samples: Mutex::new(Vec::new()),
             exceeded: Mutex::new(None),
-            writer: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -167,41 +181,18 @@ impl BadRecordSink {
             .clone()
     }
 
-    /// Reports a bad record. Fails with [`Error::TooManyBadRecords`] once the
-    /// count passes the threshold, and from then on for every reader (see
-    /// [`check`](Self::check)).
-    pub async fn report(&self, bad: BadRecord) -> Result<()> {
-        tracing::warn!(object = %bad.object, location = %bad.location, reason = %bad.reason, "bad record");
-        let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        {
-            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-            if samples.len() < self.policy.samples {
-                samples.push(bad.clone());
-            }
+    /// Collects the bad records of one chunk of `unit` (a unit key);
+    /// `label` names where the chunk starts (`lines-8193`, `rows-1`) and is
+    /// the name of its dead-letter object. The same chunk must get the same
+    /// label on every read.
+    pub fn chunk<'a>(&'a self, unit: &'a str, label: String) -> ChunkBadRecords<'a> {
+        ChunkBadRecords {
+            sink: self,
+            unit,
+            label,
+            lines: Vec::new(),
+            parts: 0,
         }
-        if let Some(dl) = &self.policy.dead_letter {
-            let mut line = serde_json::to_vec(&bad).expect("bad records serialize");
-            line.push(b'\n');
-            let mut writer = self.writer.lock().await;
-            let w = writer
-                .get_or_insert_with(|| BufWriter::new(Arc::clone(&dl.store), dl.path.clone()));
-            w.write_all(&line)
-                .await
-                .map_err(|source| Error::DeadLetter {
-                    object: dl.path.to_string(),
-                    source,
-                })?;
-        }
-        if count > self.policy.max_bad_records {
-            let mut exceeded = self.exceeded.lock().unwrap_or_else(|e| e.into_inner());
-            exceeded.get_or_insert_with(|| bad.to_string());
-            return Err(Error::TooManyBadRecords {
-                max: self.policy.max_bad_records,
-                count,
-                last: bad.to_string(),
-            });
-        }
-        Ok(())
     }
 
     /// Fails if any reader has already pushed the count past the threshold,
@@ -217,21 +208,101 @@ impl BadRecordSink {
             }),
         }
     }
+}
 
-    /// Completes the dead-letter object (if any bad record was written) and
-    /// returns the number of bad records. Call once, at the end of the scan.
-    pub async fn finish(&self) -> Result<u64> {
-        if let Some(mut w) = self.writer.lock().await.take() {
-            let object = self
-                .policy
-                .dead_letter
-                .as_ref()
-                .map(|d| d.path.to_string())
-                .unwrap_or_default();
-            w.shutdown()
-                .await
-                .map_err(|source| Error::DeadLetter { object, source })?;
+/// The bad records of one chunk, from [`BadRecordSink::chunk`]: counted and
+/// logged as they are reported, written to their dead-letter object when
+/// the chunk is [sealed](Self::seal). Dropped unsealed (the chunk was not
+/// delivered), its dead letters are not written: the chunk will be read
+/// again.
+#[must_use = "a chunk's dead letters are written when it is sealed"]
+pub struct ChunkBadRecords<'a> {
+    sink: &'a BadRecordSink,
+    unit: &'a str,
+    label: String,
+    lines: Vec<u8>,
+    parts: u32,
+}
+
+impl fmt::Debug for ChunkBadRecords<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkBadRecords")
+            .field("unit", &self.unit)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChunkBadRecords<'_> {
+    /// Reports a bad record of the chunk. Fails with
+    /// [`Error::TooManyBadRecords`] once the count passes the threshold (the
+    /// chunk's dead letters so far are written first, so they show what
+    /// failed the scan), and from then on for every reader (see
+    /// [`BadRecordSink::check`]).
+    pub async fn report(&mut self, bad: BadRecord) -> Result<()> {
+        let sink = self.sink;
+        tracing::warn!(object = %bad.object, location = %bad.location, reason = %bad.reason, "bad record");
+        let count = sink.count.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut samples = sink.samples.lock().unwrap_or_else(|e| e.into_inner());
+            if samples.len() < sink.policy.samples {
+                samples.push(bad.clone());
+            }
         }
-        Ok(self.count())
+        if sink.policy.dead_letter.is_some() {
+            serde_json::to_writer(&mut self.lines, &bad).expect("bad records serialize");
+            self.lines.push(b'\n');
+            if self.lines.len() >= PART_BYTES {
+                self.write().await?;
+            }
+        }
+        if count > sink.policy.max_bad_records {
+            self.write().await?;
+            let mut exceeded = sink.exceeded.lock().unwrap_or_else(|e| e.into_inner());
+            exceeded.get_or_insert_with(|| bad.to_string());
+            return Err(Error::TooManyBadRecords {
+                max: sink.policy.max_bad_records,
+                count,
+                last: bad.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the chunk's remaining dead letters (nothing when it had no
+    /// bad record or there is no dead-letter prefix). Call before handing
+    /// the chunk on.
+    pub async fn seal(mut self) -> Result<()> {
+        self.write().await
+    }
+
+    /// PUTs the collected lines as the chunk's next part object.
+    async fn write(&mut self) -> Result<()> {
+        let Some(dl) = &self.sink.policy.dead_letter else {
+            return Ok(());
+        };
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        self.parts += 1;
+        let name = match self.parts {
+            1 => format!("{}.jsonl", self.label),
+            n => format!("{}.{n}.jsonl", self.label),
+        };
+        let mut path = dl.prefix.clone();
+        match Path::parse(self.unit) {
+            Ok(unit) => path.extend(unit.parts()),
+            Err(_) => path.extend(self.unit.split('/').filter(|p| !p.is_empty())),
+        }
+        let path = path.join(name);
+        let bytes = std::mem::take(&mut self.lines);
+        dl.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|source| Error::DeadLetter {
+                object: path.to_string(),
+                source,
+            })?;
+        Ok(())
     }
 }

@@ -614,12 +614,17 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 last_key: start_key.clone(),
             };
             let mut records = Vec::with_capacity(items.len());
+            let mut letters = self.sink.chunk(&unit.key, page_label(start_key.as_deref()));
             for item in items {
                 let key: HashMap<String, AttributeValue> = key_names
                     .iter()
                     .filter_map(|n| item.get(n).map(|v| (n.clone(), v.clone())))
                     .collect();
-                match serde_dynamo::from_item::<_, T>(item) {
+                // The error names the attribute (`count: invalid type`).
+                let item = serde_dynamo::AttributeValue::M(serde_dynamo::Item::from(item).into());
+                match serde_path_to_error::deserialize::<_, T>(
+                    serde_dynamo::Deserializer::from_attribute_value(item),
+                ) {
                     Ok(value) => {
                         let time = (self.event_time)(&value);
                         let id = self.event_id.as_ref().and_then(|f| f(&value));
@@ -631,7 +636,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                         });
                     }
                     Err(e) => {
-                        self.sink
+                        letters
                             .report(BadRecord {
                                 object: unit.key.to_string(),
                                 location: RecordLocation::Item {
@@ -650,6 +655,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 None => None,
             };
             let last = next.is_none();
+            letters.seal().await?;
             let chunk = Chunk {
                 start,
                 end: match &next {
@@ -666,6 +672,21 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 return Ok(());
             }
             start_key = next;
+        }
+    }
+}
+
+/// The dead-letter label of the page after `last_key` (`None`: the
+/// segment's first page): the key's SHA-256, as a key can be longer than an
+/// object name may be.
+fn page_label(last_key: Option<&str>) -> String {
+    use sha2::Digest as _;
+    match last_key {
+        None => "page-first".to_owned(),
+        Some(key) => {
+            let digest = sha2::Sha256::digest(key.as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("page-after-{hex}")
         }
     }
 }

@@ -98,14 +98,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// Writing the dead-letter object failed.
+    /// Writing a dead-letter object failed.
     #[error("dead-letter object `{object}`: write failed: {source}")]
     DeadLetter {
         /// The dead-letter object key.
         object: String,
-        /// The underlying error.
+        /// The object store error.
         #[source]
-        source: std::io::Error,
+        source: object_store::Error,
     },
     /// The source was configured with invalid options.
     #[error("invalid configuration: {reason}")]

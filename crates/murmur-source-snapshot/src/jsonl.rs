@@ -311,6 +311,9 @@ impl<D: LineDecoder> Inner<D> {
                 Vec::with_capacity((boundary - line_no).min(n).min(PREALLOCATED_LINES) as usize);
             let mut at_end = false;
             let mut bad = Vec::new();
+            let mut letters = self
+                .sink
+                .chunk(&unit.key, format!("lines-{}", chunk_start + 1));
             while line_no < boundary {
                 let passed = lines
                     .for_lines(boundary - line_no, |line| {
@@ -347,7 +350,7 @@ impl<D: LineDecoder> Inner<D> {
                 // In line order, before the chunk: a threshold crossed here
                 // fails the scan before the chunk is delivered.
                 for b in bad.drain(..) {
-                    self.sink.report(b).await?;
+                    letters.report(b).await?;
                 }
                 if passed == 0 {
                     at_end = true;
@@ -355,6 +358,7 @@ impl<D: LineDecoder> Inner<D> {
                 }
             }
             let last = at_end || lines.at_end().await?;
+            letters.seal().await?;
             let chunk = Chunk {
                 start: unit_position(&unit, chunk_start),
                 end: unit_position(&unit, line_no),

@@ -66,7 +66,8 @@
 //! An undecodable line or row, or a line longer than
 //! [`JsonLinesOptions::max_line_bytes`], is a [`BadRecord`] (object, 1-based
 //! line/row, reason) sent to the source's [`BadRecordSink`]: logged,
-//! counted, optionally written to a dead-letter JSON Lines object, and past
+//! counted, optionally written to dead-letter JSON Lines objects (one per
+//! chunk, put before the chunk is delivered: see [`DeadLetter`]), and past
 //! [`BadRecordPolicy::max_bad_records`] the scan fails with
 //! [`Error::TooManyBadRecords`]. A damaged object — truncated or corrupt
 //! gzip/zstd, a `.gz` object that is not gzip, an unreadable Parquet
@@ -137,7 +138,9 @@ mod source;
 
 use std::sync::Arc;
 
-pub use bad::{BadRecord, BadRecordPolicy, BadRecordSink, DeadLetter, RecordLocation};
+pub use bad::{
+    BadRecord, BadRecordPolicy, BadRecordSink, ChunkBadRecords, DeadLetter, RecordLocation,
+};
 pub use count_event::{CountEventColumns, CountEventLines, rfc3339_ms};
 // The canonical counting event lives in murmur-core (one type for backfill
 // and live); re-exported for the ready decoders' users.

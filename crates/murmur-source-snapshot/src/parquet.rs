@@ -33,7 +33,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use tracing::Instrument as _;
 
-use crate::bad::{BadRecord, BadRecordPolicy, BadRecordSink, RecordLocation};
+use crate::bad::{BadRecord, BadRecordPolicy, BadRecordSink, ChunkBadRecords, RecordLocation};
 use crate::error::{Error, Result};
 use crate::listing::ObjectListing;
 use crate::source::{Chunk, ChunkSender, ChunkStream, SnapshotSource, WorkUnit, spawn_reader};
@@ -833,6 +833,7 @@ impl<D: BatchDecoder> Inner<D> {
             let mut row = first;
             let mut chunk_start = first;
             let mut rows = DecodedRows::of(&unit, self.options.event_time_range.clone());
+            let mut letters = self.sink.chunk(&unit.key, rows_label(first));
             while let Some(batch) = batches
                 .try_next()
                 .await
@@ -856,14 +857,19 @@ impl<D: BatchDecoder> Inner<D> {
                         .min(rg_end);
                     let take = ((boundary - row) as usize).min(batch.num_rows() - offset);
                     let piece = batch.slice(offset, take);
-                    self.decode(&unit, &piece, row, &mut rows).await?;
+                    self.decode(&unit, &piece, row, &mut rows, &mut letters)
+                        .await?;
                     row += take as u64;
                     offset += take;
                     // The row group's last chunk waits for the end of
                     // its batches, below.
                     if row == boundary && row < rg_end {
+                        let sealed = std::mem::replace(
+                            &mut letters,
+                            self.sink.chunk(&unit.key, rows_label(row)),
+                        );
                         if !self
-                            .send_chunk(&tx, &unit, chunk_start..row, total, &mut rows)
+                            .send_chunk(&tx, &unit, chunk_start..row, total, &mut rows, sealed)
                             .await?
                         {
                             return Ok(());
@@ -886,7 +892,7 @@ impl<D: BatchDecoder> Inner<D> {
             // with more rows fails above, before a consumer could take its
             // chunk as the object's last and stop reading.
             if !self
-                .send_chunk(&tx, &unit, chunk_start..row, total, &mut rows)
+                .send_chunk(&tx, &unit, chunk_start..row, total, &mut rows, letters)
                 .await?
             {
                 return Ok(());
@@ -896,8 +902,8 @@ impl<D: BatchDecoder> Inner<D> {
     }
 
     /// Sends the chunk of object rows `range` (its records taken from
-    /// `rows`) after checking the bad-record threshold; `false` when the
-    /// consumer is gone.
+    /// `rows`) after checking the bad-record threshold and writing its dead
+    /// letters; `false` when the consumer is gone.
     async fn send_chunk(
         &self,
         tx: &ChunkSender<D::Item>,
@@ -905,8 +911,10 @@ impl<D: BatchDecoder> Inner<D> {
         range: Range<u64>,
         total: u64,
         rows: &mut DecodedRows<D::Item>,
+        letters: ChunkBadRecords<'_>,
     ) -> Result<bool> {
         self.sink.check()?;
+        letters.seal().await?;
         let chunk = Chunk {
             start: unit_position(unit, range.start),
             end: unit_position(unit, range.end),
@@ -990,13 +998,14 @@ impl<D: BatchDecoder> Inner<D> {
     }
 
     /// Decodes one piece of a batch starting at object row `first_row`
-    /// into `rows`, and reports its bad rows.
+    /// into `rows`, and reports its bad rows to its chunk's `letters`.
     async fn decode(
         &self,
         unit: &WorkUnit,
         piece: &RecordBatch,
         first_row: u64,
         rows: &mut DecodedRows<D::Item>,
+        letters: &mut ChunkBadRecords<'_>,
     ) -> Result<()> {
         rows.begin(first_row, piece.num_rows());
         self.decoder
@@ -1017,7 +1026,7 @@ impl<D: BatchDecoder> Inner<D> {
             });
         }
         for (index, reason) in rows.bad.drain(..) {
-            self.sink
+            letters
                 .report(BadRecord {
                     object: unit.key.to_string(),
                     location: RecordLocation::Row(first_row + index as u64 + 1),
@@ -1028,6 +1037,12 @@ impl<D: BatchDecoder> Inner<D> {
         }
         Ok(())
     }
+}
+
+/// The dead-letter label of the chunk whose first row is object row index
+/// `first` (1-based in the name, as [`RecordLocation::Row`] counts).
+fn rows_label(first: u64) -> String {
+    format!("rows-{}", first + 1)
 }
 
 /// The reader metadata with every top-level string column read as

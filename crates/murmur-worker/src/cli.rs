@@ -391,10 +391,14 @@ pub struct RunArgs {
     /// Undecodable rows tolerated before the backfill fails.
     #[arg(long, default_value_t = 0, help_heading = "Backfill")]
     pub max_bad_records: u64,
-    /// Bad rows are also written as JSON Lines to this object key (under
-    /// the export's store), naming object, line/row and reason. Not with
-    /// `--backfill dynamodb` (no export store).
-    #[arg(long, value_name = "KEY", help_heading = "Backfill")]
+    /// Bad rows are also written as JSON Lines here (`s3://bucket/prefix`
+    /// or a directory, as `--from`), naming object, line/row and reason:
+    /// one object per chunk with bad rows,
+    /// `LOCATION/<run-id>/<object>/lines-<first>.jsonl` (`rows-` for
+    /// Parquet, `page-` for a table scan), written before the
+    /// chunk can be committed (a crash loses none, a resume writes none
+    /// twice). Inside the export it is left out of the input.
+    #[arg(long, value_name = "LOCATION", help_heading = "Backfill")]
     pub dead_letter: Option<String>,
     /// The handoff token as JSON, e.g.
     /// `{"kind":"kafka","topic":"events","offsets":{"0":42}}` or

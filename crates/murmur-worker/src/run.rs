@@ -24,9 +24,8 @@ use murmur_source_snapshot::dynamodb::{DynamoDbScanOptions, DynamoDbScanSource};
 use murmur_source_snapshot::{
     BadRecordPolicy, CountEventColumns, CountEventLines, DeadLetter, JsonLinesOptions,
     JsonLinesSource, ObjectListing, ParquetOptions, ParquetSource, SnapshotSource,
+    default_key_filter,
 };
-use object_store::ObjectStore;
-use object_store::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -446,44 +445,36 @@ impl Worker<'_> {
             stop: self.stop.clone(),
             ..BackfillOptions::new(run_id.clone())
         };
-        let policy = async |store: &Arc<dyn ObjectStore>| -> anyhow::Result<BadRecordPolicy> {
-            let mut p = BadRecordPolicy::max_bad_records(args.max_bad_records);
-            if let Some(key) = &args.dead_letter {
-                p.dead_letter = Some(DeadLetter {
-                    store: store.clone(),
-                    path: fresh_object(store, key).await?,
-                });
-            }
-            Ok(p)
-        };
+        // Under the run's own prefix: a resume rewrites the objects of the
+        // chunks it reads again; another run's are left alone.
+        let mut policy = BadRecordPolicy::max_bad_records(args.max_bad_records);
+        if let Some(uri) = &args.dead_letter {
+            policy.dead_letter = Some(dead_letter(uri, &run_id)?);
+        }
         let display = Display::start(self.progress, "backfill", progress.clone());
         let (outcome, bad) = match args.backfill {
             BackfillKind::None => unreachable!("checked by the caller"),
             BackfillKind::Parquet => {
-                let listing = listing(args.from.as_deref())?;
-                let store = listing.store().clone();
                 let source = ParquetSource::with_options(
-                    listing,
+                    listing(args.from.as_deref(), args.dead_letter.as_deref())?,
                     CountEventColumns,
                     ParquetOptions {
                         chunk_rows: args.chunk_rows.max(1) as usize,
                         ..ParquetOptions::default()
                     },
-                    policy(&store).await?,
+                    policy,
                 )?;
                 drive(pipeline, source, stores, &options, &self.telemetry).await
             }
             BackfillKind::Jsonl => {
-                let listing = listing(args.from.as_deref())?;
-                let store = listing.store().clone();
                 let source = JsonLinesSource::with_options(
-                    listing,
+                    listing(args.from.as_deref(), args.dead_letter.as_deref())?,
                     CountEventLines,
                     JsonLinesOptions {
                         chunk_lines: args.chunk_rows.max(1),
                         ..JsonLinesOptions::default()
                     },
-                    policy(&store).await?,
+                    policy,
                 )?;
                 drive(pipeline, source, stores, &options, &self.telemetry).await
             }
@@ -492,14 +483,6 @@ impl Worker<'_> {
                     .scan_table
                     .clone()
                     .context("--backfill dynamodb needs --scan-table")?;
-                // The dead-letter object lives in the export's store, which
-                // a table scan does not have: refused, not ignored.
-                if args.dead_letter.is_some() {
-                    bail!(
-                        "--dead-letter writes beside an export (--from); a --backfill dynamodb scan has none: \
-                         its bad items are counted and logged (see --max-bad-records)"
-                    );
-                }
                 let mut scan = DynamoDbScanOptions::new(table);
                 scan.segments = args.scan_segments;
                 scan.page_size = args.scan_page_size.map(|n| n.max(1) as u32);
@@ -509,7 +492,7 @@ impl Worker<'_> {
                 let source =
                     DynamoDbScanSource::new(client, scan, |e: &CountEvent| e.occurred_at_ms)?
                         .event_id(|e: &CountEvent| e.event_id.as_deref().map(Arc::from))
-                        .with_bad_records(BadRecordPolicy::max_bad_records(args.max_bad_records));
+                        .with_bad_records(policy);
                 let mut options = options;
                 let source =
                     if options.token.is_none() && args.source.live == LiveKind::DynamodbStreams {
@@ -750,15 +733,8 @@ where
     for sample in bad.samples().iter().take(5) {
         tracing::warn!(bad_record = %sample, "bad record");
     }
-    // Completes the dead-letter object; losing it fails the run.
-    let outcome = match (outcome, bad.finish().await) {
-        (Ok(o), Ok(_)) => Ok(o),
-        (Err(e), _) => Err(anyhow::Error::from(e)),
-        (Ok(_), Err(e)) => {
-            Err(anyhow::Error::from(e).context("cannot complete the dead-letter object"))
-        }
-    };
-    (outcome, bad.count())
+    // Every dead letter is already written, each with its chunk.
+    (outcome.map_err(anyhow::Error::from), bad.count())
 }
 
 async fn drive_live<M: Render, L: LiveSource<CountEvent>>(
@@ -992,30 +968,59 @@ async fn sequences_reached(
     Ok(true)
 }
 
-/// `s3://bucket/prefix` or a local directory (`file://` optional).
-/// `key`, or `key.1`, `key.2`, … if taken: a resumed run keeps the
-/// dead letters of the runs before it.
-async fn fresh_object(store: &Arc<dyn ObjectStore>, key: &str) -> anyhow::Result<Path> {
-    for n in 0u32.. {
-        let path = if n == 0 {
-            Path::from(key)
-        } else {
-            Path::from(format!("{key}.{n}"))
-        };
-        match object_store::ObjectStoreExt::head(store.as_ref(), &path).await {
-            Err(object_store::Error::NotFound { .. }) => return Ok(path),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot check dead-letter object {path}"));
-            }
-        }
-    }
-    bail!("no free dead-letter object name after {key}.{}", u32::MAX)
-}
-
-/// The export `--from` names (`s3://bucket/prefix` or a directory).
-fn listing(from: Option<&str>) -> anyhow::Result<ObjectListing> {
+/// The export `--from` names (`s3://bucket/prefix` or a directory),
+/// without the `--dead-letter` location when it lies inside the export: a
+/// later run must not read an earlier run's dead letters as input.
+fn listing(from: Option<&str>, dead_letter: Option<&str>) -> anyhow::Result<ObjectListing> {
     let uri =
         from.context("--backfill parquet/jsonl needs --from (s3://bucket/prefix or a directory)")?;
-    Ok(ObjectListing::from_uri(uri)?)
+    let listing = ObjectListing::from_uri(uri)?;
+    let Some(dead_letter) = dead_letter else {
+        return Ok(listing);
+    };
+    let (export, letters) = (location(uri), location(dead_letter));
+    if export.0 != letters.0 {
+        return Ok(listing);
+    }
+    match letters.1.strip_prefix(&export.1) {
+        Some("") => bail!("--dead-letter {dead_letter} is the export (--from) itself"),
+        Some(inside) if export.1.is_empty() || inside.starts_with('/') => {
+            let inside = format!("{}/", inside.trim_matches('/'));
+            Ok(listing.key_filter(move |key| {
+                default_key_filter(key) && !format!("{key}/").starts_with(&inside)
+            }))
+        }
+        _ => Ok(listing),
+    }
+}
+
+/// A location as (root, key prefix without slashes at either end):
+/// (`s3://bucket`, `prefix`) or (`file://`, the absolute directory).
+fn location(uri: &str) -> (String, String) {
+    if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        return (
+            format!("s3://{bucket}"),
+            prefix.trim_matches('/').to_owned(),
+        );
+    }
+    let dir = uri.strip_prefix("file://").unwrap_or(uri);
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into());
+    let dir = dir.to_string_lossy().trim_matches('/').to_owned();
+    ("file://".to_owned(), dir)
+}
+
+/// The dead letters of run `run_id` under `uri` (`s3://bucket/prefix` or a
+/// directory, created if missing): `<uri>/<run-id>/...`.
+fn dead_letter(uri: &str, run_id: &str) -> anyhow::Result<DeadLetter> {
+    if !uri.starts_with("s3://") {
+        let dir = uri.strip_prefix("file://").unwrap_or(uri);
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the --dead-letter directory {dir}"))?;
+    }
+    let root = ObjectListing::from_uri(uri)?;
+    Ok(DeadLetter {
+        store: root.store().clone(),
+        prefix: root.prefix().clone().join(run_id),
+    })
 }

@@ -380,7 +380,7 @@ async fn undecodable_items_are_bad_records_with_their_key() {
     assert_eq!(
         bad[0].to_string(),
         format!(
-            r#"`{table}#segment-0-of-1`: segment 0 item {{"pk":{{"S":"entity-00007"}}}}: Expected num"#
+            r#"`{table}#segment-0-of-1`: segment 0 item {{"pk":{{"S":"entity-00007"}}}}: count: Expected num"#
         )
     );
 }

@@ -522,8 +522,8 @@ async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
     let good = json_line("a", 2, MAY_1_2026_MS);
     let text = format!("{good}\r\nnot json\n\n{good}\n{{\"entity_id\":\"b\"}}\n{good}");
     put(&store, "in/day=01/x.json", text.into_bytes()).await;
-    let policy = BadRecordPolicy::max_bad_records(2)
-        .with_dead_letter(Arc::clone(&store), Path::from("dlq/bad.jsonl"));
+    let policy =
+        BadRecordPolicy::max_bad_records(2).with_dead_letter(Arc::clone(&store), Path::from("dlq"));
     let source = JsonLinesSource::with_options(
         ObjectListing::new(Arc::clone(&store), Path::from("in")),
         CountEventLines,
@@ -543,19 +543,15 @@ async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
         })
         .collect();
     assert_eq!(lines, vec![0, 3, 5]);
-    assert_eq!(source.bad_records().finish().await.unwrap(), 2);
-    let dlq = store
-        .get(&Path::from("dlq/bad.jsonl"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let dlq: Vec<serde_json::Value> = std::str::from_utf8(&dlq)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    assert_eq!(source.bad_records().count(), 2);
+    // One chunk (the default 100,000 lines), one object, named by the unit
+    // and the chunk's first line.
+    let mut objects = dead_letters(&store, "dlq").await;
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        ["dlq/in/day=01/x.json/lines-1.jsonl"]
+    );
+    let dlq = objects.pop_first().unwrap().1;
     assert_eq!(dlq.len(), 2);
     assert_eq!(dlq[0]["object"], "in/day=01/x.json");
     assert_eq!(dlq[0]["location"]["line"], 2);
@@ -568,6 +564,200 @@ async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
     assert_eq!(
         dlq[1]["reason"],
         "invalid CountEvent JSON: missing field `count` at line 1 column 17"
+    );
+}
+
+/// The dead-letter objects under `prefix`, by key, each as its lines.
+async fn dead_letters(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let metas: Vec<_> = store
+        .list(Some(&Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for meta in metas {
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let lines = std::str::from_utf8(&bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        out.insert(meta.location.to_string(), lines);
+    }
+    out
+}
+
+/// Every dead letter's location (`line` or `row`), over all objects.
+fn dead_letter_locations(objects: &BTreeMap<String, Vec<serde_json::Value>>) -> Vec<u64> {
+    let mut at: Vec<u64> = objects
+        .values()
+        .flatten()
+        .map(|l| {
+            let loc = &l["location"];
+            loc.get("line")
+                .or(loc.get("row"))
+                .unwrap()
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    at.sort_unstable();
+    at
+}
+
+/// Dead letters are written chunk by chunk, before the chunk is handed on:
+/// a read stopped after a chunk with bad records (a worker killed before it
+/// ever finishes the scan) has already written that chunk's. The resume and
+/// a replay of every chunk write the same objects again, so each bad record
+/// ends up in exactly one object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_durable_per_chunk_and_a_replay_rewrites_them() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let policy = || {
+        BadRecordPolicy::max_bad_records(100)
+            .with_dead_letter(Arc::clone(&store), Path::from("dlq"))
+    };
+    // JSON Lines, chunks of 4 lines; lines 2 and 3 (chunk 1) and 9 (chunk 3)
+    // are bad.
+    let good = json_line("a", 1, MAY_1_2026_MS);
+    let text: Vec<String> = (1..=10)
+        .map(|n| {
+            if [2, 3, 9].contains(&n) {
+                format!("bad {n}")
+            } else {
+                good.clone()
+            }
+        })
+        .collect();
+    put(&store, "in/x.json", text.join("\n").into_bytes()).await;
+    let json = JsonLinesSource::with_options(
+        ObjectListing::new(Arc::clone(&store), Path::from("in")),
+        CountEventLines,
+        JsonLinesOptions {
+            chunk_lines: 4,
+            ..Default::default()
+        },
+        policy(),
+    )
+    .unwrap();
+    // Parquet, chunks of 4 rows; rows 5 (chunk 2) and 10 (chunk 3) have an
+    // empty entity id.
+    let rows: Vec<_> = (1..=10)
+        .map(|n| {
+            let entity = if n % 5 == 0 { "" } else { "e" };
+            (entity.to_owned(), 1, MAY_1_2026_MS)
+        })
+        .collect();
+    put(
+        &store,
+        "pq/x.parquet",
+        parquet_bytes(&rows, parquet::basic::Compression::SNAPPY, 100),
+    )
+    .await;
+    let parquet = ParquetSource::with_options(
+        ObjectListing::new(Arc::clone(&store), Path::from("pq")),
+        CountEventColumns,
+        ParquetOptions {
+            chunk_rows: 4,
+            ..Default::default()
+        },
+        policy(),
+    )
+    .unwrap();
+
+    // Stopped once the first chunk with bad records is handed on.
+    let unit = json.list_units().await.unwrap().remove(0);
+    let first = json
+        .read(&unit, &Position::Beginning)
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let objects = dead_letters(&store, "dlq/in").await;
+    assert_eq!(objects["dlq/in/x.json/lines-1.jsonl"].len(), 2);
+    let punit = parquet.list_units().await.unwrap().remove(0);
+    let second = parquet
+        .read(&punit, &Position::Beginning)
+        .take(2)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let objects = dead_letters(&store, "dlq/pq").await;
+    assert_eq!(objects["dlq/pq/x.parquet/rows-5.jsonl"].len(), 1);
+
+    // The resumes, then a replay of everything.
+    for from in [first.end.clone(), Position::Beginning] {
+        json.read(&unit, &from)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+    }
+    for from in [second.end.clone(), Position::Beginning] {
+        parquet
+            .read(&punit, &from)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+    }
+    let objects = dead_letters(&store, "dlq").await;
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        [
+            "dlq/in/x.json/lines-1.jsonl",
+            "dlq/in/x.json/lines-9.jsonl",
+            "dlq/pq/x.parquet/rows-5.jsonl",
+            "dlq/pq/x.parquet/rows-9.jsonl",
+        ]
+    );
+    assert_eq!(dead_letter_locations(&objects), [2, 3, 5, 9, 10]);
+    assert_eq!(
+        objects["dlq/pq/x.parquet/rows-9.jsonl"][0]["reason"],
+        "CountEvent entity_id is empty"
+    );
+}
+
+/// A chunk's dead letters past 8 MiB continue in a second object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_long_bad_lines_splits_its_dead_letters() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let long = "x".repeat(1_000_000);
+    let text: Vec<String> = (0..10).map(|_| long.clone()).collect();
+    put(&store, "in/x.json", text.join("\n").into_bytes()).await;
+    let source = JsonLinesSource::with_options(
+        ObjectListing::new(Arc::clone(&store), Path::from("in")),
+        CountEventLines,
+        JsonLinesOptions::default(),
+        BadRecordPolicy::max_bad_records(10)
+            .with_dead_letter(Arc::clone(&store), Path::from("dlq")),
+    )
+    .unwrap();
+    let units = source.list_units().await.unwrap();
+    assert!(read_all(&source, &units, 1).await.is_empty());
+    let objects = dead_letters(&store, "dlq").await;
+    let sizes: Vec<(&str, usize)> = objects.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+    // Each line is just over 1 MB as a dead letter: the first object
+    // takes lines until it reaches 8 MiB.
+    assert_eq!(
+        sizes,
+        [
+            ("dlq/in/x.json/lines-1.2.jsonl", 1),
+            ("dlq/in/x.json/lines-1.jsonl", 9)
+        ]
+    );
+    assert_eq!(
+        dead_letter_locations(&objects),
+        (1..=10).collect::<Vec<_>>()
     );
 }
 

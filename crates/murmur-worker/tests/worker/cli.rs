@@ -189,7 +189,7 @@ fn sigterm_stops_cleanly_in_backfill_and_live_and_leaves_nothing_to_replay() {
 }
 
 #[test]
-fn bad_lines_go_to_the_dead_letter_object_and_the_threshold_fails_the_run() {
+fn bad_lines_go_to_dead_letters_once_and_the_threshold_fails_the_run() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempdir();
     let n = 3_000;
@@ -212,85 +212,58 @@ fn bad_lines_go_to_the_dead_letter_object_and_the_threshold_fails_the_run() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-
-    let mut args = backfill_only(&export, &p(&dir, "data"));
-    args.extend(
-        [
-            "--max-bad-records",
-            "2",
-            "--dead-letter",
-            "rejects/bad.jsonl",
-        ]
-        .map(str::to_owned),
+    // Inside the export, as a user keeping rejects beside their input
+    // might: a later run must not read them as input.
+    let rejects = export.join("rejects");
+    let with_rejects = |data: &str, max: &str| {
+        let mut args = backfill_only(&export, &p(&dir, data));
+        args.extend(
+            [
+                "--max-bad-records",
+                max,
+                "--dead-letter",
+                &rejects.to_string_lossy(),
+            ]
+            .map(str::to_owned),
+        );
+        args
+    };
+    // The chunk (500 lines) the two bad lines are in, named by its first.
+    let chunk = format!(
+        "events-backfill/{object}/lines-{}.jsonl",
+        good_lines / 500 * 500 + 1
     );
-    let s = finished(&args, &Kill::Never);
-    assert_eq!(s["bad_records"], 2, "{s}");
-    assert_eq!(s["backfill_records"], n, "{s}");
-    rt.block_on(compare_sums(&embedded(&p(&dir, "data"), "events"), n));
-    let dead = std::fs::read_to_string(export.join("rejects/bad.jsonl")).unwrap();
-    let dead: Vec<serde_json::Value> = dead
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    for (k, d) in dead.iter().enumerate() {
-        assert_eq!(d["object"], object.as_str(), "{d}");
-        assert_eq!(d["location"]["line"], good_lines + 1 + k, "{d}");
-        assert!(!d["reason"].as_str().unwrap().is_empty(), "{d}");
+
+    for data in ["data", "again"] {
+        let s = finished(&with_rejects(data, "2"), &Kill::Never);
+        // 2, not 4: the first run's dead letters are not input.
+        assert_eq!(s["bad_records"], 2, "{s}");
+        assert_eq!(s["backfill_records"], n, "{s}");
+        rt.block_on(compare_sums(&embedded(&p(&dir, data), "events"), n));
+        // The second run of the same run id rewrote the chunk's object,
+        // it did not add one.
+        let dead = dead_letters(&rejects);
+        assert_eq!(dead.keys().collect::<Vec<_>>(), [&chunk], "{dead:?}");
+        let dead = &dead[&chunk];
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        for (k, d) in dead.iter().enumerate() {
+            assert_eq!(d["object"], object.as_str(), "{d}");
+            assert_eq!(d["location"]["line"], good_lines + 1 + k, "{d}");
+            assert!(!d["reason"].as_str().unwrap().is_empty(), "{d}");
+        }
     }
 
-    // One bad record allowed, two found: the run fails naming the object.
-    let mut args = backfill_only(&export, &p(&dir, "strict"));
-    args.extend(
-        [
-            "--max-bad-records",
-            "1",
-            "--dead-letter",
-            "rejects/bad.jsonl",
-        ]
-        .map(str::to_owned),
-    );
+    // One bad record allowed, two found: the run fails naming the object,
+    // and the chunk that failed it is in the dead letters.
+    let mut args = with_rejects("strict", "1");
+    args.extend(["--run-id", "strict"].map(str::to_owned));
     let out = worker_with(&args).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&object), "{err}");
-    // The failed run's dead letters go next to the first run's, not over them.
-    let again = std::fs::read_to_string(export.join("rejects/bad.jsonl.1")).unwrap();
-    assert_eq!(again.lines().count(), 2, "{again}");
-    assert_eq!(
-        std::fs::read_to_string(export.join("rejects/bad.jsonl"))
-            .unwrap()
-            .lines()
-            .count(),
-        2
-    );
-
-    // A table scan has no export store for dead letters: refused, not
-    // ignored.
-    let args: Vec<String> = [
-        "run",
-        "--backfill",
-        "dynamodb",
-        "--scan-table",
-        "events",
-        "--dead-letter",
-        "rejects/bad.jsonl",
-        "--data-dir",
-        &p(&dir, "scan").to_string_lossy(),
-        "--live",
-        "none",
-        "--progress",
-        "never",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let out = worker_with(&args).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--dead-letter writes beside an export (--from)"),
-        "{err}"
-    );
+    let dead = dead_letters(&rejects.join("strict"));
+    assert_eq!(dead.values().map(Vec::len).sum::<usize>(), 2, "{dead:?}");
+    assert_eq!(dead_letters(&rejects).len(), 2);
 }
 
 #[test]

@@ -529,3 +529,29 @@ pub fn dynamodb_flags(table: &str) -> Vec<String> {
     .map(str::to_owned)
     .to_vec()
 }
+
+/// The dead-letter objects under `dir`, by path relative to it, each as its
+/// parsed lines.
+pub fn dead_letters(dir: &Path) -> BTreeMap<String, Vec<serde_json::Value>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<serde_json::Value>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let lines = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                let key = path.strip_prefix(root).unwrap().to_string_lossy();
+                out.insert(key.into_owned(), lines);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out
+}

@@ -452,3 +452,93 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
     assert_eq!(second["live_records"], during, "{second}");
     rt.block_on(compare_sums(&embedded(&data, "events"), history + during));
 }
+
+/// A table scan's bad items go to dead letters in a directory of their own,
+/// each exactly once over a run SIGKILLed mid-scan and its resume.
+#[test]
+fn a_dynamodb_scan_dead_letters_each_bad_item_once_across_a_crash() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    if service("AWS_ENDPOINT_URL").is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (history, bad) = (2_000u64, 5u64);
+    let table = unique("poisoned");
+    let ddb = rt.block_on(async { aws_sdk_dynamodb::Client::new(&aws().await) });
+    rt.block_on(async {
+        create_events_table(&ddb, &table, false).await;
+        put_events(&ddb, &table, 0..history).await;
+        for i in 0..bad {
+            ddb.put_item()
+                .table_name(&table)
+                .item("event_id", AttributeValue::S(format!("bad-{i}")))
+                .item("entity_id", AttributeValue::S("e001".into()))
+                .item("count", AttributeValue::S("many".into()))
+                .item("occurred_at_unix_ms", AttributeValue::N(T0.to_string()))
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let dir = tempdir();
+    let (data, rejects) = (p(&dir, "data"), p(&dir, "rejects"));
+    let args: Vec<String> = [
+        "run",
+        "--backfill",
+        "dynamodb",
+        "--scan-table",
+        &table,
+        "--scan-segments",
+        "4",
+        "--scan-page-size",
+        "50",
+        "--max-bad-records",
+        &bad.to_string(),
+        "--dead-letter",
+        &rejects.to_string_lossy(),
+        "--live",
+        "none",
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--flush-max-keys",
+        "40",
+        "--progress",
+        "never",
+        "--log",
+        "info,murmur_bootstrap=debug",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let first = run(
+        worker_with(&args),
+        &Kill::After {
+            pattern: "batch committed",
+            nth: 8,
+            delay: Duration::ZERO,
+        },
+        Duration::from_secs(240),
+    );
+    assert!(matches!(first, Ended::Killed(Phase::Backfill)), "{first:?}");
+    let second = finished(&args, &Kill::Never);
+    assert_eq!(second["backfill"], "completed", "{second}");
+    rt.block_on(compare_sums(&embedded(&data, "events"), history));
+
+    let dead = dead_letters(&rejects);
+    let mut keys: Vec<String> = Vec::new();
+    for (object, lines) in &dead {
+        // <run-id>/<table>#segment-<s>-of-4/page-....jsonl
+        assert!(object.starts_with("events-backfill/"), "{object}");
+        assert!(object.contains("segment-"), "{object}");
+        for d in lines {
+            let unit = d["object"].as_str().unwrap();
+            assert!(unit.starts_with(&format!("{table}#segment-")), "{d}");
+            assert!(d["reason"].as_str().unwrap().contains("count"), "{d}");
+            keys.push(d["location"]["item"]["key"].as_str().unwrap().to_owned());
+        }
+    }
+    keys.sort();
+    let want: Vec<String> = (0..bad)
+        .map(|i| format!("{{\"event_id\":{{\"S\":\"bad-{i}\"}}}}"))
+        .collect();
+    assert_eq!(keys, want, "{dead:?}");
+}
