@@ -67,13 +67,19 @@ impl fmt::Display for BadRecord {
 /// `raw`. A chunk's object is
 /// `<prefix>/<unit key>/<first line or row of the chunk>.jsonl`
 /// (`dlq/events/day=02/part-0.json.gz/lines-8193.jsonl`;
-/// `dlq/<table>%23segment-0-of-4/page-after-<hash>.jsonl` for a DynamoDB
+/// `dlq/<table>#segment-0-of-4/page-after-<hash>.jsonl` for a DynamoDB
 /// page) and is written with one PUT before the chunk is handed on, so it is
 /// durable before anything that chunk holds can be committed: a worker
 /// killed at any point loses no dead letter, and a chunk read again (a
 /// resume, a replay) writes the same object with the same lines, so no bad
-/// record is in two objects. A chunk with more than 8 MiB of dead letters
-/// continues in `<...>.2.jsonl`, `<...>.3.jsonl`.
+/// record of an unchanged export is in two objects. (A DynamoDB table
+/// written during the scan can move its page boundaries: a resumed scan
+/// may then write a bad item again under another page's label; its
+/// `location` — segment and item key — tells the copies apart.) A chunk
+/// with more than 8 MiB of dead letters continues in `<...>.2.jsonl`,
+/// `<...>.3.jsonl`. A scan failed by the threshold writes the dead letters
+/// of the chunks it delivered and of the chunk that failed it; other
+/// chunks in flight are read again by the next run.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// The store to write to.
@@ -257,9 +263,12 @@ impl ChunkBadRecords<'_> {
             }
         }
         if count > sink.policy.max_bad_records {
+            // Every reader stops at its next check, before this PUT.
+            sink.exceeded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| bad.to_string());
             self.write().await?;
-            let mut exceeded = sink.exceeded.lock().unwrap_or_else(|e| e.into_inner());
-            exceeded.get_or_insert_with(|| bad.to_string());
             return Err(Error::TooManyBadRecords {
                 max: sink.policy.max_bad_records,
                 count,

@@ -449,14 +449,14 @@ impl Worker<'_> {
         // chunks it reads again; another run's are left alone.
         let mut policy = BadRecordPolicy::max_bad_records(args.max_bad_records);
         if let Some(uri) = &args.dead_letter {
-            policy.dead_letter = Some(dead_letter(uri, &run_id)?);
+            policy.dead_letter = Some(dead_letter(uri, &run_id, args.from.as_deref())?);
         }
         let display = Display::start(self.progress, "backfill", progress.clone());
         let (outcome, bad) = match args.backfill {
             BackfillKind::None => unreachable!("checked by the caller"),
             BackfillKind::Parquet => {
                 let source = ParquetSource::with_options(
-                    listing(args.from.as_deref(), args.dead_letter.as_deref())?,
+                    listing(args.from.as_deref(), args.dead_letter.as_deref(), &run_id)?,
                     CountEventColumns,
                     ParquetOptions {
                         chunk_rows: args.chunk_rows.max(1) as usize,
@@ -468,7 +468,7 @@ impl Worker<'_> {
             }
             BackfillKind::Jsonl => {
                 let source = JsonLinesSource::with_options(
-                    listing(args.from.as_deref(), args.dead_letter.as_deref())?,
+                    listing(args.from.as_deref(), args.dead_letter.as_deref(), &run_id)?,
                     CountEventLines,
                     JsonLinesOptions {
                         chunk_lines: args.chunk_rows.max(1),
@@ -969,51 +969,104 @@ async fn sequences_reached(
 }
 
 /// The export `--from` names (`s3://bucket/prefix` or a directory),
-/// without the `--dead-letter` location when it lies inside the export: a
-/// later run must not read an earlier run's dead letters as input.
-fn listing(from: Option<&str>, dead_letter: Option<&str>) -> anyhow::Result<ObjectListing> {
+/// without the `--dead-letter` location of run `run_id` when it lies
+/// inside the export: a later run must not read dead letters as input.
+fn listing(
+    from: Option<&str>,
+    dead_letter: Option<&str>,
+    run_id: &str,
+) -> anyhow::Result<ObjectListing> {
     let uri =
         from.context("--backfill parquet/jsonl needs --from (s3://bucket/prefix or a directory)")?;
     let listing = ObjectListing::from_uri(uri)?;
     let Some(dead_letter) = dead_letter else {
         return Ok(listing);
     };
-    let (export, letters) = (location(uri), location(dead_letter));
-    if export.0 != letters.0 {
+    let inside = inside_export(&location(uri), &location(dead_letter), run_id).map_err(|()| {
+        anyhow::anyhow!("--dead-letter {dead_letter} would write into the export (--from) itself")
+    })?;
+    if inside.is_empty() {
         return Ok(listing);
     }
-    match letters.1.strip_prefix(&export.1) {
-        Some("") => bail!("--dead-letter {dead_letter} is the export (--from) itself"),
-        Some(inside) if export.1.is_empty() || inside.starts_with('/') => {
-            let inside = format!("{}/", inside.trim_matches('/'));
-            Ok(listing.key_filter(move |key| {
-                default_key_filter(key) && !format!("{key}/").starts_with(&inside)
-            }))
-        }
-        _ => Ok(listing),
-    }
+    Ok(listing.key_filter(move |key| {
+        default_key_filter(key) && !inside.iter().any(|p| format!("{key}/").starts_with(p))
+    }))
 }
 
-/// A location as (root, key prefix without slashes at either end):
-/// (`s3://bucket`, `prefix`) or (`file://`, the absolute directory).
-fn location(uri: &str) -> (String, String) {
+/// The key prefixes (relative to the export, ending in `/`) that dead
+/// letters of run `run_id` can be written under, over every spelling of
+/// both locations (a symlinked directory is listed through its link): the
+/// location itself and the run's prefix under it. `Err` when they would be
+/// the export itself.
+fn inside_export(
+    export: &[(String, String)],
+    letters: &[(String, String)],
+    run_id: &str,
+) -> Result<std::collections::BTreeSet<String>, ()> {
+    let mut inside = std::collections::BTreeSet::new();
+    for (root, export) in export {
+        for (_, dl) in letters.iter().filter(|(r, _)| r == root) {
+            let run = match dl.as_str() {
+                "" => run_id.to_owned(),
+                dl => format!("{dl}/{run_id}"),
+            };
+            for dl in [dl.clone(), run] {
+                let Some(rest) = dl.strip_prefix(export.as_str()) else {
+                    continue;
+                };
+                if !export.is_empty() && !rest.is_empty() && !rest.starts_with('/') {
+                    continue; // `exp2/...` is not inside `exp`.
+                }
+                match rest.trim_matches('/') {
+                    "" => return Err(()),
+                    relative => inside.insert(format!("{relative}/")),
+                };
+            }
+        }
+    }
+    Ok(inside)
+}
+
+/// The spellings of a location as (root, key prefix without slashes at
+/// either end): (`s3://bucket`, `prefix`), or (`file://`, the absolute
+/// directory) as given and with its links resolved.
+fn location(uri: &str) -> Vec<(String, String)> {
     if let Some(rest) = uri.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        return (
+        return vec![(
             format!("s3://{bucket}"),
             prefix.trim_matches('/').to_owned(),
-        );
+        )];
     }
-    let dir = uri.strip_prefix("file://").unwrap_or(uri);
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.into());
-    let dir = dir.to_string_lossy().trim_matches('/').to_owned();
-    ("file://".to_owned(), dir)
+    let dir = std::path::Path::new(uri.strip_prefix("file://").unwrap_or(uri));
+    let mut forms: Vec<_> = [
+        std::path::absolute(dir).ok(),
+        std::fs::canonicalize(dir).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| {
+        (
+            "file://".to_owned(),
+            d.to_string_lossy().trim_matches('/').to_owned(),
+        )
+    })
+    .collect();
+    forms.dedup();
+    forms
 }
 
 /// The dead letters of run `run_id` under `uri` (`s3://bucket/prefix` or a
-/// directory, created if missing): `<uri>/<run-id>/...`.
-fn dead_letter(uri: &str, run_id: &str) -> anyhow::Result<DeadLetter> {
+/// directory, created if missing): `<uri>/<run-id>/...`. A local `--from`
+/// must exist first (the location may lie inside it).
+fn dead_letter(uri: &str, run_id: &str, from: Option<&str>) -> anyhow::Result<DeadLetter> {
     if !uri.starts_with("s3://") {
+        if let Some(from) = from.filter(|f| !f.starts_with("s3://")) {
+            let from = from.strip_prefix("file://").unwrap_or(from);
+            if !std::path::Path::new(from).is_dir() {
+                bail!("--from {from}: no such directory");
+            }
+        }
         let dir = uri.strip_prefix("file://").unwrap_or(uri);
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the --dead-letter directory {dir}"))?;
@@ -1023,4 +1076,45 @@ fn dead_letter(uri: &str, run_id: &str) -> anyhow::Result<DeadLetter> {
         store: root.store().clone(),
         prefix: root.prefix().clone().join(run_id),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inside_export;
+
+    fn s3(prefix: &str) -> Vec<(String, String)> {
+        vec![("s3://b".to_owned(), prefix.to_owned())]
+    }
+
+    #[test]
+    fn dead_letters_inside_the_export_are_left_out_of_it() {
+        let inside = |export: &str, letters: &str| {
+            inside_export(&s3(export), &s3(letters), "run")
+                .map(|set| set.into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            inside("exp", "exp/rejects"),
+            Ok(vec!["rejects/".to_owned(), "rejects/run/".to_owned()])
+        );
+        assert_eq!(
+            inside("", "rejects"),
+            Ok(vec!["rejects/".to_owned(), "rejects/run/".to_owned()])
+        );
+        // A sibling, a parent, another bucket: nothing to leave out.
+        assert_eq!(inside("exp", "exp2/rejects"), Ok(vec![]));
+        assert_eq!(inside("exp", "dlq"), Ok(vec![]));
+        assert_eq!(
+            inside_export(
+                &s3("exp"),
+                &[("s3://c".to_owned(), "exp/r".to_owned())],
+                "run"
+            ),
+            Ok(Default::default())
+        );
+        // The parent whose run prefix is the export, or the export itself.
+        assert_eq!(inside("exp/run", "exp"), Err(()));
+        assert_eq!(inside("run", ""), Err(()));
+        assert_eq!(inside("exp", "exp"), Err(()));
+        assert_eq!(inside_export(&s3("exp"), &s3(""), "exp"), Err(()));
+    }
 }

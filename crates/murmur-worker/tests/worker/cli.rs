@@ -264,6 +264,16 @@ fn bad_lines_go_to_dead_letters_once_and_the_threshold_fails_the_run() {
     let dead = dead_letters(&rejects.join("strict"));
     assert_eq!(dead.values().map(Vec::len).sum::<usize>(), 2, "{dead:?}");
     assert_eq!(dead_letters(&rejects).len(), 2);
+
+    // A mistyped export is an error, not created empty by its dead letters.
+    let typo = p(&dir, "exprot");
+    let mut args = backfill_only(&typo, &p(&dir, "typo"));
+    args.extend(["--dead-letter", &typo.join("rejects").to_string_lossy()].map(str::to_owned));
+    let out = worker_with(&args).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such directory"), "{err}");
+    assert!(!typo.exists());
 }
 
 #[test]
