@@ -322,6 +322,49 @@ async fn put_events(ddb: &aws_sdk_dynamodb::Client, table: &str, range: std::ops
     }
 }
 
+/// A four-segment scan of `table` (`page` items a page) into `data`,
+/// flushing every 40 keys, then `rest`.
+fn scan_args(table: &str, page: u32, data: &std::path::Path, rest: &[&str]) -> Vec<String> {
+    let page = page.to_string();
+    let data = data.to_string_lossy();
+    let head = [
+        "run",
+        "--backfill",
+        "dynamodb",
+        "--scan-table",
+        table,
+        "--scan-segments",
+        "4",
+        "--scan-page-size",
+        &page,
+        "--data-dir",
+        &data,
+        "--flush-max-keys",
+        "40",
+        "--flush-max-age",
+        "100ms",
+        "--progress",
+        "never",
+        "--log",
+        "info,murmur_bootstrap=debug",
+    ];
+    head.iter().chain(rest).map(|a| (*a).to_owned()).collect()
+}
+
+/// SIGKILLs a run of `args` in its backfill, after its `nth` committed batch.
+fn kill_in_backfill(args: &[String], nth: usize) {
+    let ended = run(
+        worker_with(args),
+        &Kill::After {
+            pattern: "batch committed",
+            nth,
+            delay: Duration::ZERO,
+        },
+        Duration::from_secs(240),
+    );
+    assert!(matches!(ended, Ended::Killed(Phase::Backfill)), "{ended:?}");
+}
+
 #[test]
 fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
     if service("AWS_ENDPOINT_URL").is_none() {
@@ -341,37 +384,21 @@ fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
     let data = p(&dir, "data");
     // The offsets the table's history ends at (a Spark job's manifest would
     // carry them; here the explicit --token).
-    let args: Vec<String> = [
-        "run",
-        "--backfill",
-        "dynamodb",
-        "--scan-table",
+    let args = scan_args(
         &table,
-        "--scan-segments",
-        "4",
-        "--scan-page-size",
-        "250",
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--token",
-        &topic.until(),
-        "--live",
-        "kafka",
-        "--kafka-brokers",
-        &topic.brokers,
-        "--kafka-topic",
-        TOPIC,
-        "--flush-max-keys",
-        "40",
-        "--flush-max-age",
-        "100ms",
-        "--progress",
-        "never",
-        "--log",
-        "info,murmur_bootstrap=debug",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+        250,
+        &data,
+        &[
+            "--token",
+            &topic.until(),
+            "--live",
+            "kafka",
+            "--kafka-brokers",
+            &topic.brokers,
+            "--kafka-topic",
+            TOPIC,
+        ],
+    );
 
     let producer = keep_producing(topic.clone(), 30);
     let (first, _) = through_the_seam(&args, producer, || topic.until());
@@ -400,48 +427,23 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
     std::thread::sleep(Duration::from_millis(2_500));
     let dir = tempdir();
     let data = p(&dir, "data");
-    let args: Vec<String> = [
-        "run",
-        "--backfill",
-        "dynamodb",
-        "--scan-table",
+    let args = scan_args(
         &table,
-        "--scan-segments",
-        "4",
-        "--scan-page-size",
-        "50",
-        "--live",
-        "dynamodb-streams",
-        "--streams-table",
-        &table,
-        "--dedup",
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--flush-max-keys",
-        "40",
-        "--flush-max-age",
-        "100ms",
-        "--stop-after-idle",
-        "3s",
-        "--progress",
-        "never",
-        "--log",
-        "info,murmur_bootstrap=debug",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+        50,
+        &data,
+        &[
+            "--live",
+            "dynamodb-streams",
+            "--streams-table",
+            &table,
+            "--dedup",
+            "--stop-after-idle",
+            "3s",
+        ],
+    );
     // The first run captures the stream's position, scans part of the
     // table and is killed.
-    let first = run(
-        worker_with(&args),
-        &Kill::After {
-            pattern: "batch committed",
-            nth: 5,
-            delay: Duration::ZERO,
-        },
-        Duration::from_secs(240),
-    );
-    assert!(matches!(first, Ended::Killed(Phase::Backfill)), "{first:?}");
+    kill_in_backfill(&args, 5);
     // Changes made after the capture, before the resume.
     rt.block_on(put_events(&ddb, &table, history..history + during));
     let second = finished(&args, &Kill::Never);
@@ -482,43 +484,20 @@ fn a_dynamodb_scan_dead_letters_each_bad_item_once_across_a_crash() {
     });
     let dir = tempdir();
     let (data, rejects) = (p(&dir, "data"), p(&dir, "rejects"));
-    let args: Vec<String> = [
-        "run",
-        "--backfill",
-        "dynamodb",
-        "--scan-table",
+    let args = scan_args(
         &table,
-        "--scan-segments",
-        "4",
-        "--scan-page-size",
-        "50",
-        "--max-bad-records",
-        &bad.to_string(),
-        "--dead-letter",
-        &rejects.to_string_lossy(),
-        "--live",
-        "none",
-        "--data-dir",
-        &data.to_string_lossy(),
-        "--flush-max-keys",
-        "40",
-        "--progress",
-        "never",
-        "--log",
-        "info,murmur_bootstrap=debug",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let first = run(
-        worker_with(&args),
-        &Kill::After {
-            pattern: "batch committed",
-            nth: 8,
-            delay: Duration::ZERO,
-        },
-        Duration::from_secs(240),
+        50,
+        &data,
+        &[
+            "--max-bad-records",
+            &bad.to_string(),
+            "--dead-letter",
+            &rejects.to_string_lossy(),
+            "--live",
+            "none",
+        ],
     );
-    assert!(matches!(first, Ended::Killed(Phase::Backfill)), "{first:?}");
+    kill_in_backfill(&args, 8);
     let second = finished(&args, &Kill::Never);
     assert_eq!(second["backfill"], "completed", "{second}");
     rt.block_on(compare_sums(&embedded(&data, "events"), history));
