@@ -322,6 +322,20 @@ async fn put_events(ddb: &aws_sdk_dynamodb::Client, table: &str, range: std::ops
     }
 }
 
+/// A new table (named from `prefix`) holding events `[0, history)`, with a
+/// stream of new images if `stream`.
+async fn events_table(
+    prefix: &str,
+    history: u64,
+    stream: bool,
+) -> (aws_sdk_dynamodb::Client, String) {
+    let ddb = aws_sdk_dynamodb::Client::new(&aws().await);
+    let table = unique(prefix);
+    create_events_table(&ddb, &table, stream).await;
+    put_events(&ddb, &table, 0..history).await;
+    (ddb, table)
+}
+
 /// A four-segment scan of `table` (`page` items a page) into `data`,
 /// flushing every 40 keys, then `rest`.
 fn scan_args(table: &str, page: u32, data: &std::path::Path, rest: &[&str]) -> Vec<String> {
@@ -372,12 +386,7 @@ fn dynamodb_scan_backfill_then_kafka_live_is_exact() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let history = 4_000u64;
-    let table = unique("history");
-    rt.block_on(async {
-        let ddb = aws_sdk_dynamodb::Client::new(&aws().await);
-        create_events_table(&ddb, &table, false).await;
-        put_events(&ddb, &table, 0..history).await;
-    });
+    let (_, table) = rt.block_on(events_table("history", history, false));
     let (_broker, topic) = Topic::new();
     rt.block_on(topic.produce(history));
     let dir = tempdir();
@@ -416,12 +425,7 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (history, during) = (2_000u64, 300u64);
-    let table = unique("streamed");
-    let ddb = rt.block_on(async { aws_sdk_dynamodb::Client::new(&aws().await) });
-    rt.block_on(async {
-        create_events_table(&ddb, &table, true).await;
-        put_events(&ddb, &table, 0..history).await;
-    });
+    let (ddb, table) = rt.block_on(events_table("streamed", history, true));
     // The history is older than the capture's cut (stream creation times
     // are whole seconds).
     std::thread::sleep(Duration::from_millis(2_500));
@@ -465,11 +469,8 @@ fn a_dynamodb_scan_dead_letters_each_bad_item_once_across_a_crash() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (history, bad) = (2_000u64, 5u64);
-    let table = unique("poisoned");
-    let ddb = rt.block_on(async { aws_sdk_dynamodb::Client::new(&aws().await) });
+    let (ddb, table) = rt.block_on(events_table("poisoned", history, false));
     rt.block_on(async {
-        create_events_table(&ddb, &table, false).await;
-        put_events(&ddb, &table, 0..history).await;
         for i in 0..bad {
             ddb.put_item()
                 .table_name(&table)
