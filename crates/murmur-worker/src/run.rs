@@ -1031,14 +1031,14 @@ fn inside_export(
 /// either end): (`s3://bucket`, `prefix`), or (`file://`, the absolute
 /// directory) as given and with its links resolved.
 fn location(uri: &str) -> Vec<(String, String)> {
-    if let Some(rest) = uri.strip_prefix("s3://") {
+    let Some(dir) = local_dir(uri) else {
+        let rest = uri.strip_prefix("s3://").unwrap_or(uri);
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         return vec![(
             format!("s3://{bucket}"),
             prefix.trim_matches('/').to_owned(),
         )];
-    }
-    let dir = std::path::Path::new(uri.strip_prefix("file://").unwrap_or(uri));
+    };
     let mut forms: Vec<_> = [
         std::path::absolute(dir).ok(),
         std::fs::canonicalize(dir).ok(),
@@ -1056,20 +1056,29 @@ fn location(uri: &str) -> Vec<(String, String)> {
     forms
 }
 
+/// The directory a location names (`file:///dir` or a plain path), as
+/// [`ObjectListing::from_uri`] reads it; `None` for `s3://`.
+fn local_dir(uri: &str) -> Option<&std::path::Path> {
+    (!uri.starts_with("s3://"))
+        .then(|| std::path::Path::new(uri.strip_prefix("file://").unwrap_or(uri)))
+}
+
 /// The dead letters of run `run_id` under `uri` (`s3://bucket/prefix` or a
 /// directory, created if missing): `<uri>/<run-id>/...`. A local `--from`
 /// must exist first (the location may lie inside it).
 fn dead_letter(uri: &str, run_id: &str, from: Option<&str>) -> anyhow::Result<DeadLetter> {
-    if !uri.starts_with("s3://") {
-        if let Some(from) = from.filter(|f| !f.starts_with("s3://")) {
-            let from = from.strip_prefix("file://").unwrap_or(from);
-            if !std::path::Path::new(from).is_dir() {
-                bail!("--from {from}: no such directory");
-            }
+    if let Some(dir) = local_dir(uri) {
+        if let Some(from) = from.and_then(local_dir)
+            && !from.is_dir()
+        {
+            bail!("--from {}: no such directory", from.display());
         }
-        let dir = uri.strip_prefix("file://").unwrap_or(uri);
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the --dead-letter directory {dir}"))?;
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the --dead-letter directory {}",
+                dir.display()
+            )
+        })?;
     }
     let root = ObjectListing::from_uri(uri)?;
     Ok(DeadLetter {
