@@ -6,8 +6,15 @@
 //! cargo xtask test [--no-lint] [--no-e2e] [--without kinesalite] [-- <extra `cargo test` args>]
 //! cargo xtask e2e [--scenario NAME,...] [--seed N]
 //! cargo xtask services [--without kinesalite] [--with tansu] [--ignore-stdin]
+//! cargo xtask bench [snapshot|aggregate|ddb|kafka|archive ...]
 //! cargo xtask deny
 //! ```
+//!
+//! `cargo xtask bench` runs the named benchmarks (every one when none is
+//! named) with what each needs: `snapshot` gets `MURMUR_PYTHON` (the moto
+//! venv, for its DuckDB baselines), `ddb` a moto server (`AWS_ENDPOINT_URL`).
+//! Their own knobs (`MURMUR_BENCH_ROWS`, `MURMUR_BENCH_RUNS`, ...) pass
+//! through the environment.
 //!
 //! `cargo xtask test` is *the* test command of the project (the README and
 //! `.ci/run` call it). It lints (`cargo fmt --check`, `cargo clippy -D
@@ -105,6 +112,10 @@ enum Task {
     ///
     /// Runs until Ctrl-C, SIGTERM or end of standard input, then stops them.
     Services(ServicesArgs),
+    /// Run benchmarks (`cargo bench`) with the services and tools they
+    /// need: the DuckDB of the moto venv for `snapshot`, a moto server for
+    /// `ddb`.
+    Bench(BenchArgs),
     /// Run `cargo deny check licenses bans sources` (needs cargo-deny installed).
     Deny,
 }
@@ -157,6 +168,44 @@ struct ServicesArgs {
     ignore_stdin: bool,
 }
 
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// The benchmarks to run, in this order (all of them when none is named).
+    #[arg(value_enum)]
+    benches: Vec<Bench>,
+}
+
+/// The project's benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Bench {
+    /// murmur-source-snapshot: a 20M-row Parquet / JSON Lines backfill vs
+    /// decode-only, `gzip -dc | wc -l`, inflate + parse and DuckDB.
+    Snapshot,
+    /// murmur-core: the Aggregator vs a plain HashMap fold.
+    Aggregate,
+    /// murmur-state-ddb: events per DynamoDB request, fenced batches vs one
+    /// UpdateItem per event (against moto).
+    Ddb,
+    /// murmur-source-live: raw rdkafka vs decoded KafkaSource records.
+    Kafka,
+    /// murmur-archive: events archived to Parquet vs encode-only.
+    Archive,
+}
+
+impl Bench {
+    /// The package and bench target.
+    fn target(self) -> (&'static str, &'static str) {
+        match self {
+            Bench::Snapshot => ("murmur-source-snapshot", "snapshot"),
+            Bench::Aggregate => ("murmur-core", "aggregate"),
+            Bench::Ddb => ("murmur-state-ddb", "ddb"),
+            Bench::Kafka => ("murmur-source-live", "kafka_throughput"),
+            Bench::Archive => ("murmur-archive", "archive"),
+        }
+    }
+}
+
 /// Services started by default that can be left out (`--without`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Optional {
@@ -176,6 +225,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test(args),
         Task::E2e(args) => e2e_cmd(args),
         Task::Services(args) => services_cmd(args),
+        Task::Bench(args) => bench(args),
         Task::Deny => deny(),
     };
     match result {
@@ -434,6 +484,50 @@ fn shell_quote(value: &str) -> String {
     }
 }
 
+/// `cargo xtask bench`.
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    let benches = if args.benches.is_empty() {
+        Bench::value_variants().to_vec()
+    } else {
+        args.benches
+    };
+    // moto only for the DynamoDB benchmark; the snapshot one needs only the
+    // venv's Python (DuckDB), which `start` installs along with moto.
+    let services = if benches.contains(&Bench::Ddb) {
+        Some(services::start(Services::default())?)
+    } else {
+        None
+    };
+    let python = match services.as_ref().and_then(ServiceSet::python) {
+        Some(p) => Some(p.to_path_buf()),
+        None if benches.contains(&Bench::Snapshot) && !env_set("MURMUR_PYTHON") => {
+            Some(services::venv_python()?)
+        }
+        None => None,
+    };
+    for b in benches {
+        let (package, target) = b.target();
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", package, "--bench", target]);
+        if let Some(services) = &services {
+            services.apply_env(&mut cmd);
+        }
+        if let Some(python) = &python {
+            cmd.env("MURMUR_PYTHON", python);
+        }
+        say!("cargo bench -p {package} --bench {target}");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run cargo bench -p {package}"))?;
+        let status = signals::wait_forwarding(&mut child).context("waiting for cargo bench")?;
+        if !status.success() {
+            say!("cargo bench -p {package} --bench {target} failed: {status}");
+            return Ok(exit_code(status));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `cargo xtask deny`.
 fn deny() -> Result<ExitCode> {
     let installed = cargo()
@@ -533,5 +627,32 @@ mod tests {
             ])
             .is_err()
         );
+
+        let cli = Cli::try_parse_from(["xtask", "bench", "snapshot", "ddb"]).unwrap();
+        let Task::Bench(args) = cli.task else {
+            panic!("not bench")
+        };
+        assert_eq!(args.benches, vec![Bench::Snapshot, Bench::Ddb]);
+        assert_eq!(
+            args.benches[1].target(),
+            ("murmur-state-ddb", "ddb"),
+            "the bench target"
+        );
+        assert!(Cli::try_parse_from(["xtask", "bench", "nope"]).is_err());
+    }
+
+    #[test]
+    fn every_bench_target_exists() {
+        // A renamed bench would otherwise fail only when someone runs it.
+        for b in Bench::value_variants() {
+            let (package, target) = b.target();
+            let dir = workspace_root().join("crates").join(package);
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            assert!(
+                manifest.contains(&format!("name = \"{target}\"")),
+                "{package} has no bench {target}"
+            );
+            assert!(dir.join("benches").join(format!("{target}.rs")).exists());
+        }
     }
 }

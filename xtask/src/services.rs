@@ -452,6 +452,13 @@ impl ServiceSet {
     }
 }
 
+/// The Python of the moto venv (pyarrow, DuckDB), installed if needed,
+/// without starting moto.
+pub fn venv_python() -> Result<PathBuf> {
+    let dir = install(&MOTO, &cache_dir()?)?;
+    Ok(dir.join("bin").join("python"))
+}
+
 /// An install running on a thread of its own, its output in a log file
 /// (see [`install_in_background`]). Dropping it before [`wait`](Self::wait)
 /// stops the installer (SIGTERM); the next run installs again, reusing

@@ -7,6 +7,7 @@
 //! | JSON Lines `.gz` scan + the same aggregation | (a) `gzip -dc \| wc -l`, (b) DuckDB `read_json` + `GROUP BY`, (c) inflate + parse: flate2 and serde_json into `CountEvent`, threads split the files |
 //!
 //! ```text
+//! cargo xtask bench snapshot    # sets MURMUR_PYTHON (installs the venv)
 //! cargo bench -p murmur-source-snapshot --bench snapshot
 //! ```
 //!
@@ -15,8 +16,9 @@
 //! (where the data set is generated once and kept; default
 //! `$TMPDIR/murmur-bench-snapshot-<rows>`), `MURMUR_BENCH_THREADS` (default:
 //! all cores; used by Murmur, the decode baseline and DuckDB alike),
-//! `MURMUR_PYTHON` (a python with `duckdb`, as `cargo xtask services`
-//! exports; without it the DuckDB baselines are skipped),
+//! `MURMUR_PYTHON` (a python with `duckdb`, as `cargo xtask bench` sets
+//! and `cargo xtask services` exports; without it the DuckDB baselines are
+//! skipped),
 //! `MURMUR_BENCH_RUNS` (default 3: every measurement, Murmur's and the
 //! baselines', is the fastest of that many runs), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
@@ -713,7 +715,7 @@ fn main() {
         .map(PathBuf::from);
     if python.is_none() {
         println!(
-            "MURMUR_PYTHON is not set: DuckDB baselines skipped (run `cargo xtask services` for one)"
+            "MURMUR_PYTHON is not set: DuckDB baselines skipped (`cargo xtask bench snapshot` sets it)"
         );
     }
 

@@ -234,7 +234,7 @@ async fn main() {
     let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") else {
         eprintln!(
             "error: the ddb benchmark needs a DynamoDB endpoint: set AWS_ENDPOINT_URL (and AWS_ACCESS_KEY_ID, \
-             AWS_SECRET_ACCESS_KEY, AWS_REGION), e.g. from the export lines of `cargo xtask services`"
+             AWS_SECRET_ACCESS_KEY, AWS_REGION), or run it as `cargo xtask bench ddb`, which starts moto"
         );
         std::process::exit(2);
     };
