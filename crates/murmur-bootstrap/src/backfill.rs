@@ -561,7 +561,7 @@ fn unit_offset(assignment: &LaneAssignment, p: &Position) -> Option<usize> {
 
 /// `units=<n> bytes=<total> lanes=<n> fold=<kind>/<window>
 /// [source=[<settings>]] sha256=<16 hex digits>`: the digest covers every
-/// lane's id and its units' index, key and size, in plan order, what the
+/// lane's id and its units' index, key, size and ETag, in plan order, what the
 /// pipeline folds into a row (the monoid's kind and parameters, through its
 /// identity cell, and the window's granularity and retention) and the
 /// source's [`plan_settings`](SnapshotSource::plan_settings) (where chunks
@@ -604,6 +604,13 @@ fn fingerprint<T, M: Monoid>(
             hash.update(unit.key.as_bytes());
             hash.update([0]);
             hash.update(unit.size.to_le_bytes());
+            // The version read: an object rewritten since the run began
+            // (even to the same size) is another plan. Units without an
+            // ETag (scan segments) hash as before.
+            if let Some(e_tag) = &unit.e_tag {
+                hash.update(e_tag.as_bytes());
+                hash.update([0]);
+            }
         }
         hash.update([1]);
     }

@@ -467,6 +467,7 @@ impl<T: DeserializeOwned + Send + 'static> SnapshotSource for DynamoDbScanSource
                 key: format!("{}#segment-{s}-of-{n}", self.options.table).into(),
                 size: 0,
                 partitions: Partitions::default(),
+                e_tag: None,
             })
             .collect())
     }

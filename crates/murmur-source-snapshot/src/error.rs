@@ -58,6 +58,19 @@ pub enum Error {
         /// Its size when read.
         now: u64,
     },
+    /// An object is no longer the version it was listed as (its ETag
+    /// changed, whatever its size): positions taken in it would no longer
+    /// point at the same records.
+    #[error(
+        "object `{object}`: rewritten since it was listed (it is no longer ETag {e_tag}); \
+         restore it, or start a new run over the new objects"
+    )]
+    Rewritten {
+        /// The object key.
+        object: String,
+        /// Its ETag in the listing.
+        e_tag: String,
+    },
     /// A Parquet object's schema does not fit the decoder: a missing column or
     /// a column of the wrong type.
     #[error("object `{object}`: column `{column}`: {reason}")]
@@ -133,4 +146,32 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+}
+
+/// The error of a failed request for `object`, listed with `e_tag`: a failed
+/// `If-Match` is [`Error::Rewritten`], anything else [`Error::Read`].
+pub(crate) fn read_error(object: &str, e_tag: Option<&str>, source: object_store::Error) -> Error {
+    match (source, e_tag) {
+        (object_store::Error::Precondition { .. }, Some(e_tag)) => Error::Rewritten {
+            object: object.to_string(),
+            e_tag: e_tag.to_string(),
+        },
+        (source, _) => Error::Read {
+            object: object.to_string(),
+            source,
+        },
+    }
+}
+
+/// A request for the version of an object its listing saw (`If-Match` its
+/// ETag, when it had one), of `range` or the whole object.
+pub(crate) fn pinned(
+    e_tag: Option<&str>,
+    range: Option<std::ops::Range<u64>>,
+) -> object_store::GetOptions {
+    object_store::GetOptions {
+        if_match: e_tag.map(str::to_owned),
+        range: range.map(Into::into),
+        ..Default::default()
+    }
 }

@@ -286,6 +286,7 @@ impl<D: LineDecoder> Inner<D> {
             self.listing.store(),
             Arc::clone(&object),
             unit.size,
+            unit.e_tag.as_deref(),
             self.options.max_line_bytes,
         )
         .await?;

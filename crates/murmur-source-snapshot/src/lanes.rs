@@ -38,7 +38,7 @@ pub struct LaneAssignment {
 /// ```
 /// use murmur_source_snapshot::{LanePlan, WorkUnit};
 /// let units: Vec<WorkUnit> = (0..5u64)
-///     .map(|i| WorkUnit { index: i, key: format!("part-{i}").into(), size: 100, partitions: Default::default() })
+///     .map(|i| WorkUnit { index: i, key: format!("part-{i}").into(), size: 100, partitions: Default::default(), e_tag: None })
 ///     .collect();
 /// let plan = LanePlan::new("backfill:2026-05-08", units, 2).unwrap();
 /// assert_eq!(plan.lanes()[0].lane.as_str(), "backfill:2026-05-08:slot-0");
@@ -120,6 +120,7 @@ mod tests {
             key: format!("k{index:03}").into(),
             size,
             partitions: Default::default(),
+            e_tag: None,
         }
     }
 

@@ -57,7 +57,11 @@
 //! `read(unit, start)` and takes chunks until it reaches `end`. For objects
 //! this reproduces the identical chunks (same boundaries, same records, in
 //! the same order), because chunking depends only on the data and the chunk
-//! size options — keep those fixed for a run. A DynamoDB page replayed from
+//! size options — keep those fixed for a run. The data is pinned too: every
+//! request for an object asks for the version its listing saw (`If-Match`
+//! its [`WorkUnit::e_tag`]), so an object rewritten since, even to the same
+//! size, fails its read with [`Error::Rewritten`] instead of yielding other
+//! records at the same positions. A DynamoDB page replayed from
 //! its start key is the same page unless the table changed meanwhile (a scan
 //! is not a snapshot; see the `dynamodb` module).
 //!

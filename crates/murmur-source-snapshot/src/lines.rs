@@ -8,11 +8,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use object_store::path::Path;
-use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt as _};
+use object_store::{GetResultPayload, ObjectStore};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
 use tokio_util::io::StreamReader;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, pinned, read_error};
 
 /// Buffer size of the decompressed line reader.
 const BUFFER: usize = 256 * 1024;
@@ -151,22 +151,23 @@ pub(crate) struct LineReader {
 }
 
 impl LineReader {
-    /// Opens `object`, listed with `listed_size` bytes, detecting its
-    /// compression.
+    /// Opens `object`, listed with `listed_size` bytes and `e_tag` (the
+    /// version read), detecting its compression.
     pub(crate) async fn open(
         store: &Arc<dyn ObjectStore>,
         object: Arc<str>,
         listed_size: u64,
+        e_tag: Option<&str>,
         max_line_bytes: usize,
     ) -> Result<Self> {
         let path = Path::parse(&*object).map_err(|e| Error::Read {
             object: object.to_string(),
             source: e.into(),
         })?;
-        let got = store.get(&path).await.map_err(|source| Error::Read {
-            object: object.to_string(),
-            source,
-        })?;
+        let got = store
+            .get_opts(&path, pinned(e_tag, None))
+            .await
+            .map_err(|source| read_error(&object, e_tag, source))?;
         // Line positions count from the listed bytes: an object rewritten
         // since (a re-export, a truncation) would resume at the wrong line.
         if got.meta.size != listed_size {

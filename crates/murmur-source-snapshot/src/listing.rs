@@ -187,7 +187,7 @@ impl ObjectListing {
                 prefix: self.prefix.to_string(),
                 source,
             })?;
-        let mut kept: Vec<(String, u64, Partitions)> = Vec::new();
+        let mut kept: Vec<(String, u64, Partitions, Option<String>)> = Vec::new();
         for meta in metas {
             let key = meta.location.to_string();
             let relative = if self.prefix.as_ref().is_empty() {
@@ -206,17 +206,18 @@ impl ObjectListing {
             {
                 continue;
             }
-            kept.push((key, meta.size, partitions));
+            kept.push((key, meta.size, partitions, meta.e_tag));
         }
         kept.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(kept
             .into_iter()
             .enumerate()
-            .map(|(index, (key, size, partitions))| WorkUnit {
+            .map(|(index, (key, size, partitions, e_tag))| WorkUnit {
                 index: index as u64,
                 key: key.into(),
                 size,
                 partitions,
+                e_tag: e_tag.map(Arc::from),
             })
             .collect())
     }

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, TryStreamExt as _};
 use murmur_core::{HandoffToken, Position, Record};
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
@@ -34,7 +34,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use tracing::Instrument as _;
 
 use crate::bad::{BadRecord, BadRecordPolicy, BadRecordSink, ChunkBadRecords, RecordLocation};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, pinned, read_error};
 use crate::listing::ObjectListing;
 use crate::source::{Chunk, ChunkSender, ChunkStream, SnapshotSource, WorkUnit, spawn_reader};
 use crate::{object_start, unit_position};
@@ -656,14 +656,26 @@ struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
+    /// The listed version: every range is asked of it (`If-Match`).
+    e_tag: Option<Arc<str>>,
     prefetch: usize,
+}
+
+impl ObjectReader {
+    /// One range of the listed version.
+    async fn range(&self, range: Range<u64>) -> object_store::Result<Bytes> {
+        self.store
+            .get_opts(&self.path, pinned(self.e_tag.as_deref(), Some(range)))
+            .await?
+            .bytes()
+            .await
+    }
 }
 
 impl AsyncFileReader for ObjectReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
-            self.store
-                .get_range(&self.path, range)
+            self.range(range)
                 .await
                 .map_err(|e| ParquetError::External(Box::new(e)))
         }
@@ -674,11 +686,17 @@ impl AsyncFileReader for ObjectReader {
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        // Nearby ranges merged into one request, as `get_ranges` does (it
+        // takes no `If-Match`).
         async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(|e| ParquetError::External(Box::new(e)))
+            let this = &*self;
+            object_store::coalesce_ranges(
+                &ranges,
+                |r| this.range(r),
+                object_store::OBJECT_STORE_COALESCE_DEFAULT,
+            )
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))
         }
         .boxed()
     }
@@ -707,12 +725,14 @@ fn rg_rows(start: u64, end: u64) -> usize {
 }
 
 /// A Parquet error while reading `object`: a store failure or a bad file.
-fn parquet_error(object: &str, what: &str, e: ParquetError) -> Error {
+fn parquet_error(unit: &WorkUnit, what: &str, e: ParquetError) -> Error {
+    let object = &*unit.key;
     match e {
-        ParquetError::External(inner) if inner.is::<object_store::Error>() => Error::Read {
-            object: object.to_string(),
-            source: *inner.downcast::<object_store::Error>().expect("checked"),
-        },
+        ParquetError::External(inner) if inner.is::<object_store::Error>() => read_error(
+            object,
+            unit.e_tag.as_deref(),
+            *inner.downcast::<object_store::Error>().expect("checked"),
+        ),
         other => Error::Corrupt {
             object: object.to_string(),
             reason: format!("{what}: {other}"),
@@ -746,11 +766,12 @@ impl<D: BatchDecoder> Inner<D> {
             store: Arc::clone(self.listing.store()),
             path,
             size: unit.size,
+            e_tag: unit.e_tag.clone(),
             prefetch: self.options.footer_prefetch,
         };
         let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
             .await
-            .map_err(|e| parquet_error(object, "not a readable Parquet file", e))?;
+            .map_err(|e| parquet_error(&unit, "not a readable Parquet file", e))?;
         let meta = strings_as_views(meta);
         let mask = self.projection(&unit, &meta)?;
         let keep = self.row_groups_to_read(&meta);
@@ -829,7 +850,7 @@ impl<D: BatchDecoder> Inner<D> {
             }
             let mut batches = builder
                 .build()
-                .map_err(|e| parquet_error(object, "cannot read", e))?;
+                .map_err(|e| parquet_error(&unit, "cannot read", e))?;
             let mut row = first;
             let mut chunk_start = first;
             let mut rows = DecodedRows::of(&unit, self.options.event_time_range.clone());
@@ -837,7 +858,7 @@ impl<D: BatchDecoder> Inner<D> {
             while let Some(batch) = batches
                 .try_next()
                 .await
-                .map_err(|e| parquet_error(object, &format!("cannot read row group {g}"), e))?
+                .map_err(|e| parquet_error(&unit, &format!("cannot read row group {g}"), e))?
             {
                 let mut offset = 0;
                 while offset < batch.num_rows() {
@@ -1121,6 +1142,7 @@ mod tests {
             key: Arc::from("events/part-0.parquet"),
             size: 0,
             partitions: Partitions::default(),
+            e_tag: None,
         };
         let mut rows = DecodedRows::of(&unit, Some(10..20));
         rows.begin(100, 4);
@@ -1163,6 +1185,7 @@ mod tests {
             key: Arc::from("t.parquet"),
             size: 0,
             partitions: Partitions::default(),
+            e_tag: None,
         };
         let times = TimestampSecondArray::from(vec![Some(5), Some(i64::MAX), None]);
         let batch = RecordBatch::try_from_iter([("t", Arc::new(times) as _)]).unwrap();

@@ -74,6 +74,14 @@ pub struct WorkUnit {
     pub size: u64,
     /// Hive partition values parsed from the key (empty for scan segments).
     pub partitions: Partitions,
+    /// The object's ETag in the listing, when the store gives one (S3 and
+    /// local directories do). Every read of the object asks for exactly
+    /// that version (`If-Match`), and a backfill's plan covers it: an object
+    /// rewritten since the listing, even to the same size, is
+    /// [`Error::Rewritten`](crate::Error::Rewritten), never other records
+    /// at the same positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<Arc<str>>,
 }
 
 /// A run of consecutive records of one unit, cut at a resumable boundary.

@@ -1074,3 +1074,102 @@ async fn string_columns_are_read_as_views_with_their_values() {
         "object `s/part-0.parquet`: column `id`: expected an integer column (Int64), found Utf8"
     );
 }
+
+/// `count` rows of entity `entity`: two calls with entities of one length
+/// encode to objects of one size.
+fn same_shape_rows(entity: &str, count: i64) -> Vec<(String, i64, i64)> {
+    (0..20)
+        .map(|i| (entity.to_string(), count, MAY_1_2026_MS + i))
+        .collect()
+}
+
+/// The object `key` of `format` holding `rows`.
+fn object_bytes(format: Format, rows: &[(String, i64, i64)]) -> Vec<u8> {
+    match format {
+        Format::Parquet => parquet_bytes(rows, parquet::basic::Compression::UNCOMPRESSED, 100),
+        Format::JsonLines => rows
+            .iter()
+            .map(|(e, c, t)| json_line(e, *c, *t) + "\n")
+            .collect::<String>()
+            .into_bytes(),
+    }
+}
+
+/// Lists one object, rewrites it to the same size, reads the listed unit
+/// (refused, naming the object and the listed ETag), then lists again and
+/// reads the new version.
+async fn rewritten_object<S>(store: &Arc<dyn ObjectStore>, source: &S, key: &str, format: Format)
+where
+    S: SnapshotSource<Item = CountEvent>,
+{
+    let first = object_bytes(format, &same_shape_rows("aaaa", 1));
+    let second = object_bytes(format, &same_shape_rows("bbbb", 2));
+    assert_eq!(first.len(), second.len(), "the rewrite keeps the size");
+    put(store, key, first).await;
+    let unit = source.list_units().await.unwrap().remove(0);
+    let e_tag = unit.e_tag.clone().expect("the store gives ETags");
+    put(store, key, second).await;
+    let err = source
+        .read(&unit, &Position::Beginning)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Rewritten { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "object `{key}`: rewritten since it was listed (it is no longer ETag {e_tag}); \
+             restore it, or start a new run over the new objects"
+        )
+    );
+    let unit = source.list_units().await.unwrap().remove(0);
+    assert_ne!(unit.e_tag.as_deref(), Some(&*e_tag));
+    let chunks: Vec<_> = source
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    let records: Vec<_> = chunks.into_iter().flat_map(|c| c.records).collect();
+    assert_eq!(records.len(), 20);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.value.entity_id == "bbbb" && r.value.count == 2),
+        "the new version is read"
+    );
+}
+
+/// An object rewritten since the listing, even to the same size, is refused
+/// rather than read at the listed positions: on a local directory and on S3,
+/// for both formats.
+async fn rewritten_objects_are_refused(store: Arc<dyn ObjectStore>) {
+    let listing = |prefix: &str| ObjectListing::new(Arc::clone(&store), Path::from(prefix));
+    rewritten_object(
+        &store,
+        &parquet_source(listing("pq")),
+        "pq/part-0.parquet",
+        Format::Parquet,
+    )
+    .await;
+    rewritten_object(
+        &store,
+        &json_source(listing("js")),
+        "js/part-0.json",
+        Format::JsonLines,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_rewritten_objects_are_refused() {
+    let (_dir, store) = local_store();
+    rewritten_objects_are_refused(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_rewritten_objects_are_refused() {
+    let Some((store, _bucket)) = s3_store("the S3 rewritten-object test") else {
+        return;
+    };
+    rewritten_objects_are_refused(store).await;
+}
