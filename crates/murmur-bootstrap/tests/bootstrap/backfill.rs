@@ -344,18 +344,20 @@ async fn two_workers_split_one_backfill() {
     assert_eq!(stored(&mem, &d.truth).await, d.truth);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
-    let d = write_data(3_000);
+/// Run `run` over `d` begun in a fresh memory store and stopped before its
+/// first batch: the store (state and checkpoints) and the plan it began with.
+async fn begun_and_stopped(
+    d: &Data,
+    run: &str,
+) -> (Arc<dyn StateStore>, Arc<dyn CheckpointStore>, String) {
     let mem = MemoryStore::new();
     let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
-        (Arc::new(mem.clone()), Arc::new(mem.clone()));
-    // Begin the run and stop it before any batch.
-    let stopped = options("bf-plan");
+        (Arc::new(mem.clone()), Arc::new(mem));
+    let stopped = options(run);
     stopped.stop.cancel();
     let out = backfill(
         &pipeline(),
-        &source(&d),
+        &source(d),
         state.clone(),
         cps.clone(),
         &stopped,
@@ -363,7 +365,14 @@ async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
     .await
     .unwrap();
     assert!(matches!(out, BackfillOutcome::Stopped { .. }), "{out:?}");
-    let begun = cps.run("bf-plan").await.unwrap().unwrap().plan.unwrap();
+    let begun = cps.run(run).await.unwrap().unwrap().plan.unwrap();
+    (state, cps, begun)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
+    let d = write_data(3_000);
+    let (state, cps, begun) = begun_and_stopped(&d, "bf-plan").await;
     assert!(begun.starts_with("units=12 "), "{begun}");
 
     // A late object appears under the prefix.
@@ -464,22 +473,7 @@ async fn a_resume_over_a_changed_listing_or_lane_count_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_over_an_object_rewritten_to_the_same_size_is_refused() {
     let d = write_data(3_000);
-    let mem = MemoryStore::new();
-    let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
-        (Arc::new(mem.clone()), Arc::new(mem.clone()));
-    let stopped = options("bf-etag");
-    stopped.stop.cancel();
-    let out = backfill(
-        &pipeline(),
-        &source(&d),
-        state.clone(),
-        cps.clone(),
-        &stopped,
-    )
-    .await
-    .unwrap();
-    assert!(matches!(out, BackfillOutcome::Stopped { .. }), "{out:?}");
-    let begun = cps.run("bf-etag").await.unwrap().unwrap().plan.unwrap();
+    let (state, cps, begun) = begun_and_stopped(&d, "bf-etag").await;
 
     // Its lines reversed: the same bytes in another order.
     let object = d.root.join("events/day=02/part-00001.json");

@@ -496,18 +496,10 @@ async fn json_object_changed_since_the_listing_is_an_error() {
     let rewritten = lines(&[&good("a"), &good("b"), &good("c")]);
     let now = rewritten.len();
     put(&store, "in/part-0.json", rewritten).await;
-    let err = source
-        .read(&unit, &Position::Beginning)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_err();
+    let err = read_error(&source, &unit, &Position::Beginning).await;
     assert!(matches!(err, Error::Rewritten { .. }), "{err}");
     unit.e_tag = None;
-    let err = source
-        .read(&unit, &Position::Beginning)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_err();
+    let err = read_error(&source, &unit, &Position::Beginning).await;
     assert!(matches!(err, Error::Changed { .. }), "{err}");
     assert_eq!(
         err.to_string(),

@@ -503,6 +503,23 @@ pub async fn write_dataset(
     truth
 }
 
+/// The error that ends the read of `unit` from `from` (which must fail).
+pub async fn read_error<S>(
+    source: &S,
+    unit: &WorkUnit,
+    from: &Position,
+) -> murmur_source_snapshot::Error
+where
+    S: SnapshotSource,
+    S::Item: fmt::Debug,
+{
+    source
+        .read(unit, from)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err()
+}
+
 pub async fn put(store: &Arc<dyn ObjectStore>, key: &str, bytes: Vec<u8>) {
     store.put(&Path::from(key), bytes.into()).await.unwrap();
 }

@@ -330,22 +330,14 @@ async fn replay_from_a_chunk_start_reproduces_the_chunk() {
             key: unit.key.clone(),
             unit: 1001,
         };
-        let err = source
-            .read(unit, &past)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err();
+        let err = read_error(source, unit, &past).await;
         assert!(matches!(err, Error::Position { .. }), "{err}");
         let wrong = Position::Object {
             index: 0,
             key: "elsewhere".into(),
             unit: 0,
         };
-        let err = source
-            .read(unit, &wrong)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err();
+        let err = read_error(source, unit, &wrong).await;
         assert!(
             err.to_string().contains("belongs to object `elsewhere`"),
             "{err}"
@@ -1064,11 +1056,7 @@ async fn string_columns_are_read_as_views_with_their_values() {
         }
     }
     let wrong = ParquetSource::new(ObjectListing::new(store, Path::from("s")), Wrong);
-    let err = wrong
-        .read(&units[0], &Position::Beginning)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_err();
+    let err = read_error(&wrong, &units[0], &Position::Beginning).await;
     assert_eq!(
         err.to_string(),
         "object `s/part-0.parquet`: column `id`: expected an integer column (Int64), found Utf8"
@@ -1109,11 +1097,7 @@ where
     let unit = source.list_units().await.unwrap().remove(0);
     let e_tag = unit.e_tag.clone().expect("the store gives ETags");
     put(store, key, second).await;
-    let err = source
-        .read(&unit, &Position::Beginning)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap_err();
+    let err = read_error(source, &unit, &Position::Beginning).await;
     assert!(matches!(err, Error::Rewritten { .. }), "{err}");
     assert_eq!(
         err.to_string(),
