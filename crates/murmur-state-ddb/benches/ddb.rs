@@ -3,7 +3,8 @@
 //! data set.
 //!
 //! Needs a DynamoDB endpoint (moto): `AWS_ENDPOINT_URL` plus the usual
-//! `AWS_*` credentials and region (`cargo xtask services` prints them).
+//! `AWS_*` credentials and region (`cargo xtask services` prints them;
+//! `cargo xtask bench ddb` starts moto and runs this with them).
 //!
 //! ```text
 //! cargo bench -p murmur-state-ddb --bench ddb            # release build
