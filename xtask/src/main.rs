@@ -491,20 +491,20 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         args.benches
     };
-    // moto only for the DynamoDB benchmark; the snapshot one needs only the
-    // venv's Python (DuckDB), which `start` installs along with moto.
+    // moto only for the DynamoDB benchmark (its exports include
+    // `MURMUR_PYTHON`); the snapshot one needs only the venv's Python
+    // (DuckDB).
     let services = if benches.contains(&Bench::Ddb) {
         Some(services::start(Services::default())?)
     } else {
         None
     };
-    let python = match services.as_ref().and_then(ServiceSet::python) {
-        Some(p) => Some(p.to_path_buf()),
-        None if benches.contains(&Bench::Snapshot) && !env_set("MURMUR_PYTHON") => {
+    let python =
+        if services.is_none() && benches.contains(&Bench::Snapshot) && !env_set("MURMUR_PYTHON") {
             Some(services::venv_python()?)
-        }
-        None => None,
-    };
+        } else {
+            None
+        };
     for b in benches {
         let (package, target) = b.target();
         let mut cmd = cargo();

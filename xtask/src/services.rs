@@ -154,7 +154,7 @@ pub const MOTO: Service = Service {
 /// `ADD`; `xtask/services/moto_server.py` serves them one at a time, as
 /// atomic as DynamoDB's item writes.
 fn moto_command(dir: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(dir.join("bin").join("python"));
+    let mut cmd = Command::new(python_in(dir));
     cmd.arg(
         crate::workspace_root()
             .join("xtask")
@@ -425,7 +425,7 @@ impl ServiceSet {
                 // The venv's Python tools (pyarrow, boto3, ...) serve the
                 // tests whichever AWS endpoint they talk to.
                 let dir = install(&service, &cache_dir()?)?;
-                self.python = Some(dir.join("bin").join("python"));
+                self.python = Some(python_in(&dir));
             }
             self.endpoints.push(Endpoint {
                 service,
@@ -437,7 +437,7 @@ impl ServiceSet {
         let cache = cache_dir()?;
         let dir = install(&service, &cache)?;
         if pip {
-            self.python = Some(dir.join("bin").join("python"));
+            self.python = Some(python_in(&dir));
         }
         signals::check()?;
         let running = launch(&service, &dir, &cache)?;
@@ -455,8 +455,12 @@ impl ServiceSet {
 /// The Python of the moto venv (pyarrow, DuckDB), installed if needed,
 /// without starting moto.
 pub fn venv_python() -> Result<PathBuf> {
-    let dir = install(&MOTO, &cache_dir()?)?;
-    Ok(dir.join("bin").join("python"))
+    Ok(python_in(&install(&MOTO, &cache_dir()?)?))
+}
+
+/// The Python of the venv installed in `dir`.
+fn python_in(dir: &Path) -> PathBuf {
+    dir.join("bin").join("python")
 }
 
 /// An install running on a thread of its own, its output in a log file

@@ -282,14 +282,8 @@ impl<D: LineDecoder> Inner<D> {
             return Ok(());
         };
         let object = Arc::clone(&unit.key);
-        let mut lines = LineReader::open(
-            self.listing.store(),
-            Arc::clone(&object),
-            unit.size,
-            unit.e_tag.as_deref(),
-            self.options.max_line_bytes,
-        )
-        .await?;
+        let mut lines =
+            LineReader::open(self.listing.store(), &unit, self.options.max_line_bytes).await?;
         let mut line_no: u64 = 0;
         while line_no < start {
             if lines.next_line(false).await?.is_none() {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
 use tokio_util::io::StreamReader;
 
 use crate::error::{Error, Result, pinned, read_error};
+use crate::source::WorkUnit;
 
 /// Buffer size of the decompressed line reader.
 const BUFFER: usize = 256 * 1024;
@@ -151,15 +152,15 @@ pub(crate) struct LineReader {
 }
 
 impl LineReader {
-    /// Opens `object`, listed with `listed_size` bytes and `e_tag` (the
-    /// version read), detecting its compression.
+    /// Opens the object of `unit`, the version and size it was listed
+    /// with, detecting its compression.
     pub(crate) async fn open(
         store: &Arc<dyn ObjectStore>,
-        object: Arc<str>,
-        listed_size: u64,
-        e_tag: Option<&str>,
+        unit: &WorkUnit,
         max_line_bytes: usize,
     ) -> Result<Self> {
+        let object = Arc::clone(&unit.key);
+        let (listed_size, e_tag) = (unit.size, unit.e_tag.as_deref());
         let path = Path::parse(&*object).map_err(|e| Error::Read {
             object: object.to_string(),
             source: e.into(),

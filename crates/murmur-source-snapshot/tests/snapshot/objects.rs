@@ -1071,7 +1071,7 @@ fn same_shape_rows(entity: &str, count: i64) -> Vec<(String, i64, i64)> {
         .collect()
 }
 
-/// The object `key` of `format` holding `rows`.
+/// An object of `format` holding `rows`.
 fn object_bytes(format: Format, rows: &[(String, i64, i64)]) -> Vec<u8> {
     match format {
         Format::Parquet => parquet_bytes(rows, parquet::basic::Compression::UNCOMPRESSED, 100),
