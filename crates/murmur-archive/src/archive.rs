@@ -388,6 +388,7 @@ impl<T: Send + Sync + 'static> ArchiveLane<T> {
             seq: self.next_seq,
             start,
             end,
+            bad_records: 0,
         };
         let shared = self.shared.clone();
         retry(&shared.options.upload, "begin batch", || async {

@@ -8,8 +8,8 @@ use crate::progress::{Progress, keep_counted};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use murmur_core::{
-    CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
-    RunRecord, RunStatus, StateStore,
+    CheckpointStore, FlushPolicy, HandoffToken, LaneId, LaneState, Monoid, Pipeline, Position,
+    Record, RunRecord, RunStatus, StateStore,
 };
 use murmur_source_snapshot::{LaneAssignment, LanePlan, SnapshotSource, UNITS_AHEAD, WorkUnit};
 use std::sync::Arc;
@@ -264,6 +264,25 @@ where
         .map_err(|e| Error::source(run_id, e))?;
     tracing::info!(run = run_id, lanes = mine.len(), token = %token.to_json(), "backfill starting");
 
+    // A limit on bad records holds over the whole run: those committed by
+    // earlier runs (of every worker's lanes) count toward it.
+    let committed_bad: u64 = lane_states(&plan, &*checkpoints, run_id)
+        .await?
+        .iter()
+        .map(|(_, st)| st.as_ref().map_or(0, |s| s.bad_records))
+        .sum();
+    if committed_bad > 0 {
+        tracing::info!(
+            run = run_id,
+            bad_records = committed_bad,
+            "bad records committed by earlier runs"
+        );
+    }
+    source
+        .bad_records()
+        .carry_over(committed_bad)
+        .map_err(|e| Error::source(run_id, e))?;
+
     let progress = options.progress.clone();
     let start = progress.snapshot();
     for a in &mine {
@@ -299,16 +318,12 @@ where
         return Ok(BackfillOutcome::Stopped { stats });
     }
 
-    let mut unfinished = Vec::new();
-    for lane in plan.lanes() {
-        let st = checkpoints
-            .lane(&lane.lane)
-            .await
-            .map_err(|e| Error::run(run_id, e))?;
-        if st.map(|s| s.position) != Some(Position::End) {
-            unfinished.push(lane.lane.clone());
-        }
-    }
+    let unfinished: Vec<LaneId> = lane_states(&plan, &*checkpoints, run_id)
+        .await?
+        .into_iter()
+        .filter(|(_, st)| st.as_ref().map(|s| &s.position) != Some(&Position::End))
+        .map(|(lane, _)| lane)
+        .collect();
     if !unfinished.is_empty() {
         return Ok(BackfillOutcome::WaitingForOtherWorkers { unfinished, stats });
     }
@@ -328,6 +343,23 @@ where
         token: done.token.unwrap_or(token),
         stats,
     })
+}
+
+/// The checkpoint of every lane of the run's plan (`None`: never opened).
+async fn lane_states(
+    plan: &LanePlan,
+    checkpoints: &dyn CheckpointStore,
+    run_id: &str,
+) -> Result<Vec<(LaneId, Option<LaneState>)>> {
+    let mut states = Vec::with_capacity(plan.lanes().len());
+    for lane in plan.lanes() {
+        let st = checkpoints
+            .lane(&lane.lane)
+            .await
+            .map_err(|e| Error::run(run_id, e))?;
+        states.push((lane.lane.clone(), st));
+    }
+    Ok(states)
 }
 
 /// One lane of a backfill and what it needs.
@@ -398,6 +430,7 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
             let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
             let last = chunk.last;
             let records = self.keep(chunk.records);
+            writer.count_bad(chunk.bad);
             if let Some(r) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
                 self.progress.batch(&r, false);
             }
@@ -445,7 +478,14 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                 reason: format!("pending batch starts at {start}, in none of the lane's units"),
             })?,
         };
-        let units = read_plan(assignment, first, start);
+        let mut units = read_plan(assignment, first, start);
+        // Only the units the range lies in: none is opened, nor a bad
+        // record in it reported, past the range's end.
+        if let Some(last) = unit_index(end)
+            && let Some(i) = units.iter().position(|(u, _)| u.index == last)
+        {
+            units.truncate(i + 1);
+        }
         let chunks = self.source.read_in_order(&units, UNITS_AHEAD);
         let (cut, progress) = (self.cut, self.progress.clone());
         let range = format!("[{start}, {end})");

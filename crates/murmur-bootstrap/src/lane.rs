@@ -107,6 +107,9 @@ pub struct LaneWriter<T, M: Monoid> {
     failed: Option<String>,
     /// Records of the open batch dropped as past retention.
     expired: u64,
+    /// Bad records of the open batch's chunks (and of the chunk about to be
+    /// pushed), from [`count_bad`](Self::count_bad).
+    bad: u64,
 }
 
 impl<T, M: Monoid> LaneWriter<T, M> {
@@ -148,6 +151,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 spare: Vec::new(),
                 failed: None,
                 expired: 0,
+                bad: 0,
             },
             resume,
         ))
@@ -243,6 +247,17 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         Ok(intent)
     }
 
+    /// Counts `n` bad records (records the source rejected and
+    /// dead-lettered) of the chunk about to be [pushed](Self::push_chunk).
+    /// They are committed with the chunk's batch: the lane's
+    /// [`LaneState::bad_records`] is the running total over its committed
+    /// batches, so a limit on bad records can hold over a whole run, across
+    /// restarts. (A pending batch's intent carries its total; a
+    /// [`replay`](Self::replay) does not count again.)
+    pub fn count_bad(&mut self, n: u64) {
+        self.bad += n;
+    }
+
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
     /// Returns a report when the chunk completed a batch.
     pub async fn push_chunk(
@@ -315,6 +330,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             seq: self.state.committed_seq + 1,
             start,
             end,
+            bad_records: self.state.bad_records + std::mem::take(&mut self.bad),
         };
         let span = tracing::debug_span!("batch", lane = %self.lane, seq = intent.seq, records);
         async {

@@ -574,6 +574,7 @@ pub async fn lane_protocol<C: CheckpointStore + ?Sized>(cp: &C) {
         seq,
         start: Position::Offset { offset: s },
         end: Position::Offset { offset: e },
+        bad_records: 0,
     };
     assert!(
         cp.begin_batch(&intent(1, 0, 10)).await.is_err(),
@@ -776,6 +777,7 @@ where
         seq: 2,
         start: Position::Offset { offset: 5 },
         end: Position::Offset { offset: 9 },
+        bad_records: 0,
     };
     {
         let (s, c) = open().await;
@@ -787,6 +789,7 @@ where
             end: Position::Offset { offset: 5 },
             start: Position::Offset { offset: 0 },
             lane: lane.clone(),
+            bad_records: 0,
         })
         .await
         .expect("begin 1");

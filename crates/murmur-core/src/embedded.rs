@@ -946,6 +946,7 @@ mod tests {
                 seq: 1,
                 start: off(0),
                 end: off(10),
+                bad_records: 0,
             };
             store.begin_batch(&intent).await.unwrap();
             let b = batch(
@@ -961,6 +962,7 @@ mod tests {
                 seq: 2,
                 start: off(10),
                 end: off(20),
+                bad_records: 0,
             };
             store.begin_batch(&intent2).await.unwrap();
             store
@@ -1182,6 +1184,7 @@ mod tests {
             seq: 1,
             start: off(0),
             end: off(1),
+            bad_records: 0,
         };
         let err = store.begin_batch(&intent).await.unwrap_err();
         assert!(
@@ -1281,7 +1284,8 @@ mod tests {
                     lane: LaneId::new("l"),
                     seq: 1,
                     start: off(0),
-                    end: off(1)
+                    end: off(1),
+                    bad_records: 0,
                 })
                 .await,
             Err(StoreError::Corrupt { .. })

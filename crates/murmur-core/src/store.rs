@@ -410,6 +410,15 @@ pub struct BatchIntent {
     /// Source position after the batch's last record (exclusive); the lane's
     /// checkpoint once the batch is committed.
     pub end: Position,
+    /// Bad records (rejected by the source, dead-lettered) the lane has
+    /// read up to `end`, over all its batches: the lane's
+    /// [`LaneState::bad_records`] once the batch is committed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_records: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Progress of one lane.
@@ -423,6 +432,11 @@ pub struct LaneState {
     pub position: Position,
     /// A batch whose rows may have been partly applied.
     pub pending: Option<BatchIntent>,
+    /// Bad records the lane's committed batches covered (see
+    /// [`BatchIntent::bad_records`]), so a limit on bad records holds over
+    /// a whole run, across restarts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_records: u64,
 }
 
 impl LaneState {
@@ -433,6 +447,7 @@ impl LaneState {
             committed_seq: 0,
             position,
             pending: None,
+            bad_records: 0,
         }
     }
 
@@ -458,7 +473,8 @@ impl LaneState {
         Ok(())
     }
 
-    /// Commits pending batch `seq`: the lane's position becomes its end.
+    /// Commits pending batch `seq`: the lane's position becomes its end
+    /// (and its bad-record count the batch's).
     /// Committing an already committed batch is a no-op.
     pub fn commit(&mut self, seq: u64) -> Result<(), String> {
         if seq <= self.committed_seq {
@@ -468,6 +484,7 @@ impl LaneState {
             Some(p) if p.seq == seq => {
                 self.committed_seq = seq;
                 self.position = p.end;
+                self.bad_records = p.bad_records;
                 Ok(())
             }
             other => {

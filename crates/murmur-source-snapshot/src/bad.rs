@@ -1,8 +1,8 @@
 //! Bad records: counted, logged, optionally dead-lettered, and a threshold
 //! that decides whether the scan fails.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use object_store::path::Path;
@@ -138,14 +138,52 @@ impl BadRecordPolicy {
 /// dead-letter objects, and fails the scan past `max_bad_records`.
 ///
 /// A read reports a chunk's bad records through [`chunk`](Self::chunk) and
-/// [seals](ChunkBadRecords::seal) it before delivering the chunk. A replayed
-/// chunk reports its bad records again (counted again; its dead-letter
-/// object is rewritten, not added to).
+/// [seals](ChunkBadRecords::seal) it before delivering the chunk. A chunk
+/// read again — a pending batch re-read, chunks decoded ahead and read
+/// again — reports its bad records again: they are not counted, logged or
+/// sampled twice (a chunk is known by its unit and label), and its
+/// dead-letter object is rewritten, not added to.
 pub struct BadRecordSink {
     policy: BadRecordPolicy,
-    count: AtomicU64,
+    tally: Mutex<Tally>,
     samples: Mutex<Vec<BadRecord>>,
     exceeded: Mutex<Option<String>>,
+}
+
+/// What a [`BadRecordSink`] has counted.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Distinct bad records reported since the last carry-over.
+    counted: u64,
+    /// Bad records of earlier runs (see [`BadRecordSink::carry_over`]).
+    carried: u64,
+    /// Per chunk (`unit`, `label`) with bad records: how many of them are
+    /// counted. A chunk's bad records come in the same order on every read,
+    /// so its `n`-th one is new only when more than `n - 1` are counted.
+    chunks: HashMap<(String, String), u64>,
+}
+
+impl Tally {
+    /// Counts the `nth` (1-based) bad record of chunk `key`; whether it was
+    /// new.
+    fn count(&mut self, unit: &str, label: &str, nth: u64) -> bool {
+        // Only chunks with bad records get here: an allocation each is fine.
+        let counted = self
+            .chunks
+            .entry((unit.to_owned(), label.to_owned()))
+            .or_default();
+        if nth <= *counted {
+            return false;
+        }
+        *counted = nth;
+        self.counted += 1;
+        true
+    }
+
+    /// What the threshold is compared with.
+    fn total(&self) -> u64 {
+        self.carried.saturating_add(self.counted)
+    }
 }
 
 impl fmt::Debug for BadRecordSink {
@@ -168,15 +206,42 @@ impl BadRecordSink {
     pub fn new(policy: BadRecordPolicy) -> Self {
         BadRecordSink {
             policy,
-            count: AtomicU64::new(0),
+            tally: Mutex::new(Tally::default()),
             samples: Mutex::new(Vec::new()),
             exceeded: Mutex::new(None),
         }
     }
 
-    /// Bad records reported so far.
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Distinct bad records reported (since the last
+    /// [`carry_over`](Self::carry_over)); a chunk read again adds none.
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
+        self.tally().counted
+    }
+
+    /// Starts counting toward `max_bad_records` afresh from `committed` bad
+    /// records — those earlier runs of the same scan read and committed
+    /// with their lanes' checkpoints — forgetting what was reported before
+    /// (whose chunks may be read again). A backfill calls this when a run
+    /// begins or resumes, so the limit holds over the whole run however
+    /// often it restarts. Fails with [`Error::TooManyBadRecords`] (and so
+    /// does every read from then on) when `committed` alone is past the
+    /// threshold: a resume with a lower limit than the run already passed.
+    pub fn carry_over(&self, committed: u64) -> Result<()> {
+        *self.tally() = Tally {
+            carried: committed,
+            ..Tally::default()
+        };
+        if committed > self.policy.max_bad_records {
+            self.exceeded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| "one committed by an earlier run".to_owned());
+        }
+        self.check()
     }
 
     /// The first bad records (up to [`BadRecordPolicy::samples`]).
@@ -198,6 +263,7 @@ impl BadRecordSink {
             label,
             lines: Vec::new(),
             parts: 0,
+            reported: 0,
         }
     }
 
@@ -207,11 +273,15 @@ impl BadRecordSink {
         let exceeded = self.exceeded.lock().unwrap_or_else(|e| e.into_inner());
         match &*exceeded {
             None => Ok(()),
-            Some(first) => Err(Error::TooManyBadRecords {
-                max: self.policy.max_bad_records,
-                count: self.count(),
-                last: first.clone(),
-            }),
+            Some(first) => {
+                let tally = self.tally();
+                Err(Error::TooManyBadRecords {
+                    max: self.policy.max_bad_records,
+                    count: tally.total(),
+                    earlier: tally.carried,
+                    last: first.clone(),
+                })
+            }
         }
     }
 }
@@ -228,6 +298,7 @@ pub struct ChunkBadRecords<'a> {
     label: String,
     lines: Vec<u8>,
     parts: u32,
+    reported: u64,
 }
 
 impl fmt::Debug for ChunkBadRecords<'_> {
@@ -247,9 +318,14 @@ impl ChunkBadRecords<'_> {
     /// [`BadRecordSink::check`]).
     pub async fn report(&mut self, bad: BadRecord) -> Result<()> {
         let sink = self.sink;
-        tracing::warn!(object = %bad.object, location = %bad.location, reason = %bad.reason, "bad record");
-        let count = sink.count.fetch_add(1, Ordering::SeqCst) + 1;
-        {
+        self.reported += 1;
+        let (new, total, carried) = {
+            let mut tally = sink.tally();
+            let new = tally.count(self.unit, &self.label, self.reported);
+            (new, tally.total(), tally.carried)
+        };
+        if new {
+            tracing::warn!(object = %bad.object, location = %bad.location, reason = %bad.reason, "bad record");
             let mut samples = sink.samples.lock().unwrap_or_else(|e| e.into_inner());
             if samples.len() < sink.policy.samples {
                 samples.push(bad.clone());
@@ -262,7 +338,7 @@ impl ChunkBadRecords<'_> {
                 self.write().await?;
             }
         }
-        if count > sink.policy.max_bad_records {
+        if total > sink.policy.max_bad_records {
             // Every reader stops at its next check, before this PUT.
             sink.exceeded
                 .lock()
@@ -271,7 +347,8 @@ impl ChunkBadRecords<'_> {
             self.write().await?;
             return Err(Error::TooManyBadRecords {
                 max: sink.policy.max_bad_records,
-                count,
+                count: total,
+                earlier: carried,
                 last: bad.to_string(),
             });
         }
@@ -279,10 +356,12 @@ impl ChunkBadRecords<'_> {
     }
 
     /// Writes the chunk's remaining dead letters (nothing when it had no
-    /// bad record or there is no dead-letter prefix). Call before handing
-    /// the chunk on.
-    pub async fn seal(mut self) -> Result<()> {
-        self.write().await
+    /// bad record or there is no dead-letter prefix) and returns how many
+    /// bad records the chunk had ([`Chunk::bad`](crate::Chunk::bad)). Call
+    /// before handing the chunk on.
+    pub async fn seal(mut self) -> Result<u64> {
+        self.write().await?;
+        Ok(self.reported)
     }
 
     /// PUTs the collected lines as the chunk's next part object.

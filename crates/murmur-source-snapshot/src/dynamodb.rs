@@ -552,6 +552,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 end: done,
                 last: true,
                 records: Vec::new(),
+                bad: 0,
             })
             .await;
             return Ok(());
@@ -656,7 +657,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 None => None,
             };
             let last = next.is_none();
-            letters.seal().await?;
+            let bad = letters.seal().await?;
             let chunk = Chunk {
                 start,
                 end: match &next {
@@ -668,6 +669,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 },
                 last,
                 records,
+                bad,
             };
             if !tx.send(chunk).await || last {
                 return Ok(());

@@ -83,12 +83,18 @@ pub enum Error {
         reason: String,
     },
     /// More bad records than `max_bad_records` allows.
-    #[error("too many bad records: {count} > max_bad_records {max}; the last one: {last}")]
+    #[error(
+        "too many bad records: {count}{} > max_bad_records {max}; the last one: {last}",
+        earlier_runs(*earlier)
+    )]
     TooManyBadRecords {
         /// The configured threshold.
         max: u64,
-        /// Bad records seen so far.
+        /// Bad records counted so far, `earlier` included.
         count: u64,
+        /// Of `count`, those committed by earlier runs of the same scan
+        /// (see [`BadRecordSink::carry_over`](crate::BadRecordSink::carry_over)).
+        earlier: u64,
         /// The bad record that crossed the threshold (object, line/row, reason).
         last: String,
     },
@@ -173,5 +179,13 @@ pub(crate) fn pinned(
         if_match: e_tag.map(str::to_owned),
         range: range.map(Into::into),
         ..Default::default()
+    }
+}
+
+/// ` (N of them in earlier runs)`, or nothing when there were none.
+fn earlier_runs(earlier: u64) -> String {
+    match earlier {
+        0 => String::new(),
+        n => format!(" ({n} of them in earlier runs)"),
     }
 }

@@ -277,6 +277,7 @@ impl<D: LineDecoder> Inner<D> {
                 end: Position::End,
                 last: true,
                 records: Vec::new(),
+                bad: 0,
             })
             .await;
             return Ok(());
@@ -353,12 +354,13 @@ impl<D: LineDecoder> Inner<D> {
                 }
             }
             let last = at_end || lines.at_end().await?;
-            letters.seal().await?;
+            let bad = letters.seal().await?;
             let chunk = Chunk {
                 start: unit_position(&unit, chunk_start),
                 end: unit_position(&unit, line_no),
                 last,
                 records,
+                bad,
             };
             if !tx.send(chunk).await || last {
                 return Ok(());

@@ -18,7 +18,7 @@
 //!    [`LanePlan::for_worker`] picks the lanes of worker `i` of `n` — so
 //!    `--worker-index i --worker-count n` splits a backfill across machines.
 //! 3. **reads a unit from a position** ([`SnapshotSource::read`]) as a
-//!    stream of [`Chunk`]s `{start, end, last, records}` cut at resumable
+//!    stream of [`Chunk`]s `{start, end, last, records, bad}` cut at resumable
 //!    boundaries; [`SnapshotSource::scan`] reads many units with
 //!    bounded concurrency (order within a unit preserved), and
 //!    [`SnapshotSource::read_in_order`] reads a lane's units one after
@@ -73,7 +73,10 @@
 //! counted, optionally written to dead-letter JSON Lines objects (one per
 //! chunk, put before the chunk is delivered: see [`DeadLetter`]), and past
 //! [`BadRecordPolicy::max_bad_records`] the scan fails with
-//! [`Error::TooManyBadRecords`]. A damaged object — truncated or corrupt
+//! [`Error::TooManyBadRecords`]. Each [`Chunk`] says how many bad records
+//! it had; a backfill commits that count with the chunk's batch and
+//! [carries it over](BadRecordSink::carry_over) on resume, so the limit
+//! holds over a whole run, however often it restarts. A damaged object — truncated or corrupt
 //! gzip/zstd, a `.gz` object that is not gzip, an unreadable Parquet
 //! footer — and a schema mismatch fail the unit's read with an
 //! [`Error`] naming the object (and column). Nothing is dropped silently

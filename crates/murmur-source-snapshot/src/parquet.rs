@@ -753,6 +753,7 @@ impl<D: BatchDecoder> Inner<D> {
                 end: Position::End,
                 last: true,
                 records: Vec::new(),
+                bad: 0,
             })
             .await;
             return Ok(());
@@ -806,6 +807,7 @@ impl<D: BatchDecoder> Inner<D> {
                 end: unit_position(&unit, total),
                 last: true,
                 records: Vec::new(),
+                bad: 0,
             })
             .await;
             return Ok(());
@@ -829,6 +831,7 @@ impl<D: BatchDecoder> Inner<D> {
                     end: unit_position(&unit, rg_end),
                     last: rg_end == total,
                     records: Vec::new(),
+                    bad: 0,
                 };
                 if !tx.send(chunk).await {
                     return Ok(());
@@ -935,12 +938,13 @@ impl<D: BatchDecoder> Inner<D> {
         letters: ChunkBadRecords<'_>,
     ) -> Result<bool> {
         self.sink.check()?;
-        letters.seal().await?;
+        let bad = letters.seal().await?;
         let chunk = Chunk {
             start: unit_position(unit, range.start),
             end: unit_position(unit, range.end),
             last: range.end == total,
             records: rows.take_records(),
+            bad,
         };
         Ok(tx.send(chunk).await)
     }

@@ -113,6 +113,11 @@ pub struct Chunk<T> {
     /// [`position`](Record::position) is its own line/row (objects) or its
     /// page's start (DynamoDB).
     pub records: Vec<Record<T>>,
+    /// How many of the chunk's lines/rows/items were bad: reported to the
+    /// source's [`BadRecordSink`] (and dead-lettered), not in `records`.
+    /// A backfill commits the count with the chunk's batch
+    /// ([`LaneState::bad_records`](murmur_core::LaneState::bad_records)).
+    pub bad: u64,
 }
 
 /// A stream of chunks of one unit (or of many, see [`SnapshotSource::scan`]).

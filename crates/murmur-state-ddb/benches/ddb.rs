@@ -160,6 +160,7 @@ async fn pre_aggregated(
                 end: Position::Offset {
                     offset: i as i64 + 1,
                 },
+                bad_records: 0,
             };
             cp.begin_batch(&intent).await.expect("begin batch");
             let batch = WriteBatch {

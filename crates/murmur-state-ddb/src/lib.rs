@@ -37,6 +37,7 @@
 //!         seq: 1,
 //!         start: Position::Offset { offset: 0 },
 //!         end: Position::Offset { offset: 500 },
+//!         bad_records: 0,
 //!     })
 //!     .await?;
 //! let report = store.apply(&murmur_core::monoid::Sum, &batch).await?;

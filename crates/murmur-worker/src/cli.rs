@@ -388,7 +388,9 @@ pub struct RunArgs {
     /// refused as a changed plan).
     #[arg(long, default_value_t = 8192, help_heading = "Backfill")]
     pub chunk_rows: u64,
-    /// Undecodable rows tolerated before the backfill fails.
+    /// Undecodable rows tolerated before the backfill fails, over the
+    /// whole run: rows a crashed or stopped run already committed count
+    /// toward it on resume.
     #[arg(long, default_value_t = 0, help_heading = "Backfill")]
     pub max_bad_records: u64,
     /// Bad rows are also written as JSON Lines here (`s3://bucket/prefix`

@@ -79,7 +79,7 @@ pub struct Summary {
     pub backfill_records: u64,
     /// Backfill records outside the event-time cut.
     pub backfill_after_cut: u64,
-    /// Bad rows routed to the error sink.
+    /// Bad rows this process routed to the error sink.
     pub bad_records: u64,
     /// Live records folded.
     pub live_records: u64,

@@ -9,7 +9,9 @@ use murmur_core::{
     CheckpointStore, CountEvent, EmbeddedStore, FlushPolicy, HandoffToken, MemoryStore, Pipeline,
     StoreError, Window,
 };
-use murmur_source_snapshot::{CountEventLines, JsonLinesOptions, JsonLinesSource, ObjectListing};
+use murmur_source_snapshot::{
+    BadRecordPolicy, CountEventLines, JsonLinesOptions, JsonLinesSource, ObjectListing,
+};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use std::collections::BTreeMap;
@@ -89,6 +91,11 @@ fn write_data(events: usize) -> Data {
 }
 
 fn source(d: &Data) -> JsonLinesSource<CountEventLines> {
+    source_with(d, BadRecordPolicy::default())
+}
+
+/// [`source`] with `bad` for its bad records.
+fn source_with(d: &Data, bad: BadRecordPolicy) -> JsonLinesSource<CountEventLines> {
     let fs = Arc::new(LocalFileSystem::new_with_prefix(&d.root).unwrap());
     let options = JsonLinesOptions {
         chunk_lines: 64,
@@ -98,9 +105,24 @@ fn source(d: &Data) -> JsonLinesSource<CountEventLines> {
         ObjectListing::new(fs, Path::from("events")),
         CountEventLines,
         options,
-        Default::default(),
+        bad,
     )
     .unwrap()
+}
+
+/// Appends an undecodable line to each of the first `n` objects of `d`
+/// (in key order: day 1's four, then day 2's).
+fn add_bad_lines(d: &Data, n: usize) {
+    use std::io::Write as _;
+    for i in 0..n {
+        let p = d.root.join(format!(
+            "events/day={:02}/part-{:05}.json",
+            i / 4 + 1,
+            i % 4
+        ));
+        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+        writeln!(f, "not json {i}").unwrap();
+    }
 }
 
 fn pipeline() -> Pipeline<CountEvent, Sum> {
@@ -300,6 +322,85 @@ async fn crash_anywhere_then_resume_is_exact() {
     assert!(
         resumed_pending >= 5,
         "crashes left pending batches to replay: {resumed_pending}"
+    );
+}
+
+/// The bad-record limit is over the whole run: a resume counts the bad
+/// records the crashed run committed (each exactly once, pending batches
+/// replayed or not), not only those it reads itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_record_limit_holds_over_a_crashed_and_resumed_run() {
+    let d = write_data(1_200);
+    add_bad_lines(&d, 6);
+    let limit = |max| source_with(&d, BadRecordPolicy::max_bad_records(max));
+    let committed = |cps: Arc<dyn CheckpointStore>, run: String| async move {
+        let lanes = cps.lanes(&run).await.unwrap();
+        lanes.iter().map(|l| l.bad_records).sum::<u64>()
+    };
+    let mut refused = 0;
+    for budget in [0, 40, 150, 333, 600, 900] {
+        let mem = MemoryStore::new();
+        let cps: Arc<dyn CheckpointStore> = Arc::new(mem.clone());
+        let crashing = Arc::new(Crashing {
+            inner: mem.clone(),
+            budget: AtomicUsize::new(budget),
+        });
+        let run = format!("bf-bad-{budget}");
+        let first = backfill(
+            &pipeline(),
+            &limit(100),
+            crashing,
+            cps.clone(),
+            &options(&run),
+        )
+        .await;
+        if first.is_ok() {
+            continue;
+        }
+        let earlier = committed(cps.clone(), run.clone()).await;
+        assert!(
+            earlier <= 6,
+            "budget {budget}: {earlier} bad records committed"
+        );
+        if earlier > 0 {
+            // Six bad lines in the run: a limit of five fails the resume,
+            // though it reads fewer than six itself.
+            let err = backfill(
+                &pipeline(),
+                &limit(5),
+                Arc::new(mem.clone()),
+                cps.clone(),
+                &options(&run),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            let expected = format!(
+                "too many bad records: 6 ({earlier} of them in earlier runs) > max_bad_records 5; the last one: "
+            );
+            assert!(err.contains(&expected), "budget {budget}: {err}");
+            refused += 1;
+        }
+        let out = backfill(
+            &pipeline(),
+            &limit(6),
+            Arc::new(mem.clone()),
+            cps.clone(),
+            &options(&run),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(out, BackfillOutcome::Completed { .. }), "{out:?}");
+        assert_eq!(
+            committed(cps.clone(), run.clone()).await,
+            6,
+            "budget {budget}: every bad line committed exactly once"
+        );
+        assert_eq!(stored(&mem, &d.truth).await, d.truth, "budget {budget}");
+    }
+    assert!(
+        refused >= 2,
+        "crashes left bad records committed: {refused}"
     );
 }
 

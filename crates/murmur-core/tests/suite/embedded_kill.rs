@@ -111,6 +111,7 @@ fn intent(lane: &str, seq: u64) -> BatchIntent {
         end: Position::Offset {
             offset: seq as i64 * rows,
         },
+        bad_records: 0,
     }
 }
 

@@ -249,6 +249,7 @@ impl<S: LiveSource<T>, T: Clone + Send + 'static> Runner<S, T> {
             seq: state.committed_seq + 1,
             start: o.start,
             end: o.end.clone(),
+            bad_records: 0,
         };
         assert_eq!(
             intent.start, state.position,

@@ -179,6 +179,7 @@ async fn kafka_starts_exactly_at_token_offsets() {
             + 1,
         start: Position::Offset { offset: 30 },
         end: Position::Offset { offset: 33 },
+        bad_records: 0,
     };
     checkpoints.begin_batch(&pending).await.unwrap();
     let source = KafkaSource::connect(

@@ -9,8 +9,8 @@ use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt as _;
 use murmur_core::Position;
 use murmur_source_snapshot::{
-    BadRecordPolicy, CountEventColumns, CountEventLines, Error, JsonLinesOptions, JsonLinesSource,
-    ObjectListing, ParquetSource, SnapshotSource,
+    BadRecordPolicy, Chunk, CountEventColumns, CountEventLines, Error, JsonLinesOptions,
+    JsonLinesSource, ObjectListing, ParquetSource, SnapshotSource, WorkUnit,
 };
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
@@ -41,7 +41,7 @@ async fn read_json(name: &str, bytes: Vec<u8>, max: u64) -> (Result<usize, Error
         .read(&unit, &Position::Beginning)
         .try_collect::<Vec<_>>()
         .await
-        .map(|chunks| chunks.iter().map(|c| c.records.len()).sum());
+        .map(|chunks| records_and_bad(&source, &chunks));
     let bad = source
         .bad_records()
         .samples()
@@ -66,7 +66,7 @@ async fn read_parquet(bytes: Vec<u8>) -> (Result<usize, Error>, Vec<String>) {
         .read(&unit, &Position::Beginning)
         .try_collect::<Vec<_>>()
         .await
-        .map(|chunks| chunks.iter().map(|c| c.records.len()).sum());
+        .map(|chunks| records_and_bad(&source, &chunks));
     let bad = source
         .bad_records()
         .samples()
@@ -74,6 +74,18 @@ async fn read_parquet(bytes: Vec<u8>) -> (Result<usize, Error>, Vec<String>) {
         .map(ToString::to_string)
         .collect();
     (result, bad)
+}
+
+/// The records the chunks hold; checks that the bad records they report
+/// are those the sink was told of.
+fn records_and_bad<S: SnapshotSource>(source: &S, chunks: &[Chunk<S::Item>]) -> usize {
+    let bad: u64 = chunks.iter().map(|c| c.bad).sum();
+    assert_eq!(
+        bad,
+        source.bad_records().count(),
+        "chunks report their bad records"
+    );
+    chunks.iter().map(|c| c.records.len()).sum()
 }
 
 /// The records of each chunk of `source`'s first unit, read whole.
@@ -227,6 +239,95 @@ async fn too_many_bad_records_fails_the_scan() {
     assert_eq!(
         err.unwrap_err().to_string(),
         "too many bad records: 3 > max_bad_records 2; the last one: `in/a.json`: line 5: invalid CountEvent JSON: expected value at line 1 column 1"
+    );
+}
+
+/// A JSON Lines source over one object `in/a.json` with three bad lines
+/// among three good ones, in chunks of two lines, tolerating `max`.
+async fn three_bad_lines(max: u64) -> (JsonLinesSource<CountEventLines>, WorkUnit) {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let text = lines(&[&good("a"), "x", "y", &good("b"), "z", &good("c")]);
+    put(&store, "in/a.json", text).await;
+    let options = JsonLinesOptions {
+        chunk_lines: 2,
+        ..Default::default()
+    };
+    let source = JsonLinesSource::with_options(
+        ObjectListing::new(store, Path::from("in")),
+        CountEventLines,
+        options,
+        BadRecordPolicy::max_bad_records(max),
+    )
+    .unwrap();
+    let unit = source.list_units().await.unwrap().remove(0);
+    (source, unit)
+}
+
+#[tokio::test]
+async fn a_chunk_read_again_is_not_counted_again() {
+    let (source, unit) = three_bad_lines(3).await;
+    for from in [0, 0, 2, 4] {
+        let from = Position::Object {
+            index: 0,
+            key: unit.key.clone(),
+            unit: from,
+        };
+        let chunks: Vec<_> = source.read(&unit, &from).try_collect().await.unwrap();
+        let bad: Vec<u64> = chunks.iter().map(|c| c.bad).collect();
+        assert_eq!(
+            bad[bad.len() - 1],
+            1,
+            "the last chunk's bad line, each read"
+        );
+    }
+    assert_eq!(
+        source.bad_records().count(),
+        3,
+        "each bad line counted once"
+    );
+    assert_eq!(source.bad_records().samples().len(), 3);
+}
+
+#[tokio::test]
+async fn bad_records_carried_over_from_earlier_runs_count_toward_the_limit() {
+    let (source, unit) = three_bad_lines(4).await;
+    source.bad_records().carry_over(2).unwrap();
+    let err = source
+        .read(&unit, &Position::Beginning)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "too many bad records: 5 (2 of them in earlier runs) > max_bad_records 4; the last one: `in/a.json`: line 5: invalid CountEvent JSON: expected value at line 1 column 1"
+    );
+    // A resume with a lower limit than the run already passed fails at once.
+    let (source, _) = three_bad_lines(4).await;
+    assert_eq!(
+        source.bad_records().carry_over(5).unwrap_err().to_string(),
+        "too many bad records: 5 (5 of them in earlier runs) > max_bad_records 4; the last one: one committed by an earlier run"
+    );
+    // Carrying over starts the count afresh: what was read before no
+    // longer counts (its chunks will be read again).
+    let (source, unit) = three_bad_lines(3).await;
+    let chunks: Vec<_> = source
+        .read(&unit, &Position::Beginning)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(chunks.iter().map(|c| c.bad).sum::<u64>(), 3);
+    source.bad_records().carry_over(1).unwrap();
+    assert_eq!(source.bad_records().count(), 0);
+    let err = source
+        .read(&unit, &Position::Beginning)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "too many bad records: 4 (1 of them in earlier runs) > max_bad_records 3;"
+        ),
+        "{err}"
     );
 }
 

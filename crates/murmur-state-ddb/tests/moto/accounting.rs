@@ -61,6 +61,7 @@ async fn one_million_events_cost_ten_thousand_row_writes() {
         end: Position::Offset {
             offset: EVENTS as i64,
         },
+        bad_records: 0,
     };
     cp.begin_batch(&intent).await.unwrap();
     let batch = WriteBatch {
