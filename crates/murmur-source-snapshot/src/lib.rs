@@ -76,11 +76,15 @@
 //! [`Error::TooManyBadRecords`]. Each [`Chunk`] says how many bad records
 //! it had; a backfill commits that count with the chunk's batch and
 //! [carries it over](BadRecordSink::carry_over) on resume, so the limit
-//! holds over a whole run, however often it restarts. A damaged object — truncated or corrupt
-//! gzip/zstd, a `.gz` object that is not gzip, an unreadable Parquet
-//! footer — and a schema mismatch fail the unit's read with an
-//! [`Error`] naming the object (and column). Nothing is dropped silently
-//! and nothing panics.
+//! holds over a whole run, however often it restarts. A damaged object —
+//! truncated or corrupt gzip/zstd, a `.gz` object that is not gzip, an
+//! unreadable Parquet footer, a footer pointing outside the object, pages
+//! the Parquet decoder cannot read (the parquet crate still panics on some
+//! malformed pages; that is caught and reported as the object's damage) —
+//! and a schema mismatch fail the unit's read with an [`Error`] naming the
+//! object (and column). Nothing is dropped silently and nothing panics: a
+//! generated corpus of damaged objects (bytes overwritten, inserted, cut
+//! off) checks it.
 //!
 //! ## Example
 //!

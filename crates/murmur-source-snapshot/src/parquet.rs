@@ -628,7 +628,25 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
         let from = from.clone();
         let span = tracing::debug_span!("parquet_object", object = %unit.key, from = %from);
         spawn_reader(Arc::clone(&unit.key), move |tx| {
-            async move { inner.produce(unit, from, tx).await }.instrument(span)
+            async move {
+                let object = unit.key.to_string();
+                // The parquet crate still asserts on some malformed pages (a
+                // dictionary-encoded page without a dictionary): a damaged
+                // object, reported as such rather than as a reader failure.
+                std::panic::AssertUnwindSafe(inner.produce(unit, from, tx))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(Error::Corrupt {
+                            object,
+                            reason: format!(
+                                "the Parquet decoder failed on its data: {}",
+                                panic_message(panic.as_ref())
+                            ),
+                        })
+                    })
+            }
+            .instrument(span)
         })
     }
 
@@ -718,6 +736,48 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s,
+        (_, Some(s)) => s,
+        _ => "(no message)",
+    }
+}
+
+/// Fails unless every column chunk of row group `g` lies inside the
+/// object's `size` bytes, as its footer says: the parquet crate asserts
+/// (panics) on a negative offset or size when it fetches a chunk.
+fn check_column_chunks(
+    object: &str,
+    size: u64,
+    g: usize,
+    rg: &parquet::file::metadata::RowGroupMetaData,
+) -> Result<()> {
+    for column in rg.columns() {
+        let start = column
+            .dictionary_page_offset()
+            .unwrap_or_else(|| column.data_page_offset());
+        let len = column.compressed_size();
+        let inside = u64::try_from(start)
+            .ok()
+            .zip(u64::try_from(len).ok())
+            .and_then(|(start, len)| start.checked_add(len))
+            .is_some_and(|end| end <= size);
+        if !inside {
+            return Err(Error::Corrupt {
+                object: object.to_owned(),
+                reason: format!(
+                    "row group {g} column `{}`: the footer puts its {len} bytes at offset {start}, \
+                     outside the object's {size} bytes",
+                    column.column_path()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The rows of the row group `[start, end)` as a reader batch size (at
 /// least 1).
 fn rg_rows(start: u64, end: u64) -> usize {
@@ -791,6 +851,7 @@ impl<D: BatchDecoder> Inner<D> {
                         rg.num_rows()
                     ),
                 })?;
+            check_column_chunks(object, unit.size, g, rg)?;
             bounds.push((total, end));
             total = end;
         }

@@ -6,6 +6,7 @@
 mod bad_input;
 #[allow(dead_code)] // each module uses a different part of it
 mod common;
+mod corrupt;
 mod dynamodb;
 mod objects;
 mod pyarrow;
