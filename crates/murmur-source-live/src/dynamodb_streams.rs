@@ -49,6 +49,7 @@ pub fn dynamodb_streams_lane(table: &str, shard_id: &str) -> LaneId {
 #[derive(Debug, Clone)]
 pub struct DynamoDbStreamsConfig {
     inner: KinesisConfig,
+    dead_letters: Option<(aws_sdk_kinesis::Client, String)>,
 }
 
 impl DynamoDbStreamsConfig {
@@ -58,7 +59,21 @@ impl DynamoDbStreamsConfig {
         DynamoDbStreamsConfig {
             // GetRecords returns at most 1,000 records (and 1 MB).
             inner: KinesisConfig::new(table).get_records_limit(1_000),
+            dead_letters: None,
         }
+    }
+
+    /// Undecodable new images go to this Kinesis stream (through `client`)
+    /// as the same JSON envelope as [`KinesisConfig::dead_letter_stream`]:
+    /// `source_stream` is the table, `shard_id` and `sequence_number` the
+    /// stream record's, `error` why it was refused and `payload_base64` the
+    /// image as the decoder saw it (JSON). A chunk is delivered only after
+    /// its dead letters are written; a replay may write them again (they
+    /// are at-least-once, identified by shard and sequence number). Without
+    /// one they are counted and logged.
+    pub fn dead_letter_stream(mut self, client: aws_sdk_kinesis::Client, stream: &str) -> Self {
+        self.dead_letters = Some((client, stream.to_owned()));
+        self
     }
 
     /// This worker's name in the lease table (default `worker-<pid>`).
@@ -165,7 +180,7 @@ impl<T: Send + 'static> DynamoDbStreamsSource<T> {
             table,
             stream_arn,
         });
-        KinesisSource::connect_api(config.inner, api, None, decoder)
+        KinesisSource::connect_api(config.inner, api, config.dead_letters, decoder)
             .await
             .map(DynamoDbStreamsSource)
     }

@@ -136,7 +136,8 @@
 //! for the [`Decoder`]); `REMOVE`s are passed over. It starts from a
 //! [`HandoffToken::DynamoDbStreams`](murmur_core::HandoffToken::DynamoDbStreams)
 //! captured before a table scan; the changes both saw come round twice, so
-//! pair it with per-event dedup.
+//! pair it with per-event dedup. Undecodable images go to a Kinesis
+//! dead-letter stream ([`DynamoDbStreamsConfig::dead_letter_stream`]).
 //!
 //! # Errors
 //!

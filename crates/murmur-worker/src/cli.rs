@@ -481,7 +481,9 @@ pub struct LiveArgs {
     /// DynamoDB table (created if missing).
     #[arg(long, help_heading = "Live")]
     pub kinesis_lease_table: Option<String>,
-    /// Kinesis: undecodable records go to this stream.
+    /// Kinesis and DynamoDB Streams: undecodable records go to this Kinesis
+    /// stream (a JSON envelope naming the stream or table, shard, sequence
+    /// number and error, with the payload).
     #[arg(long, help_heading = "Live")]
     pub kinesis_dead_letter_stream: Option<String>,
     /// DynamoDB Streams: the table whose stream is read (new images decode

@@ -694,7 +694,10 @@ pub(crate) async fn connect_live(
                 .as_deref()
                 .context("--live dynamodb-streams needs --streams-table")?;
             let sdk = stores::aws().await;
-            let config = DynamoDbStreamsConfig::new(table).event_time_cut_skew(args.cut_skew);
+            let mut config = DynamoDbStreamsConfig::new(table).event_time_cut_skew(args.cut_skew);
+            if let Some(dlq) = &args.kinesis_dead_letter_stream {
+                config = config.dead_letter_stream(aws_sdk_kinesis::Client::new(&sdk), dlq);
+            }
             Box::new(
                 DynamoDbStreamsSource::connect(
                     config,

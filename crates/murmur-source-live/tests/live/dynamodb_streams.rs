@@ -260,3 +260,112 @@ async fn dynamodb_streams_needs_a_stream_with_new_images() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn dynamodb_streams_undecodable_images_go_to_the_dead_letter_stream() {
+    let Some(ddb) =
+        moto_dynamodb("dynamodb_streams_undecodable_images_go_to_the_dead_letter_stream").await
+    else {
+        return;
+    };
+    let streams = streams_client().await;
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("checked by moto_dynamodb");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let dlq = unique("streams-dlq");
+    kinesis
+        .create_stream()
+        .stream_name(&dlq)
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+
+    let table = create_table(&ddb, StreamViewType::NewImage).await;
+    put(&ddb, &table, 0, 5).await;
+    // `count` is a string: the image does not decode as a CountEvent.
+    ddb.put_item()
+        .table_name(&table)
+        .item("event_id", AttributeValue::S("e1".into()))
+        .item("entity_id", AttributeValue::S("page-1".into()))
+        .item("count", AttributeValue::S("many".into()))
+        .item(
+            "occurred_at_unix_ms",
+            AttributeValue::N("1778198400001".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    put(&ddb, &table, 2, 7).await;
+    let (shard, seqs) = shard_and_sequences(&streams, &ddb, &table).await;
+
+    let source = DynamoDbStreamsSource::connect(
+        DynamoDbStreamsConfig::new(&table).dead_letter_stream(kinesis.clone(), &dlq),
+        &ddb,
+        streams.clone(),
+        Decoder::count_events(),
+    )
+    .await
+    .unwrap();
+    let mut runner = Runner::new(
+        "streams-dlq",
+        source,
+        Arc::new(MemoryStore::new()),
+        Start::Earliest,
+    );
+    drive(&mut runner, 30, |r| r.acked.lock().unwrap().len() == 2).await;
+    let counts: Vec<i64> = runner
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.value.count)
+        .collect();
+    assert_eq!(counts, [5, 7], "the two good images, in order");
+    assert_eq!(runner.source.metrics().dead_letters, 1);
+
+    let dlq_shard = kinesis
+        .list_shards()
+        .stream_name(&dlq)
+        .send()
+        .await
+        .unwrap()
+        .shards()[0]
+        .shard_id()
+        .to_owned();
+    let it = kinesis
+        .get_shard_iterator()
+        .stream_name(&dlq)
+        .shard_id(&dlq_shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap();
+    let out = kinesis
+        .get_records()
+        .shard_iterator(it.shard_iterator().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let letters: Vec<serde_json::Value> = out
+        .records()
+        .iter()
+        .map(|r| serde_json::from_slice(r.data().as_ref()).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["source_stream"], table.as_str());
+    assert_eq!(letter["shard_id"], shard.as_str());
+    assert_eq!(letter["sequence_number"], seqs[1].as_str());
+    let error = letter["error"].as_str().unwrap();
+    assert!(error.starts_with("invalid CountEvent JSON"), "{error}");
+    assert!(error.contains("many"), "{error}");
+    let payload =
+        aws_smithy_types::base64::decode(letter["payload_base64"].as_str().unwrap()).unwrap();
+    let image: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(image["event_id"], "e1");
+    assert_eq!(image["count"], "many");
+}
