@@ -154,11 +154,17 @@ impl BackfillStats {
 ///
 /// Units are spread over `options.lanes` lanes deterministically; this
 /// process runs the lanes of its worker slot. Each lane resumes from its
-/// checkpoint, re-applying a pending batch exactly; batches never span two
-/// units. With an [`HandoffToken::EventTimeCut`] token, only events with
+/// checkpoint, re-applying a pending batch exactly; the flush policy alone
+/// decides where a batch ends, so a batch may span small units. With an
+/// [`HandoffToken::EventTimeCut`] token, only events with
 /// `event_time < at_ms` are kept. The run's token is recorded when the run
 /// begins and used by every resume and every worker of the run; when every
 /// lane of the run is finished, the run is marked completed with it.
+///
+/// The source's `max_bad_records` holds over the whole run: each lane
+/// commits its bad records with its batches, a worker counts those
+/// committed when it starts plus those it reads, and the run is completed
+/// only if the committed total of every lane is within the limit.
 #[tracing::instrument(name = "backfill", skip_all, fields(run = %options.run_id))]
 pub async fn backfill<S, M>(
     pipeline: &Pipeline<S::Item, M>,
@@ -266,11 +272,7 @@ where
 
     // A limit on bad records holds over the whole run: those committed by
     // earlier runs (of every worker's lanes) count toward it.
-    let committed_bad: u64 = lane_states(&plan, &*checkpoints, run_id)
-        .await?
-        .iter()
-        .map(|(_, st)| st.as_ref().map_or(0, |s| s.bad_records))
-        .sum();
+    let committed_bad = committed_bad_records(&lane_states(&plan, &*checkpoints, run_id).await?);
     if committed_bad > 0 {
         tracing::info!(
             run = run_id,
@@ -318,15 +320,22 @@ where
         return Ok(BackfillOutcome::Stopped { stats });
     }
 
-    let unfinished: Vec<LaneId> = lane_states(&plan, &*checkpoints, run_id)
-        .await?
-        .into_iter()
+    let states = lane_states(&plan, &*checkpoints, run_id).await?;
+    let unfinished: Vec<LaneId> = states
+        .iter()
         .filter(|(_, st)| st.as_ref().map(|s| &s.position) != Some(&Position::End))
-        .map(|(lane, _)| lane)
+        .map(|(lane, _)| lane.clone())
         .collect();
     if !unfinished.is_empty() {
         return Ok(BackfillOutcome::WaitingForOtherWorkers { unfinished, stats });
     }
+    // Workers reading at once each saw only their own bad records (and
+    // those committed when they started): the run as a whole must be
+    // within the limit too.
+    source
+        .bad_records()
+        .check_committed(committed_bad_records(&states))
+        .map_err(|e| Error::source(run_id, e))?;
     let done = checkpoints
         .complete_run(run_id, &token)
         .await
@@ -360,6 +369,14 @@ async fn lane_states(
         states.push((lane.lane.clone(), st));
     }
     Ok(states)
+}
+
+/// The bad records the lanes' committed batches covered.
+fn committed_bad_records(states: &[(LaneId, Option<LaneState>)]) -> u64 {
+    states
+        .iter()
+        .map(|(_, st)| st.as_ref().map_or(0, |s| s.bad_records))
+        .sum()
 }
 
 /// One lane of a backfill and what it needs.
@@ -430,8 +447,10 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
             let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
             let last = chunk.last;
             let records = self.keep(chunk.records);
-            writer.count_bad(chunk.bad);
-            if let Some(r) = writer.push_chunk(records, &chunk.start, &chunk.end).await? {
+            let pushed = writer
+                .push_chunk_with_bad(records, &chunk.start, &chunk.end, chunk.bad)
+                .await?;
+            if let Some(r) = pushed {
                 self.progress.batch(&r, false);
             }
             position = chunk.end;

@@ -107,8 +107,7 @@ pub struct LaneWriter<T, M: Monoid> {
     failed: Option<String>,
     /// Records of the open batch dropped as past retention.
     expired: u64,
-    /// Bad records of the open batch's chunks (and of the chunk about to be
-    /// pushed), from [`count_bad`](Self::count_bad).
+    /// Bad records of the open batch's chunks.
     bad: u64,
 }
 
@@ -247,17 +246,6 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         Ok(intent)
     }
 
-    /// Counts `n` bad records (records the source rejected and
-    /// dead-lettered) of the chunk about to be [pushed](Self::push_chunk).
-    /// They are committed with the chunk's batch: the lane's
-    /// [`LaneState::bad_records`] is the running total over its committed
-    /// batches, so a limit on bad records can hold over a whole run, across
-    /// restarts. (A pending batch's intent carries its total; a
-    /// [`replay`](Self::replay) does not count again.)
-    pub fn count_bad(&mut self, n: u64) {
-        self.bad += n;
-    }
-
     /// Folds a chunk of records read from `start` up to `end` (exclusive).
     /// Returns a report when the chunk completed a batch.
     pub async fn push_chunk(
@@ -266,10 +254,27 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         start: &Position,
         end: &Position,
     ) -> Result<Option<BatchReport>> {
+        self.push_chunk_with_bad(records, start, end, 0).await
+    }
+
+    /// [`push_chunk`](Self::push_chunk) of a chunk that also had `bad`
+    /// records the source rejected (and dead-lettered). They are committed
+    /// with the chunk's batch: the lane's [`LaneState::bad_records`] is the
+    /// running total over its committed batches, so a limit on bad records
+    /// can hold over a whole run, across restarts. (A pending batch's
+    /// intent carries its total: a [`replay`](Self::replay) counts none.)
+    pub async fn push_chunk_with_bad(
+        &mut self,
+        records: Vec<Record<T>>,
+        start: &Position,
+        end: &Position,
+        bad: u64,
+    ) -> Result<Option<BatchReport>> {
         self.usable()?;
         if self.state.pending.is_some() {
             return Err(self.protocol("a pending batch must be replayed before new records"));
         }
+        self.bad += bad;
         let n = records.len() as u64;
         self.opened_at.get_or_insert_with(Instant::now);
         if self.dedup.is_some() {

@@ -67,7 +67,10 @@ impl DynamoDbStreamsConfig {
     /// as the same JSON envelope as [`KinesisConfig::dead_letter_stream`]:
     /// `source_stream` is the table, `shard_id` and `sequence_number` the
     /// stream record's, `error` why it was refused and `payload_base64` the
-    /// image as the decoder saw it (JSON). A chunk is delivered only after
+    /// image as the decoder saw it (JSON; for an image JSON cannot hold,
+    /// such as one with a binary set, the reason instead: the shard and
+    /// sequence number still find the record while the stream keeps it).
+    /// A chunk is delivered only after
     /// its dead letters are written; a replay may write them again (they
     /// are at-least-once, identified by shard and sequence number). Without
     /// one they are counted and logged.

@@ -1,7 +1,7 @@
 //! Bad records: counted, logged, optionally dead-lettered, and a threshold
 //! that decides whether the scan fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +96,8 @@ const PART_BYTES: usize = 8 << 20;
 /// What to do with bad records.
 #[derive(Debug, Clone)]
 pub struct BadRecordPolicy {
-    /// How many bad records a scan tolerates; one more fails it with
+    /// How many bad records a scan tolerates (a backfill: over its whole
+    /// run, see [`BadRecordSink::carry_over`]); one more fails it with
     /// [`Error::TooManyBadRecords`]. Default 0: the first bad record fails.
     pub max_bad_records: u64,
     /// Optional dead-letter objects.
@@ -150,6 +151,10 @@ pub struct BadRecordSink {
     exceeded: Mutex<Option<String>>,
 }
 
+/// What [`Error::TooManyBadRecords`] names as the last bad record when the
+/// committed ones alone are too many.
+const COMMITTED: &str = "among those the run's lanes committed (see their dead letters)";
+
 /// What a [`BadRecordSink`] has counted.
 #[derive(Debug, Default)]
 struct Tally {
@@ -157,21 +162,40 @@ struct Tally {
     counted: u64,
     /// Bad records of earlier runs (see [`BadRecordSink::carry_over`]).
     carried: u64,
-    /// Per chunk (`unit`, `label`) with bad records: how many of them are
-    /// counted. A chunk's bad records come in the same order on every read,
-    /// so its `n`-th one is new only when more than `n - 1` are counted.
+    /// Per recent chunk (`unit`, `label`) with bad records: how many of
+    /// them are counted. A chunk's bad records come in the same order on
+    /// every read, so its `n`-th one is new only when fewer than `n` are
+    /// counted.
     chunks: HashMap<(String, String), u64>,
+    /// The chunks of `chunks`, oldest first: at most [`RECENT_CHUNKS`].
+    order: VecDeque<(String, String)>,
 }
 
+/// How many chunks with bad records a sink remembers. A chunk is read
+/// twice in one process only where a pending batch's re-read ran ahead of
+/// its end (a few chunks per lane, read again right after), so a bounded
+/// memory is enough; a chunk forgotten and read again is counted again
+/// (the limit errs on the strict side).
+const RECENT_CHUNKS: usize = 4096;
+
 impl Tally {
-    /// Counts the `nth` (1-based) bad record of chunk `key`; whether it was
-    /// new.
+    /// Counts the `nth` (1-based) bad record of chunk `(unit, label)`;
+    /// whether it was new.
     fn count(&mut self, unit: &str, label: &str, nth: u64) -> bool {
         // Only chunks with bad records get here: an allocation each is fine.
-        let counted = self
-            .chunks
-            .entry((unit.to_owned(), label.to_owned()))
-            .or_default();
+        let key = (unit.to_owned(), label.to_owned());
+        let counted = match self.chunks.get_mut(&key) {
+            Some(counted) => counted,
+            None => {
+                if self.order.len() == RECENT_CHUNKS
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.chunks.remove(&oldest);
+                }
+                self.order.push_back(key.clone());
+                self.chunks.entry(key).or_default()
+            }
+        };
         if nth <= *counted {
             return false;
         }
@@ -235,11 +259,27 @@ impl BadRecordSink {
             carried: committed,
             ..Tally::default()
         };
+        self.check_committed(committed)
+    }
+
+    /// Fails with [`Error::TooManyBadRecords`] (and so does every read from
+    /// then on) if `committed` bad records — a run's committed total, over
+    /// every worker — are more than `max_bad_records`. Workers reading a
+    /// run at once each count only what they read (and what was committed
+    /// when they started); a backfill checks the whole run's total with
+    /// this before it completes the run.
+    pub fn check_committed(&self, committed: u64) -> Result<()> {
         if committed > self.policy.max_bad_records {
             self.exceeded
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| "one committed by an earlier run".to_owned());
+                .get_or_insert_with(|| COMMITTED.to_owned());
+            return Err(Error::TooManyBadRecords {
+                max: self.policy.max_bad_records,
+                count: committed,
+                earlier: committed,
+                last: COMMITTED.to_owned(),
+            });
         }
         self.check()
     }
@@ -255,7 +295,9 @@ impl BadRecordSink {
     /// Collects the bad records of one chunk of `unit` (a unit key);
     /// `label` names where the chunk starts (`lines-8193`, `rows-1`) and is
     /// the name of its dead-letter object. The same chunk must get the same
-    /// label on every read.
+    /// label on every read, which holds for reads that start at chunk
+    /// boundaries (a backfill's do): a read from inside a chunk starts a
+    /// chunk of its own, whose bad records are counted again.
     pub fn chunk<'a>(&'a self, unit: &'a str, label: String) -> ChunkBadRecords<'a> {
         ChunkBadRecords {
             sink: self,

@@ -92,8 +92,9 @@ pub enum Error {
         max: u64,
         /// Bad records counted so far, `earlier` included.
         count: u64,
-        /// Of `count`, those committed by earlier runs of the same scan
-        /// (see [`BadRecordSink::carry_over`](crate::BadRecordSink::carry_over)).
+        /// Of `count`, those committed by earlier runs of the same scan or
+        /// by other workers (see
+        /// [`BadRecordSink::carry_over`](crate::BadRecordSink::carry_over)).
         earlier: u64,
         /// The bad record that crossed the threshold (object, line/row, reason).
         last: String,
@@ -182,10 +183,11 @@ pub(crate) fn pinned(
     }
 }
 
-/// ` (N of them in earlier runs)`, or nothing when there were none.
+/// ` (N of them committed by earlier runs or other workers)`, or nothing
+/// when there were none.
 fn earlier_runs(earlier: u64) -> String {
     match earlier {
         0 => String::new(),
-        n => format!(" ({n} of them in earlier runs)"),
+        n => format!(" ({n} of them committed by earlier runs or other workers)"),
     }
 }

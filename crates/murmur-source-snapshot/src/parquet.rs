@@ -628,25 +628,7 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
         let from = from.clone();
         let span = tracing::debug_span!("parquet_object", object = %unit.key, from = %from);
         spawn_reader(Arc::clone(&unit.key), move |tx| {
-            async move {
-                let object = unit.key.to_string();
-                // The parquet crate still asserts on some malformed pages (a
-                // dictionary-encoded page without a dictionary): a damaged
-                // object, reported as such rather than as a reader failure.
-                std::panic::AssertUnwindSafe(inner.produce(unit, from, tx))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(Error::Corrupt {
-                            object,
-                            reason: format!(
-                                "the Parquet decoder failed on its data: {}",
-                                panic_message(panic.as_ref())
-                            ),
-                        })
-                    })
-            }
-            .instrument(span)
+            async move { inner.produce(unit, from, tx).await }.instrument(span)
         })
     }
 
@@ -736,6 +718,27 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
+/// Awaits a call into the parquet crate. It still panics on some
+/// malformed pages (a dictionary-encoded page without a dictionary): such
+/// a panic is the object's damage, an [`Error::Corrupt`] naming it, like
+/// the errors it returns.
+async fn guarded<R>(
+    unit: &WorkUnit,
+    what: &str,
+    call: impl Future<Output = parquet::errors::Result<R>>,
+) -> Result<R> {
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result.map_err(|e| parquet_error(unit, what, e)),
+        Err(panic) => Err(Error::Corrupt {
+            object: unit.key.to_string(),
+            reason: format!(
+                "{what}: the Parquet decoder failed on its data: {}",
+                panic_message(panic.as_ref())
+            ),
+        }),
+    }
+}
+
 /// The message a panic was raised with.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
@@ -746,8 +749,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Fails unless every column chunk of row group `g` lies inside the
-/// object's `size` bytes, as its footer says: the parquet crate asserts
-/// (panics) on a negative offset or size when it fetches a chunk.
+/// object's `size` bytes, as its footer says (the parquet crate asserts,
+/// panics, on a negative offset or size when it fetches a chunk), and each
+/// flat column has a value per row.
 fn check_column_chunks(
     object: &str,
     size: u64,
@@ -764,13 +768,26 @@ fn check_column_chunks(
             .zip(u64::try_from(len).ok())
             .and_then(|(start, len)| start.checked_add(len))
             .is_some_and(|end| end <= size);
+        // A flat column holds one value (or null) per row: fewer rows in
+        // the footer than values in the pages would drop the rest unread.
+        if column.column_descr().max_rep_level() == 0 && column.num_values() != rg.num_rows() {
+            return Err(Error::Corrupt {
+                object: object.to_owned(),
+                reason: format!(
+                    "row group {g} column `{}`: the footer says {} values for {} rows",
+                    column.column_path().string(),
+                    column.num_values(),
+                    rg.num_rows()
+                ),
+            });
+        }
         if !inside {
             return Err(Error::Corrupt {
                 object: object.to_owned(),
                 reason: format!(
                     "row group {g} column `{}`: the footer puts its {len} bytes at offset {start}, \
                      outside the object's {size} bytes",
-                    column.column_path()
+                    column.column_path().string()
                 ),
             });
         }
@@ -830,9 +847,12 @@ impl<D: BatchDecoder> Inner<D> {
             e_tag: unit.e_tag.clone(),
             prefetch: self.options.footer_prefetch,
         };
-        let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
-            .await
-            .map_err(|e| parquet_error(&unit, "not a readable Parquet file", e))?;
+        let meta = guarded(
+            &unit,
+            "not a readable Parquet file",
+            ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()),
+        )
+        .await?;
         let meta = strings_as_views(meta);
         let mask = self.projection(&unit, &meta)?;
         let keep = self.row_groups_to_read(&meta);
@@ -919,10 +939,12 @@ impl<D: BatchDecoder> Inner<D> {
             let mut chunk_start = first;
             let mut rows = DecodedRows::of(&unit, self.options.event_time_range.clone());
             let mut letters = self.sink.chunk(&unit.key, rows_label(first));
-            while let Some(batch) = batches
-                .try_next()
-                .await
-                .map_err(|e| parquet_error(&unit, &format!("cannot read row group {g}"), e))?
+            while let Some(batch) = guarded(
+                &unit,
+                &format!("cannot read row group {g}"),
+                batches.try_next(),
+            )
+            .await?
             {
                 let mut offset = 0;
                 while offset < batch.num_rows() {

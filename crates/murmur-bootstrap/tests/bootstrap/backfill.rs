@@ -7,10 +7,11 @@ use murmur_core::monoid::{DynMonoid, Sum};
 use murmur_core::store::{ApplyReport, RowKey, StateStore, StoredValue, WriteBatch};
 use murmur_core::{
     CheckpointStore, CountEvent, EmbeddedStore, FlushPolicy, HandoffToken, MemoryStore, Pipeline,
-    StoreError, Window,
+    RunStatus, StoreError, Window,
 };
 use murmur_source_snapshot::{
     BadRecordPolicy, CountEventLines, JsonLinesOptions, JsonLinesSource, ObjectListing,
+    SnapshotSource,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -376,7 +377,7 @@ async fn the_bad_record_limit_holds_over_a_crashed_and_resumed_run() {
             .unwrap_err()
             .to_string();
             let expected = format!(
-                "too many bad records: 6 ({earlier} of them in earlier runs) > max_bad_records 5; the last one: "
+                "too many bad records: 6 ({earlier} of them committed by earlier runs or other workers) > max_bad_records 5; the last one: "
             );
             assert!(err.contains(&expected), "budget {budget}: {err}");
             refused += 1;
@@ -402,6 +403,53 @@ async fn the_bad_record_limit_holds_over_a_crashed_and_resumed_run() {
         refused >= 2,
         "crashes left bad records committed: {refused}"
     );
+}
+
+/// Two workers reading one run at once each see only their own bad
+/// records (four and two); the run as a whole has six, over a limit of
+/// five, so it is never completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_reading_at_once_are_held_to_the_runs_bad_record_limit() {
+    let d = write_data(1_200);
+    add_bad_lines(&d, 6);
+    let mem = MemoryStore::new();
+    let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
+        (Arc::new(mem.clone()), Arc::new(mem.clone()));
+    let worker = |worker_index| BackfillOptions {
+        worker_index,
+        worker_count: 2,
+        ..options("bf-bad-split")
+    };
+    let (w0, w1) = (worker(0), worker(1));
+    let limit = || source_with(&d, BadRecordPolicy::max_bad_records(5));
+    let (s0, s1) = (limit(), limit());
+    let (p0, p1) = (pipeline(), pipeline());
+    let (a, b) = tokio::join!(
+        backfill(&p0, &s0, state.clone(), cps.clone(), &w0),
+        backfill(&p1, &s1, state.clone(), cps.clone(), &w1),
+    );
+    assert!(
+        s0.bad_records().count() <= 4 && s1.bad_records().count() <= 4,
+        "each worker read only its own lanes' bad lines"
+    );
+    for out in [&a, &b] {
+        assert!(
+            !matches!(out, Ok(BackfillOutcome::Completed { .. })),
+            "{out:?}"
+        );
+    }
+    let errors: Vec<String> = [a, b]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("too many bad records: 6 (") && e.contains("> max_bad_records 5")),
+        "{errors:?}"
+    );
+    let run = cps.run("bf-bad-split").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
