@@ -267,17 +267,23 @@ impl StateStore for Crashing {
     }
 }
 
+/// A fresh memory store, its checkpoints, and the store that applies only
+/// `budget` rows to it before it fails.
+fn crashing(budget: usize) -> (MemoryStore, Arc<dyn CheckpointStore>, Arc<Crashing>) {
+    let mem = MemoryStore::new();
+    let crashing = Arc::new(Crashing {
+        inner: mem.clone(),
+        budget: AtomicUsize::new(budget),
+    });
+    (mem.clone(), Arc::new(mem), crashing)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_anywhere_then_resume_is_exact() {
     let d = write_data(1_200);
     let mut resumed_pending = 0;
     for budget in [0, 1, 39, 40, 41, 150, 333, 600, 900] {
-        let mem = MemoryStore::new();
-        let cps: Arc<dyn CheckpointStore> = Arc::new(mem.clone());
-        let crashing = Arc::new(Crashing {
-            inner: mem.clone(),
-            budget: AtomicUsize::new(budget),
-        });
+        let (mem, cps, crashing) = crashing(budget);
         let run = format!("bf-crash-{budget}");
         let first = backfill(
             &pipeline(),
@@ -340,12 +346,7 @@ async fn the_bad_record_limit_holds_over_a_crashed_and_resumed_run() {
     };
     let mut refused = 0;
     for budget in [0, 40, 150, 333, 600, 900] {
-        let mem = MemoryStore::new();
-        let cps: Arc<dyn CheckpointStore> = Arc::new(mem.clone());
-        let crashing = Arc::new(Crashing {
-            inner: mem.clone(),
-            budget: AtomicUsize::new(budget),
-        });
+        let (mem, cps, crashing) = crashing(budget);
         let run = format!("bf-bad-{budget}");
         let first = backfill(
             &pipeline(),

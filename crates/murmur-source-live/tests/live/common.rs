@@ -66,6 +66,31 @@ pub async fn drive<S: LiveSource<T>, T: Clone + Send + 'static>(
     }
 }
 
+/// The JSON records of a one-shard Kinesis stream (a dead-letter stream),
+/// from its trim horizon.
+pub async fn stream_json(k: &aws_sdk_kinesis::Client, stream: &str) -> Vec<serde_json::Value> {
+    use aws_sdk_kinesis::types::ShardIteratorType;
+    let shards = k.list_shards().stream_name(stream).send().await.unwrap();
+    let it = k
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shards.shards()[0].shard_id())
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap();
+    let out = k
+        .get_records()
+        .shard_iterator(it.shard_iterator().unwrap())
+        .send()
+        .await
+        .unwrap();
+    out.records()
+        .iter()
+        .map(|r| serde_json::from_slice(r.data().as_ref()).unwrap())
+        .collect()
+}
+
 /// A name unique to this test run.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)

@@ -1,6 +1,6 @@
 //! The DynamoDB Streams source against moto (DynamoDB with Streams).
 
-use crate::common::{Runner, drive, moto_dynamodb, unique};
+use crate::common::{Runner, drive, moto_dynamodb, stream_json, unique};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, StreamSpecification, StreamViewType,
@@ -327,34 +327,7 @@ async fn dynamodb_streams_undecodable_images_go_to_the_dead_letter_stream() {
     assert_eq!(counts, [5, 7], "the two good images, in order");
     assert_eq!(runner.source.metrics().dead_letters, 1);
 
-    let dlq_shard = kinesis
-        .list_shards()
-        .stream_name(&dlq)
-        .send()
-        .await
-        .unwrap()
-        .shards()[0]
-        .shard_id()
-        .to_owned();
-    let it = kinesis
-        .get_shard_iterator()
-        .stream_name(&dlq)
-        .shard_id(&dlq_shard)
-        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap();
-    let out = kinesis
-        .get_records()
-        .shard_iterator(it.shard_iterator().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let letters: Vec<serde_json::Value> = out
-        .records()
-        .iter()
-        .map(|r| serde_json::from_slice(r.data().as_ref()).unwrap())
-        .collect();
+    let letters = stream_json(&kinesis, &dlq).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!(letter["source_stream"], table.as_str());

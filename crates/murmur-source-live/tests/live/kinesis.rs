@@ -1,10 +1,10 @@
 //! The Kinesis source against kinesalite (real 56-digit sequence numbers)
 //! and, for shard leases, moto's DynamoDB.
 
-use crate::common::{Runner, drive, kinesalite, moto_dynamodb, unique};
+use crate::common::{Runner, drive, kinesalite, moto_dynamodb, stream_json, unique};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::StreamStatus;
 use murmur_core::{CheckpointStore, HandoffToken, LaneId, MemoryStore, Position, store::now_ms};
 use murmur_source_live::{
     Decoder, KinesisConfig, KinesisSource, LiveSource, SequenceNumber, Start, ensure_lease_table,
@@ -420,26 +420,7 @@ async fn kinesis_poison_records_go_to_the_dead_letter_stream() {
     assert_eq!(names, vec!["a", "b"]);
     assert_eq!(runner.source.metrics().dead_letters, 2);
 
-    let (dlq_shard, _) = open_shards(&k, &dlq).await.remove(0);
-    let it = k
-        .get_shard_iterator()
-        .stream_name(&dlq)
-        .shard_id(&dlq_shard)
-        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap();
-    let out = k
-        .get_records()
-        .shard_iterator(it.shard_iterator().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let letters: Vec<serde_json::Value> = out
-        .records()
-        .iter()
-        .map(|r| serde_json::from_slice(r.data().as_ref()).unwrap())
-        .collect();
+    let letters = stream_json(&k, &dlq).await;
     assert_eq!(letters.len(), 2);
     assert_eq!(letters[0]["source_stream"], stream.as_str());
     assert_eq!(letters[0]["shard_id"], shard.as_str());

@@ -23,20 +23,11 @@ fn good(entity: &str) -> String {
 /// Reads one JSON Lines object with `max` tolerated bad records; returns the
 /// records read (or the error) and the bad records reported.
 async fn read_json(name: &str, bytes: Vec<u8>, max: u64) -> (Result<usize, Error>, Vec<String>) {
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    put(&store, &format!("in/{name}"), bytes).await;
     let options = JsonLinesOptions {
         max_line_bytes: 1024,
         ..Default::default()
     };
-    let source = JsonLinesSource::with_options(
-        ObjectListing::new(store, Path::from("in")),
-        CountEventLines,
-        options,
-        BadRecordPolicy::max_bad_records(max),
-    )
-    .unwrap();
-    let unit = source.list_units().await.unwrap().remove(0);
+    let (source, unit) = json_source(name, bytes, options, max).await;
     let result = source
         .read(&unit, &Position::Beginning)
         .try_collect::<Vec<_>>()
@@ -245,13 +236,24 @@ async fn too_many_bad_records_fails_the_scan() {
 /// A JSON Lines source over one object `in/a.json` with three bad lines
 /// among three good ones, in chunks of two lines, tolerating `max`.
 async fn three_bad_lines(max: u64) -> (JsonLinesSource<CountEventLines>, WorkUnit) {
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let text = lines(&[&good("a"), "x", "y", &good("b"), "z", &good("c")]);
-    put(&store, "in/a.json", text).await;
     let options = JsonLinesOptions {
         chunk_lines: 2,
         ..Default::default()
     };
+    json_source("a.json", text, options, max).await
+}
+
+/// A JSON Lines source over one object `in/<name>` holding `bytes`,
+/// tolerating `max` bad records, and its unit.
+async fn json_source(
+    name: &str,
+    bytes: Vec<u8>,
+    options: JsonLinesOptions,
+    max: u64,
+) -> (JsonLinesSource<CountEventLines>, WorkUnit) {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    put(&store, &format!("in/{name}"), bytes).await;
     let source = JsonLinesSource::with_options(
         ObjectListing::new(store, Path::from("in")),
         CountEventLines,
