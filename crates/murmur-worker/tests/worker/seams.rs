@@ -98,6 +98,36 @@ impl Stream {
         }
     }
 
+    /// Every record of the stream, from each shard's trim horizon, as JSON
+    /// (a dead-letter stream's envelopes).
+    async fn json_records(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (shard, _) in &self.shards {
+            let it = self
+                .client
+                .get_shard_iterator()
+                .stream_name(&self.name)
+                .shard_id(shard)
+                .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap();
+            let got = self
+                .client
+                .get_records()
+                .shard_iterator(it.shard_iterator().unwrap())
+                .send()
+                .await
+                .unwrap();
+            out.extend(
+                got.records()
+                    .iter()
+                    .map(|r| serde_json::from_slice(r.data().as_ref()).unwrap()),
+            );
+        }
+        out
+    }
+
     /// Puts the next `n` events, in order within each shard.
     async fn put(&self, n: u64) {
         let from = self.state.lock().unwrap().1;
@@ -426,6 +456,7 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (history, during) = (2_000u64, 300u64);
     let (ddb, table) = rt.block_on(events_table("streamed", history, true));
+    let dlq = rt.block_on(Stream::create());
     // The history is older than the capture's cut (stream creation times
     // are whole seconds).
     std::thread::sleep(Duration::from_millis(2_500));
@@ -440,6 +471,11 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
             "dynamodb-streams",
             "--streams-table",
             &table,
+            "--kinesis-dead-letter-stream",
+            &dlq.name,
+            // The resumed scan may meet the bad change too.
+            "--max-bad-records",
+            "1",
             "--dedup",
             "--stop-after-idle",
             "3s",
@@ -448,8 +484,21 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
     // The first run captures the stream's position, scans part of the
     // table and is killed.
     kill_in_backfill(&args, 5);
-    // Changes made after the capture, before the resume.
+    // Changes made after the capture, before the resume; one of them does
+    // not decode (its count is a string).
     rt.block_on(put_events(&ddb, &table, history..history + during));
+    rt.block_on(async {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        ddb.put_item()
+            .table_name(&table)
+            .item("event_id", AttributeValue::S("bad-0".into()))
+            .item("entity_id", AttributeValue::S("e001".into()))
+            .item("count", AttributeValue::S("many".into()))
+            .item("occurred_at_unix_ms", AttributeValue::N(T0.to_string()))
+            .send()
+            .await
+            .unwrap();
+    });
     let second = finished(&args, &Kill::Never);
     assert_eq!(second["backfill"], "completed", "{second}");
     // Live reads the stream from the first run's capture: exactly the
@@ -457,6 +506,12 @@ fn a_dynamodb_scan_resumed_after_a_crash_hands_live_its_first_stream_capture() {
     // would read the whole history again).
     assert_eq!(second["live_records"], during, "{second}");
     rt.block_on(compare_sums(&embedded(&data, "events"), history + during));
+    // The undecodable change went to the dead-letter stream.
+    let letters = rt.block_on(dlq.json_records());
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["source_stream"], table.as_str());
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(error.contains("many"), "{error}");
 }
 
 /// A table scan's bad items go to dead letters in a directory of their own,
