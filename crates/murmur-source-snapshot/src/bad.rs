@@ -1,7 +1,7 @@
 //! Bad records: counted, logged, optionally dead-lettered, and a threshold
 //! that decides whether the scan fails.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -162,40 +162,41 @@ struct Tally {
     counted: u64,
     /// Bad records of earlier runs (see [`BadRecordSink::carry_over`]).
     carried: u64,
-    /// Per recent chunk (`unit`, `label`) with bad records: how many of
-    /// them are counted. A chunk's bad records come in the same order on
-    /// every read, so its `n`-th one is new only when fewer than `n` are
-    /// counted.
-    chunks: HashMap<(String, String), u64>,
-    /// The chunks of `chunks`, oldest first: at most [`RECENT_CHUNKS`].
-    order: VecDeque<(String, String)>,
+    /// The recent chunks (`unit`, `label`) with bad records, oldest first,
+    /// at most [`RECENT_CHUNKS`]: how many of each one's are counted. A
+    /// chunk's bad records come in the same order on every read, so its
+    /// `n`-th one is new only when fewer than `n` are counted.
+    chunks: VecDeque<((String, String), u64)>,
 }
 
 /// How many chunks with bad records a sink remembers. A chunk is read
 /// twice in one process only where a pending batch's re-read ran ahead of
 /// its end (a few chunks per lane, read again right after), so a bounded
 /// memory is enough; a chunk forgotten and read again is counted again
-/// (the limit errs on the strict side).
+/// (the limit errs on the strict side). Looked up by a scan: only bad
+/// records get here.
 const RECENT_CHUNKS: usize = 4096;
 
 impl Tally {
     /// Counts the `nth` (1-based) bad record of chunk `(unit, label)`;
     /// whether it was new.
     fn count(&mut self, unit: &str, label: &str, nth: u64) -> bool {
-        // Only chunks with bad records get here: an allocation each is fine.
-        let key = (unit.to_owned(), label.to_owned());
-        let counted = match self.chunks.get_mut(&key) {
-            Some(counted) => counted,
+        let known = self
+            .chunks
+            .iter()
+            .position(|((u, l), _)| u == unit && l == label);
+        let i = match known {
+            Some(i) => i,
             None => {
-                if self.order.len() == RECENT_CHUNKS
-                    && let Some(oldest) = self.order.pop_front()
-                {
-                    self.chunks.remove(&oldest);
+                if self.chunks.len() == RECENT_CHUNKS {
+                    self.chunks.pop_front();
                 }
-                self.order.push_back(key.clone());
-                self.chunks.entry(key).or_default()
+                self.chunks
+                    .push_back(((unit.to_owned(), label.to_owned()), 0));
+                self.chunks.len() - 1
             }
         };
+        let counted = &mut self.chunks[i].1;
         if nth <= *counted {
             return false;
         }

@@ -722,17 +722,20 @@ impl AsyncFileReader for ObjectReader {
 /// malformed pages (a dictionary-encoded page without a dictionary): such
 /// a panic is the object's damage, an [`Error::Corrupt`] naming it, like
 /// the errors it returns.
+/// `what` names the call in an error (built only then: the batch stream is
+/// called per batch).
 async fn guarded<R>(
     unit: &WorkUnit,
-    what: &str,
+    what: impl FnOnce() -> String,
     call: impl Future<Output = parquet::errors::Result<R>>,
 ) -> Result<R> {
     match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-        Ok(result) => result.map_err(|e| parquet_error(unit, what, e)),
+        Ok(result) => result.map_err(|e| parquet_error(unit, &what(), e)),
         Err(panic) => Err(Error::Corrupt {
             object: unit.key.to_string(),
             reason: format!(
-                "{what}: the Parquet decoder failed on its data: {}",
+                "{}: the Parquet decoder failed on its data: {}",
+                what(),
                 panic_message(panic.as_ref())
             ),
         }),
@@ -759,15 +762,6 @@ fn check_column_chunks(
     rg: &parquet::file::metadata::RowGroupMetaData,
 ) -> Result<()> {
     for column in rg.columns() {
-        let start = column
-            .dictionary_page_offset()
-            .unwrap_or_else(|| column.data_page_offset());
-        let len = column.compressed_size();
-        let inside = u64::try_from(start)
-            .ok()
-            .zip(u64::try_from(len).ok())
-            .and_then(|(start, len)| start.checked_add(len))
-            .is_some_and(|end| end <= size);
         // A flat column holds one value (or null) per row: fewer rows in
         // the footer than values in the pages would drop the rest unread.
         if column.column_descr().max_rep_level() == 0 && column.num_values() != rg.num_rows() {
@@ -781,6 +775,15 @@ fn check_column_chunks(
                 ),
             });
         }
+        let start = column
+            .dictionary_page_offset()
+            .unwrap_or_else(|| column.data_page_offset());
+        let len = column.compressed_size();
+        let inside = u64::try_from(start)
+            .ok()
+            .zip(u64::try_from(len).ok())
+            .and_then(|(start, len)| start.checked_add(len))
+            .is_some_and(|end| end <= size);
         if !inside {
             return Err(Error::Corrupt {
                 object: object.to_owned(),
@@ -849,7 +852,7 @@ impl<D: BatchDecoder> Inner<D> {
         };
         let meta = guarded(
             &unit,
-            "not a readable Parquet file",
+            || "not a readable Parquet file".to_owned(),
             ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()),
         )
         .await?;
@@ -941,7 +944,7 @@ impl<D: BatchDecoder> Inner<D> {
             let mut letters = self.sink.chunk(&unit.key, rows_label(first));
             while let Some(batch) = guarded(
                 &unit,
-                &format!("cannot read row group {g}"),
+                || format!("cannot read row group {g}"),
                 batches.try_next(),
             )
             .await?
