@@ -17,7 +17,7 @@ use crate::source::{Chunk, ChunkSender, ChunkStream, SnapshotSource, WorkUnit, s
 use crate::{object_start, unit_position};
 
 /// Decodes one JSON Lines line into a record (value, event time, optional
-/// event id). The source fills in the record's position.
+/// event id). The source fills in the record's position (its line, [`Position::Row`]).
 ///
 /// [`SerdeLines`] covers the usual case; implement this for anything else
 /// (several event types per file, a custom parser).
@@ -320,7 +320,7 @@ impl<D: LineDecoder> Inner<D> {
                             Line::Text(text) => match self.decoder.decode(text) {
                                 Ok(mut record) => {
                                     if self.in_range(record.event_time_ms) {
-                                        record.position = unit_position(&unit, at);
+                                        record.position = Position::Row { row: at };
                                         records.push(record);
                                     }
                                 }

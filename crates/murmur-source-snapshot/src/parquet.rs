@@ -120,15 +120,14 @@ pub trait BatchDecoder: Send + Sync + 'static {
 /// is kept by its row number for the source's bad-record sink. Records are
 /// not copied again on their way into a [`Chunk`].
 ///
-/// A test of a decoder starts from [`DecodedRows::default`] (records keep
-/// [`Position::Unknown`]) and reads [`records`](Self::records) and
-/// [`bad_rows`](Self::bad_rows).
+/// A kept record's position is its row in the object
+/// ([`Position::Row`]). A test of a decoder starts from
+/// [`DecodedRows::default`] (rows numbered from 0) and reads
+/// [`records`](Self::records) and [`bad_rows`](Self::bad_rows).
 #[derive(Debug)]
 pub struct DecodedRows<T> {
     records: Vec<Record<T>>,
     bad: Vec<(usize, String)>,
-    /// The unit read, for positions.
-    unit: Option<WorkUnit>,
     /// The object row of the batch's first row.
     first_row: u64,
     /// Rows pushed since the batch began.
@@ -141,7 +140,6 @@ impl<T> Default for DecodedRows<T> {
         DecodedRows {
             records: Vec::new(),
             bad: Vec::new(),
-            unit: None,
             first_row: 0,
             pushed: 0,
             range: None,
@@ -150,11 +148,9 @@ impl<T> Default for DecodedRows<T> {
 }
 
 impl<T> DecodedRows<T> {
-    /// Rows of `unit` whose records are kept if their event time is in
-    /// `range`.
-    fn of(unit: &WorkUnit, range: Option<Range<i64>>) -> Self {
+    /// Rows whose records are kept if their event time is in `range`.
+    fn of(range: Option<Range<i64>>) -> Self {
         DecodedRows {
-            unit: Some(unit.clone()),
             range,
             ..DecodedRows::default()
         }
@@ -181,9 +177,9 @@ impl<T> DecodedRows<T> {
                     .as_ref()
                     .is_none_or(|r| r.contains(&record.event_time_ms))
                 {
-                    if let Some(unit) = &self.unit {
-                        record.position = unit_position(unit, self.first_row + index as u64);
-                    }
+                    record.position = Position::Row {
+                        row: self.first_row + index as u64,
+                    };
                     self.records.push(record);
                 }
             }
@@ -940,7 +936,7 @@ impl<D: BatchDecoder> Inner<D> {
                 .map_err(|e| parquet_error(&unit, "cannot read", e))?;
             let mut row = first;
             let mut chunk_start = first;
-            let mut rows = DecodedRows::of(&unit, self.options.event_time_range.clone());
+            let mut rows = DecodedRows::of(self.options.event_time_range.clone());
             let mut letters = self.sink.chunk(&unit.key, rows_label(first));
             while let Some(batch) = guarded(
                 &unit,
@@ -1227,14 +1223,7 @@ mod tests {
 
     #[test]
     fn decoded_rows_position_filter_and_bad_rows() {
-        let unit = WorkUnit {
-            index: 7,
-            key: Arc::from("events/part-0.parquet"),
-            size: 0,
-            partitions: Partitions::default(),
-            e_tag: None,
-        };
-        let mut rows = DecodedRows::of(&unit, Some(10..20));
+        let mut rows = DecodedRows::of(Some(10..20));
         rows.begin(100, 4);
         rows.extend([
             Ok(Record::new("a", 10)),
@@ -1250,10 +1239,7 @@ mod tests {
             .collect();
         assert_eq!(
             kept,
-            [
-                ("a", "object #7 events/part-0.parquet unit 100".to_string()),
-                ("c", "object #7 events/part-0.parquet unit 103".to_string()),
-            ]
+            [("a", "row 100".to_string()), ("c", "row 103".to_string()),]
         );
         assert_eq!(rows.bad_rows(), [(1, "column `x` is null".to_string())]);
         // The next batch forgets the last one's bad rows, not its records.
@@ -1261,10 +1247,10 @@ mod tests {
         rows.push(Ok(Record::new("d", 11)));
         assert_eq!(rows.bad_rows(), []);
         assert_eq!(rows.take_records().len(), 3);
-        // Without a unit (a decoder's own test) records keep their position.
+        // A decoder's own test: rows numbered from 0.
         let mut alone = DecodedRows::default();
         alone.push(Ok(Record::new("e", 1)));
-        assert_eq!(alone.records()[0].position, Position::Unknown);
+        assert_eq!(alone.records()[0].position, Position::Row { row: 0 });
     }
 
     #[test]

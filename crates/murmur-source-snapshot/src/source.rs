@@ -110,8 +110,9 @@ pub struct Chunk<T> {
     /// Whether this is the unit's final chunk.
     pub last: bool,
     /// The decoded records, in source order. Each record's
-    /// [`position`](Record::position) is its own line/row (objects) or its
-    /// page's start (DynamoDB).
+    /// [`position`](Record::position) is its row or line within the
+    /// chunk's object ([`Position::Row`], from 0) or its page's start
+    /// (DynamoDB).
     pub records: Vec<Record<T>>,
     /// How many of the chunk's lines/rows/items were bad: reported to the
     /// source's [`BadRecordSink`] (and dead-lettered), not in `records`.

@@ -577,7 +577,7 @@ pub fn check_unit_chunks<T>(key: &str, chunks: &[&Chunk<T>]) {
         {
             assert!(s <= e, "{key}: chunk start <= end");
             for r in &c.records {
-                let Position::Object { unit: at, .. } = r.position else {
+                let Position::Row { row: at } = r.position else {
                     panic!("record position")
                 };
                 assert!(*s <= at && at < *e, "{key}: record {at} inside [{s}, {e})");

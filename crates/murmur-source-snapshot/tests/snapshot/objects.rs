@@ -191,11 +191,12 @@ where
     let mut checkpoints: HashMap<String, (usize, Position)> = HashMap::new();
     let mut delivered: Vec<(String, u64, CountEvent)> = Vec::new();
     let deliver = |chunk: Chunk<CountEvent>, delivered: &mut Vec<_>| {
+        let key = unit_key(&chunk.start);
         for r in chunk.records {
-            let Position::Object { key, unit, .. } = &r.position else {
-                panic!("object position")
+            let Position::Row { row } = r.position else {
+                panic!("row position")
             };
-            delivered.push((key.to_string(), *unit, r.value));
+            delivered.push((key.clone(), row, r.value));
         }
     };
 
@@ -530,7 +531,7 @@ async fn bad_lines_go_to_the_dead_letter_object_and_good_ones_through() {
     let lines: Vec<u64> = records
         .iter()
         .map(|r| match r.position {
-            Position::Object { unit, .. } => unit,
+            Position::Row { row } => row,
             _ => panic!(),
         })
         .collect();
@@ -776,7 +777,7 @@ async fn scan_bounds_concurrency_and_keeps_order_within_objects() {
         in_progress.insert(key.clone());
         max_in_progress = max_in_progress.max(in_progress.len());
         for r in &chunk.records {
-            let Position::Object { unit, .. } = r.position else {
+            let Position::Row { row: unit } = r.position else {
                 panic!()
             };
             let prev = last_line.insert(key.clone(), unit);
@@ -816,7 +817,7 @@ async fn lines_across_read_buffers_are_each_read_once_in_order() {
             "line {i}"
         );
         assert!(
-            matches!(r.position, Position::Object { unit, .. } if unit == i as u64),
+            r.position == Position::Row { row: i as u64 },
             "line {i}: {}",
             r.position
         );
