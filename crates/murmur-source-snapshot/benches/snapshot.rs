@@ -23,8 +23,8 @@
 //! baselines', is the fastest of that many runs), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
 //! `MURMUR_BENCH_ONLY` (`parquet` or `json`: that format's comparison alone;
-//! `parquet-scan`, `parquet-aggregate`, `parquet-store`, `json-scan` or
-//! `open-latency`: that measurement alone, for profiling) and
+//! `parquet-scan`, `parquet-aggregate`, `parquet-store`, `json-scan`,
+//! `json-store` or `open-latency`: that measurement alone, for profiling) and
 //! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
 //! every object request in the open-latency measurement, one lane reading
 //! 48 Parquet objects each after the last vs with `read_in_order`, with the
@@ -758,13 +758,18 @@ fn main() {
             Some(runtime.block_on(murmur(parquet.clone(), threads as u32, true))),
             parquet_bytes,
         ),
+        "json-store" => (
+            STORE,
+            Some(runtime.block_on(murmur(json.clone(), threads as u32, true))),
+            json_bytes,
+        ),
         "open-latency" => {
             open_latency(&runtime, &store, latency_ms, runs);
             return;
         }
         other => {
             panic!(
-                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-store, json-scan or open-latency"
+                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-store, json-scan, json-store or open-latency"
             )
         }
     };
