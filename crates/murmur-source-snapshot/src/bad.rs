@@ -173,8 +173,9 @@ struct Tally {
 /// twice in one process only where a pending batch's re-read ran ahead of
 /// its end (a few chunks per lane, read again right after), so a bounded
 /// memory is enough; a chunk forgotten and read again is counted again
-/// (the limit errs on the strict side). Looked up by a scan: only bad
-/// records get here.
+/// (the limit errs on the strict side). Looked up by a scan from the
+/// newest end: a chunk's bad records arrive together, so the chunk asked
+/// for is almost always the last one, and only bad records get here.
 const RECENT_CHUNKS: usize = 4096;
 
 impl Tally {
@@ -184,7 +185,7 @@ impl Tally {
         let known = self
             .chunks
             .iter()
-            .position(|((u, l), _)| u == unit && l == label);
+            .rposition(|((u, l), _)| u == unit && l == label);
         let i = match known {
             Some(i) => i,
             None => {

@@ -718,6 +718,7 @@ impl AsyncFileReader for ObjectReader {
 /// malformed pages (a dictionary-encoded page without a dictionary): such
 /// a panic is the object's damage, an [`Error::Corrupt`] naming it, like
 /// the errors it returns.
+///
 /// `what` names the call in an error (built only then: the batch stream is
 /// called per batch).
 async fn guarded<R>(
