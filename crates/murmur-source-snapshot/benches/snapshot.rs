@@ -19,12 +19,14 @@
 //! `MURMUR_PYTHON` (a python with `duckdb`, as `cargo xtask bench` sets
 //! and `cargo xtask services` exports; without it the DuckDB baselines are
 //! skipped),
-//! `MURMUR_BENCH_RUNS` (default 3: every measurement, Murmur's and the
-//! baselines', is the fastest of that many runs), `MURMUR_BENCH_MAX_KEYS`
+//! `MURMUR_BENCH_RUNS` (default 3: that many rounds, each taking every
+//! measurement of a format once, Murmur's and the baselines' in turn; a
+//! measurement's fastest run is reported, and each ratio also within the
+//! rounds), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
 //! `MURMUR_BENCH_ONLY` (`parquet` or `json`: that format's comparison alone;
 //! `parquet-scan`, `parquet-aggregate`, `parquet-store`, `json-scan`,
-//! `json-store` or `open-latency`: that measurement alone, for profiling) and
+//! `json-aggregate`, `json-store` or `open-latency`: that measurement alone, for profiling) and
 //! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
 //! every object request in the open-latency measurement, one lane reading
 //! 48 Parquet objects each after the last vs with `read_in_order`, with the
@@ -374,21 +376,26 @@ fn open_latency(
         if busy_ms > 0 {
             println!("-- the lane busy {busy_ms} ms after each unit (its fold and write) --");
         }
-        let one = best(runs, || {
-            runtime.block_on(lane_read(&source, &units, None, busy))
-        });
-        println!(
-            "{:<44} {:>8.2} s",
-            "each unit read after the last", one.secs
-        );
+        let (source, units) = (&source, &units);
+        let mut measures: Vec<Measure> = vec![(
+            "each unit read after the last".into(),
+            Box::new(move || runtime.block_on(lane_read(source, units, None, busy))),
+        )];
         for ahead in [1, 3] {
-            let run = best(runs, || {
-                runtime.block_on(lane_read(&source, &units, Some(ahead), busy))
-            });
+            measures.push((
+                format!("read_in_order, {ahead} unit(s) ahead"),
+                Box::new(move || runtime.block_on(lane_read(source, units, Some(ahead), busy))),
+            ));
+        }
+        let series = interleaved(runs, measures);
+        let one = series[0].best();
+        println!("{:<50} {:>8.2} s", series[0].name, one.secs);
+        for s in &series[1..] {
+            let run = s.best();
             assert_eq!(run.total, one.total, "the same records");
             println!(
-                "{:<44} {:>8.2} s   {:.2}x as fast",
-                format!("read_in_order, {ahead} unit(s) ahead"),
+                "{:<50} {:>8.2} s   {:.2}x as fast",
+                s.name,
                 run.secs,
                 one.secs / run.secs
             );
@@ -587,93 +594,116 @@ fn duckdb(python: &FsPath, from: &str, threads: usize) -> Run {
     }
 }
 
-/// Reports DuckDB's run (`reader` the table function it read with) against
-/// Murmur's `m`, and checks that both found the same groups and total.
-fn report_duckdb(reader: &str, q: &Run, m: &Run, rows: u64, bytes: u64) {
-    report(
-        &format!("(b) DuckDB {reader} GROUP BY entity_id, day"),
-        q,
-        rows,
-        bytes,
-        Some(m),
-    );
-    assert_eq!(
-        (q.groups, q.total),
-        (m.groups, m.total),
-        "DuckDB and Murmur agree"
-    );
-}
-
-/// The fastest of `runs` runs of `f` (every measurement, Murmur's and the
-/// baselines', is taken the same way); the runs must agree on their results.
-fn best(runs: usize, mut f: impl FnMut() -> Run) -> Run {
-    let mut best = f();
-    for _ in 1..runs {
-        let run = f();
-        assert_eq!(
-            (run.groups, run.total),
-            (best.groups, best.total),
-            "repeated runs agree"
-        );
-        if run.secs < best.secs {
-            best = run;
-        }
-    }
-    best
-}
-
 const SCAN: &str = "murmur scan only (records decoded, summed)";
 const AGGREGATE: &str = "murmur scan + Aggregator (batches not stored)";
 const STORE: &str = "murmur scan + aggregate (Aggregator/MemoryStore)";
 
-/// Murmur's three measurements of `source`, reported under `title`: the
-/// read path alone, with the Aggregator, and into the MemoryStore. Returns
-/// the last, which the baselines are compared with.
-fn murmur_runs<S>(
-    runtime: &tokio::runtime::Runtime,
-    source: &S,
-    threads: usize,
-    runs: usize,
-    title: &str,
-    rows: u64,
-    bytes: u64,
-) -> Run
-where
-    S: SnapshotSource<Item = CountEvent> + Clone + 'static,
-{
-    let lanes = threads as u32;
-    let s = best(runs, || {
-        runtime.block_on(murmur_scan_only(source.clone(), threads))
-    });
-    let a = best(runs, || {
-        runtime.block_on(murmur(source.clone(), lanes, false))
-    });
-    let m = best(runs, || {
-        runtime.block_on(murmur(source.clone(), lanes, true))
-    });
-    println!("\n== {title} ==");
-    report(SCAN, &s, rows, bytes, None);
-    report(AGGREGATE, &a, rows, bytes, None);
-    report(STORE, &m, rows, bytes, None);
-    assert_eq!(
-        (s.total, a.total),
-        (m.total, m.total),
-        "the three sums of count"
-    );
-    m
+/// A measurement: its name and how to take one run of it.
+type Measure<'a> = (String, Box<dyn FnMut() -> Run + 'a>);
+
+/// The runs of one measurement, one per round.
+struct Series {
+    name: String,
+    runs: Vec<Run>,
 }
 
-/// One result line; with `murmur`, the ratio of Murmur's time to this one's.
-fn report(name: &str, run: &Run, rows: u64, bytes: u64, murmur: Option<&Run>) {
+impl Series {
+    /// The fastest run.
+    fn best(&self) -> &Run {
+        self.runs
+            .iter()
+            .min_by(|a, b| a.secs.total_cmp(&b.secs))
+            .expect("at least one round")
+    }
+}
+
+/// Takes every measurement once per round, in the given order, `rounds`
+/// times; the runs of one measurement must agree on their results.
+///
+/// Rounds, not each measurement's runs one after another: the speed of a
+/// shared machine drifts (by 15-30% within a minute on the 2-core VMs this
+/// was tuned on), and a baseline measured a minute after Murmur's runs was
+/// measured on another machine. The runs of a round are seconds apart, so
+/// the ratio within a round compares like with like; [`report_series`]
+/// gives it beside the ratio of the fastest runs.
+fn interleaved(rounds: usize, mut measures: Vec<Measure<'_>>) -> Vec<Series> {
+    let mut series: Vec<Series> = measures
+        .iter()
+        .map(|(name, _)| Series {
+            name: name.clone(),
+            runs: Vec::new(),
+        })
+        .collect();
+    for _ in 0..rounds {
+        for ((_, take), s) in measures.iter_mut().zip(&mut series) {
+            let run = take();
+            if let Some(first) = s.runs.first() {
+                assert_eq!(
+                    (run.groups, run.total),
+                    (first.groups, first.total),
+                    "repeated runs of {} agree",
+                    s.name
+                );
+            }
+            s.runs.push(run);
+        }
+    }
+    series
+}
+
+/// Reports a format's series under `title`: Murmur's (the `murmur` first,
+/// the last of them [`STORE`], which the baselines are compared with),
+/// then each baseline. Every measurement that counts rows or groups must
+/// find the same as the store.
+fn report_series(title: &str, series: &[Series], murmur: usize, rows: u64, bytes: u64) {
+    let m = &series[murmur - 1];
+    assert_eq!(m.name, STORE, "the last of Murmur's measurements");
+    println!("\n== {title} ==");
+    for (i, s) in series.iter().enumerate() {
+        let ratio = (i >= murmur).then(|| ratios(m, s));
+        report(&s.name, s.best(), rows, bytes, ratio.as_deref());
+        let (run, store) = (s.best(), m.best());
+        if run.total.is_some() {
+            assert_eq!(
+                run.total, store.total,
+                "{} and {STORE}: sum of count",
+                s.name
+            );
+        }
+        if run.groups.is_some() {
+            assert_eq!(run.groups, store.groups, "{} and {STORE}: groups", s.name);
+        }
+    }
+}
+
+/// Murmur's time over the baseline's: of the fastest runs, and the median
+/// and range of the rounds' ratios.
+fn ratios(murmur: &Series, baseline: &Series) -> String {
+    let best = murmur.best().secs / baseline.best().secs;
+    let mut rounds: Vec<f64> = murmur
+        .runs
+        .iter()
+        .zip(&baseline.runs)
+        .map(|(m, b)| m.secs / b.secs)
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    let n = rounds.len();
+    let median = (rounds[(n - 1) / 2] + rounds[n / 2]) / 2.0;
+    format!(
+        "   murmur/this = {best:.2}  (rounds: median {median:.2}, {:.2}-{:.2})",
+        rounds[0],
+        rounds[n - 1]
+    )
+}
+
+/// One result line; with `ratio`, how Murmur's time compares with this one.
+fn report(name: &str, run: &Run, rows: u64, bytes: u64, ratio: Option<&str>) {
     println!(
-        "{name:<44} {:>8.2} s {:>12.0} rows/s {:>8.1} MB/s{}",
+        "{name:<50} {:>8.2} s {:>12.0} rows/s {:>8.1} MB/s{}",
         run.secs,
         rows as f64 / run.secs,
         bytes as f64 / run.secs / 1e6,
-        match murmur {
-            Some(m) => format!("   murmur/this = {:.2}", m.secs / run.secs),
-            None => String::new(),
-        }
+        ratio.unwrap_or_default()
     );
 }
 
@@ -706,7 +736,7 @@ fn main() {
     let parquet_bytes = du(&dir.join("parquet"));
     let json_bytes = du(&dir.join("json"));
     println!(
-        "data set: {total_rows} rows, {PARTITIONS} hourly partitions; Parquet (Snappy) {:.1} MB, JSON Lines (gzip) {:.1} MB; {threads} threads; best of {runs} runs",
+        "data set: {total_rows} rows, {PARTITIONS} hourly partitions; Parquet (Snappy) {:.1} MB, JSON Lines (gzip) {:.1} MB; {threads} threads; fastest of {runs} rounds",
         parquet_bytes as f64 / 1e6,
         json_bytes as f64 / 1e6
     );
@@ -758,6 +788,11 @@ fn main() {
             Some(runtime.block_on(murmur(parquet.clone(), threads as u32, true))),
             parquet_bytes,
         ),
+        "json-aggregate" => (
+            AGGREGATE,
+            Some(runtime.block_on(murmur(json.clone(), threads as u32, false))),
+            json_bytes,
+        ),
         "json-store" => (
             STORE,
             Some(runtime.block_on(murmur(json.clone(), threads as u32, true))),
@@ -769,7 +804,7 @@ fn main() {
         }
         other => {
             panic!(
-                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-store, json-scan, json-store or open-latency"
+                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-store, json-scan, json-aggregate, json-store or open-latency"
             )
         }
     };
@@ -778,33 +813,38 @@ fn main() {
         return;
     }
 
+    let lanes = threads as u32;
     if only != "json" {
-        let m = murmur_runs(
-            &runtime,
-            &parquet,
-            threads,
-            runs,
-            "Parquet",
-            total_rows,
-            parquet_bytes,
+        let from = format!(
+            "read_parquet('{}/parquet/**/*.parquet', hive_partitioning=true)",
+            dir.display()
         );
-        let d = best(runs, || parquet_decode_only(&dir, threads));
-        report(
-            "(a) parquet crate decode-only, same columns",
-            &d,
-            total_rows,
-            parquet_bytes,
-            Some(&m),
-        );
-        assert_eq!(d.total, m.total, "decode-only sum of count");
+        let mut measures: Vec<Measure> = vec![
+            (
+                SCAN.into(),
+                Box::new(|| runtime.block_on(murmur_scan_only(parquet.clone(), threads))),
+            ),
+            (
+                AGGREGATE.into(),
+                Box::new(|| runtime.block_on(murmur(parquet.clone(), lanes, false))),
+            ),
+            (
+                STORE.into(),
+                Box::new(|| runtime.block_on(murmur(parquet.clone(), lanes, true))),
+            ),
+            (
+                "(a) parquet crate decode-only, same columns".into(),
+                Box::new(|| parquet_decode_only(&dir, threads)),
+            ),
+        ];
         if let Some(py) = &python {
-            let from = format!(
-                "read_parquet('{}/parquet/**/*.parquet', hive_partitioning=true)",
-                dir.display()
-            );
-            let q = best(runs, || duckdb(py, &from, threads));
-            report_duckdb("read_parquet", &q, &m, total_rows, parquet_bytes);
+            measures.push((
+                "(b) DuckDB read_parquet GROUP BY entity_id, day".into(),
+                Box::new(|| duckdb(py, &from, threads)),
+            ));
         }
+        let series = interleaved(runs, measures);
+        report_series("Parquet", &series, 3, total_rows, parquet_bytes);
     }
 
     if only == "parquet" {
@@ -814,35 +854,38 @@ fn main() {
         open_latency(&runtime, &store, latency_ms, runs);
     }
 
-    let m = murmur_runs(
-        &runtime,
-        &json,
-        threads,
-        runs,
-        "JSON Lines (gzip)",
-        total_rows,
-        json_bytes,
+    let from = format!(
+        "read_json('{}/json/**/*.json.gz', format='newline_delimited', hive_partitioning=false)",
+        dir.display()
     );
-    let g = best(runs, || gzip_wc(&dir));
-    report("(a) gzip -dc | wc -l", &g, total_rows, json_bytes, Some(&m));
-    let c = best(runs, || inflate_parse(&dir, threads));
-    report(
-        "(c) inflate + parse (flate2, serde_json)",
-        &c,
-        total_rows,
-        json_bytes,
-        Some(&m),
-    );
-    assert_eq!(c.total, m.total, "inflate + parse sum of count");
+    let mut measures: Vec<Measure> = vec![
+        (
+            SCAN.into(),
+            Box::new(|| runtime.block_on(murmur_scan_only(json.clone(), threads))),
+        ),
+        (
+            AGGREGATE.into(),
+            Box::new(|| runtime.block_on(murmur(json.clone(), lanes, false))),
+        ),
+        (
+            STORE.into(),
+            Box::new(|| runtime.block_on(murmur(json.clone(), lanes, true))),
+        ),
+        ("(a) gzip -dc | wc -l".into(), Box::new(|| gzip_wc(&dir))),
+        (
+            "(c) inflate + parse (flate2, serde_json)".into(),
+            Box::new(|| inflate_parse(&dir, threads)),
+        ),
+    ];
     if let Some(py) = &python {
-        let from = format!(
-            "read_json('{}/json/**/*.json.gz', format='newline_delimited', hive_partitioning=false)",
-            dir.display()
-        );
-        let q = best(runs, || duckdb(py, &from, threads));
-        report_duckdb("read_json", &q, &m, total_rows, json_bytes);
+        measures.push((
+            "(b) DuckDB read_json GROUP BY entity_id, day".into(),
+            Box::new(|| duckdb(py, &from, threads)),
+        ));
     }
+    let series = interleaved(runs, measures);
+    report_series("JSON Lines (gzip)", &series, 3, total_rows, json_bytes);
     println!(
-        "\n(murmur/this: Murmur's time divided by the baseline's; below 1 means Murmur is faster)"
+        "\n(murmur/this: Murmur's time (scan + aggregate into the store) divided by the baseline's, of the fastest runs and within each round; below 1 means Murmur is faster)"
     );
 }
