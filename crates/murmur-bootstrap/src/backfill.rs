@@ -446,10 +446,11 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
             };
             let chunk = chunk.map_err(|e| Error::source(lane.as_str(), e))?;
             let last = chunk.last;
-            let records = self.keep(chunk.records);
+            let mut records = self.keep(chunk.records);
             let pushed = writer
-                .push_chunk_with_bad(records, &chunk.start, &chunk.end, chunk.bad)
+                .push_chunk_with_bad(&mut records, &chunk.start, &chunk.end, chunk.bad)
                 .await?;
+            self.source.recycle(records);
             if let Some(r) = pushed {
                 self.progress.batch(&r, false);
             }

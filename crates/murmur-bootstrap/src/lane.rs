@@ -250,11 +250,11 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     /// Returns a report when the chunk completed a batch.
     pub async fn push_chunk(
         &mut self,
-        records: Vec<Record<T>>,
+        mut records: Vec<Record<T>>,
         start: &Position,
         end: &Position,
     ) -> Result<Option<BatchReport>> {
-        self.push_chunk_with_bad(records, start, end, 0).await
+        self.push_chunk_with_bad(&mut records, start, end, 0).await
     }
 
     /// [`push_chunk`](Self::push_chunk) of a chunk that also had `bad`
@@ -263,9 +263,13 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     /// running total over its committed batches, so a limit on bad records
     /// can hold over a whole run, across restarts. (A pending batch's
     /// intent carries its total: a [`replay`](Self::replay) counts none.)
+    ///
+    /// The records are taken out of `records`, which is left empty with
+    /// its capacity, for the caller to reuse (a backfill gives it back to
+    /// its source, [`SnapshotSource::recycle`](murmur_source_snapshot::SnapshotSource::recycle)).
     pub async fn push_chunk_with_bad(
         &mut self,
-        records: Vec<Record<T>>,
+        records: &mut Vec<Record<T>>,
         start: &Position,
         end: &Position,
         bad: u64,
@@ -278,11 +282,11 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let n = records.len() as u64;
         self.opened_at.get_or_insert_with(Instant::now);
         if self.dedup.is_some() {
-            self.held.extend(records);
+            self.held.append(records);
         } else {
             // By value: each record is dropped right after its fold, while
             // it is still in cache, not in a second pass over the chunk.
-            for r in records {
+            for r in records.drain(..) {
                 let folded = self.fold(&r);
                 self.poison(folded)?;
             }

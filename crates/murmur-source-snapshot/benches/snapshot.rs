@@ -226,10 +226,13 @@ where
             };
             let mut chunks = source.read_in_order(&from_start(&lane.units), UNITS_AHEAD);
             while let Some(chunk) = chunks.next().await {
-                // By value, as murmur-bootstrap's lane writer folds.
-                for record in chunk.unwrap().records {
+                // By value, as murmur-bootstrap's lane writer folds, and
+                // the vector given back as its backfill lane does.
+                let mut records = chunk.unwrap().records;
+                for record in records.drain(..) {
                     agg.push(&record, i64::MAX).unwrap();
                 }
+                source.recycle(records);
                 if agg.should_flush() {
                     flush(&mut agg).await;
                 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::lines::{Line, LineReader};
 use crate::listing::ObjectListing;
 use crate::source::{Chunk, ChunkSender, ChunkStream, SnapshotSource, WorkUnit, spawn_reader};
+use crate::spare::SpareRecords;
 use crate::{object_start, unit_position};
 
 /// Decodes one JSON Lines line into a record (value, event time, optional
@@ -168,18 +169,19 @@ impl Default for JsonLinesOptions {
 /// assert_eq!(chunks[0].records[1].event_time_ms, 1_778_248_800_000);
 /// # });
 /// ```
-pub struct JsonLinesSource<D> {
+pub struct JsonLinesSource<D: LineDecoder> {
     inner: Arc<Inner<D>>,
 }
 
-struct Inner<D> {
+struct Inner<D: LineDecoder> {
     listing: ObjectListing,
     decoder: D,
     options: JsonLinesOptions,
     sink: Arc<BadRecordSink>,
+    spare: SpareRecords<D::Item>,
 }
 
-impl<D> Clone for JsonLinesSource<D> {
+impl<D: LineDecoder> Clone for JsonLinesSource<D> {
     fn clone(&self) -> Self {
         JsonLinesSource {
             inner: Arc::clone(&self.inner),
@@ -187,7 +189,7 @@ impl<D> Clone for JsonLinesSource<D> {
     }
 }
 
-impl<D> fmt::Debug for JsonLinesSource<D> {
+impl<D: LineDecoder> fmt::Debug for JsonLinesSource<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JsonLinesSource")
             .field("listing", &self.inner.listing)
@@ -227,6 +229,7 @@ impl<D: LineDecoder> JsonLinesSource<D> {
                 decoder,
                 options,
                 sink: Arc::new(BadRecordSink::new(bad_records)),
+                spare: SpareRecords::default(),
             }),
         })
     }
@@ -261,6 +264,10 @@ impl<D: LineDecoder> SnapshotSource for JsonLinesSource<D> {
 
     fn bad_records(&self) -> &Arc<BadRecordSink> {
         &self.inner.sink
+    }
+
+    fn recycle(&self, records: Vec<Record<D::Item>>) {
+        self.inner.spare.give(records);
     }
 }
 
@@ -303,8 +310,8 @@ impl<D: LineDecoder> Inner<D> {
             // Saturating: a `chunk_lines` near `u64::MAX` means one chunk
             // per object.
             let boundary = (line_no / n + 1).saturating_mul(n);
-            let mut records =
-                Vec::with_capacity((boundary - line_no).min(n).min(PREALLOCATED_LINES) as usize);
+            let mut records = self.spare.take();
+            records.reserve((boundary - line_no).min(n).min(PREALLOCATED_LINES) as usize);
             let mut at_end = false;
             let mut bad = Vec::new();
             let mut letters = self

@@ -146,6 +146,7 @@ mod lines;
 mod listing;
 mod parquet;
 mod source;
+mod spare;
 
 use std::sync::Arc;
 

@@ -37,6 +37,7 @@ use crate::bad::{BadRecord, BadRecordPolicy, BadRecordSink, ChunkBadRecords, Rec
 use crate::error::{Error, Result, pinned, read_error};
 use crate::listing::ObjectListing;
 use crate::source::{Chunk, ChunkSender, ChunkStream, SnapshotSource, WorkUnit, spawn_reader};
+use crate::spare::SpareRecords;
 use crate::{object_start, unit_position};
 
 /// A schema problem found while resolving a column: missing, or of a type
@@ -157,11 +158,15 @@ impl<T> DecodedRows<T> {
     }
 
     /// Starts a batch whose first row is object row `first_row`, with room
-    /// for `rows` records; the bad rows of the last batch are forgotten.
-    fn begin(&mut self, first_row: u64, rows: usize) {
+    /// for `rows` records (in a vector from `spare` when the last one was
+    /// taken); the bad rows of the last batch are forgotten.
+    fn begin(&mut self, first_row: u64, rows: usize, spare: &SpareRecords<T>) {
         self.first_row = first_row;
         self.pushed = 0;
         self.bad.clear();
+        if self.records.capacity() == 0 {
+            self.records = spare.take();
+        }
         self.records.reserve(rows);
     }
 
@@ -546,18 +551,19 @@ impl Default for ParquetOptions {
 /// resuming from a row group is resuming from its first row. Resuming
 /// skips whole row groups before the position without fetching them.
 /// Snappy, gzip, zstd and LZ4 compressed files are read transparently.
-pub struct ParquetSource<D> {
+pub struct ParquetSource<D: BatchDecoder> {
     inner: Arc<Inner<D>>,
 }
 
-struct Inner<D> {
+struct Inner<D: BatchDecoder> {
     listing: ObjectListing,
     decoder: D,
     options: ParquetOptions,
     sink: Arc<BadRecordSink>,
+    spare: SpareRecords<D::Item>,
 }
 
-impl<D> Clone for ParquetSource<D> {
+impl<D: BatchDecoder> Clone for ParquetSource<D> {
     fn clone(&self) -> Self {
         ParquetSource {
             inner: Arc::clone(&self.inner),
@@ -565,7 +571,7 @@ impl<D> Clone for ParquetSource<D> {
     }
 }
 
-impl<D> fmt::Debug for ParquetSource<D> {
+impl<D: BatchDecoder> fmt::Debug for ParquetSource<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ParquetSource")
             .field("listing", &self.inner.listing)
@@ -605,6 +611,7 @@ impl<D: BatchDecoder> ParquetSource<D> {
                 decoder,
                 options,
                 sink: Arc::new(BadRecordSink::new(bad_records)),
+                spare: SpareRecords::default(),
             }),
         })
     }
@@ -643,6 +650,10 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
 
     fn bad_records(&self) -> &Arc<BadRecordSink> {
         &self.inner.sink
+    }
+
+    fn recycle(&self, records: Vec<Record<D::Item>>) {
+        self.inner.spare.give(records);
     }
 }
 
@@ -1115,7 +1126,7 @@ impl<D: BatchDecoder> Inner<D> {
         rows: &mut DecodedRows<D::Item>,
         letters: &mut ChunkBadRecords<'_>,
     ) -> Result<()> {
-        rows.begin(first_row, piece.num_rows());
+        rows.begin(first_row, piece.num_rows(), &self.spare);
         self.decoder
             .decode(&Batch::new(piece, unit), rows)
             .map_err(|e| Error::Schema {
@@ -1224,8 +1235,14 @@ mod tests {
 
     #[test]
     fn decoded_rows_position_filter_and_bad_rows() {
+        // A vector given back to the source is filled again, emptied.
+        let spare = SpareRecords::default();
+        let mut given = Vec::with_capacity(64);
+        given.push(Record::new("old", 0));
+        let at = given.as_ptr();
+        spare.give(given);
         let mut rows = DecodedRows::of(Some(10..20));
-        rows.begin(100, 4);
+        rows.begin(100, 4, &spare);
         rows.extend([
             Ok(Record::new("a", 10)),
             Err("column `x` is null".to_string()),
@@ -1243,8 +1260,9 @@ mod tests {
             [("a", "row 100".to_string()), ("c", "row 103".to_string()),]
         );
         assert_eq!(rows.bad_rows(), [(1, "column `x` is null".to_string())]);
+        assert_eq!(rows.records().as_ptr(), at, "the vector given back");
         // The next batch forgets the last one's bad rows, not its records.
-        rows.begin(104, 1);
+        rows.begin(104, 1, &spare);
         rows.push(Ok(Record::new("d", 11)));
         assert_eq!(rows.bad_rows(), []);
         assert_eq!(rows.take_records().len(), 3);

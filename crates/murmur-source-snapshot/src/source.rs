@@ -158,6 +158,22 @@ pub trait SnapshotSource: Send + Sync {
     /// Where undecodable records go; shared by all reads of this source.
     fn bad_records(&self) -> &Arc<BadRecordSink>;
 
+    /// Gives back the record vector of a chunk this source yielded, once
+    /// the consumer has taken its records out (any left are dropped), so a
+    /// later chunk of any read of this source fills the same allocation.
+    ///
+    /// Optional, and only about speed: a vector not given back is freed as
+    /// usual. The object sources keep a bounded number of them; the
+    /// default drops it. A backfill lane gives back every chunk's vector:
+    /// a fresh one per chunk (a megabyte at 8192 rows) was memory the
+    /// allocator had returned to the OS and the kernel zeroed again. The
+    /// snapshot benchmark's Parquet scan + aggregate took 2-4x fewer page
+    /// faults with vectors given back, and was about 5% faster (7 of 8
+    /// interleaved rounds).
+    fn recycle(&self, records: Vec<Record<Self::Item>>) {
+        drop(records);
+    }
+
     /// The settings besides the units that decide what a read yields: where
     /// chunks end (`chunk_rows=8192`) and which records they keep (an
     /// event-time range, a scan filter). A backfill run keeps them in its

@@ -357,6 +357,44 @@ async fn replay_from_a_chunk_start_reproduces_the_chunk() {
     check(&json, &[100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]).await;
 }
 
+/// A record vector given back with `recycle` is the one a later read fills,
+/// emptied first (records left in it are dropped, not delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycled_record_vector_is_filled_by_the_next_read() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    write_dataset(&store, "p", &SPEC, Format::Parquet).await;
+    write_dataset(&store, "j", &SPEC, Format::JsonLines).await;
+    let parquet = parquet_source(ObjectListing::new(Arc::clone(&store), Path::from("p")));
+    let json = json_source(ObjectListing::new(Arc::clone(&store), Path::from("j")));
+
+    async fn check<S: SnapshotSource<Item = CountEvent>>(source: &S) {
+        let units = source.list_units().await.unwrap();
+        // Read to the end: no reader is still at work (taking vectors) when
+        // the vector is given back.
+        let all = async |unit: &WorkUnit| -> Vec<Chunk<CountEvent>> {
+            let chunks = source.read(unit, &Position::Beginning);
+            chunks.try_collect().await.unwrap()
+        };
+        let expected = all(&units[1]).await.swap_remove(0);
+        // Given back with some of its records still in it.
+        let mut given = all(&units[0]).await.swap_remove(0).records;
+        // A capacity no read asks for: a fresh vector cannot pass for it.
+        given.truncate(10);
+        given.reserve(5000);
+        let (at, capacity) = (given.as_ptr(), given.capacity());
+        source.recycle(given);
+        let chunk = all(&units[1]).await.swap_remove(0);
+        assert_eq!(
+            (chunk.records.as_ptr(), chunk.records.capacity()),
+            (at, capacity),
+            "the vector given back"
+        );
+        assert_eq!(chunk, expected, "only the unit's own records");
+    }
+    check(&parquet).await;
+    check(&json).await;
+}
+
 /// Only the decoder's columns are fetched: a wide payload column is never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_reads_only_the_projected_columns() {
