@@ -5,7 +5,7 @@ use crate::error::PipelineError;
 use crate::monoid::Monoid;
 use crate::pipeline::Pipeline;
 use crate::record::Record;
-use crate::store::{InlineKey, RowDelta, RowKey};
+use crate::store::{RowDelta, RowKey};
 use crate::window::BucketKey;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::ops::Range;
@@ -71,9 +71,10 @@ pub enum Pushed {
     Expired,
 }
 
-/// One row of the batch; row keys are built when the batch is taken.
+/// One row of the batch; its key moves into the row delta when the batch
+/// is taken.
 struct Slot<V> {
-    key: InlineKey,
+    key: RowKey,
     value: V,
 }
 
@@ -277,7 +278,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
     }
 
     fn stage(&mut self, entity: &str, bucket: BucketKey, input: M::Input) {
-        let hash = InlineKey::hash(&self.hasher, entity, bucket);
+        let hash = RowKey::hash(&self.hasher, entity, bucket);
         let batch = self.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
         // Bits 32 and up pick the partition: the table inside uses the low
         // bits for the slot and the top seven as the tag.
@@ -333,7 +334,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
     /// The typed values of the batch, in no particular order; empties the
     /// batch.
     pub fn take_values(&mut self) -> Vec<(RowKey, M::Value)> {
-        self.drain(|slot| (slot.key.row_key(), slot.value))
+        self.drain(|slot| (slot.key, slot.value))
     }
 
     /// The batch as encoded deltas with expiries, in no particular order;
@@ -352,12 +353,12 @@ impl<T, M: Monoid> Aggregator<T, M> {
         let (window, monoid) = (pipeline.window(), pipeline.monoid());
         rows.clear();
         self.drain_into(rows, |slot| RowDelta {
-            expires_at: match (window, slot.key.bucket().index()) {
+            expires_at: match (window, slot.key.bucket.index()) {
                 (Some(w), Some(index)) => w.expires_at_secs(index),
                 _ => None,
             },
             delta: monoid.encode(&slot.value),
-            key: slot.key.row_key(),
+            key: slot.key,
         });
     }
 
@@ -414,7 +415,7 @@ impl<V, I> Parts<V, I> {
                 // Stream the partition's rows into cache in memory order before
                 // the staged records probe them at random (`black_box` keeps
                 // the reads, whose result nothing uses).
-                std::hint::black_box(cells.iter().fold(0u64, |a, s| a ^ s.key.bucket().0 as u64));
+                std::hint::black_box(cells.iter().fold(0u64, |a, s| a ^ s.key.bucket.0 as u64));
             }
             for s in staged.drain(..) {
                 let entity = &text[s.start..s.end];
@@ -424,7 +425,7 @@ impl<V, I> Parts<V, I> {
                     None => {
                         self.rows += 1;
                         let slot = Slot {
-                            key: InlineKey::new(entity, s.bucket),
+                            key: RowKey::new(entity, s.bucket),
                             value: monoid.identity(),
                         };
                         let rehash = |s: &Slot<V>| s.key.row_hash(hasher);

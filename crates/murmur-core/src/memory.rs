@@ -8,8 +8,8 @@ use crate::handoff::HandoffToken;
 use crate::monoid::DynMonoid;
 use crate::record::{LaneId, Position};
 use crate::store::{
-    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, InlineKey, LaneState,
-    Merge, RowDelta, RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_into,
+    AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, Merge,
+    RowDelta, RowKey, RunRecord, StateStore, StoredRow, StoredValue, WriteBatch, merge_into,
     merge_row, now_ms,
 };
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
@@ -35,7 +35,7 @@ struct Meta {
 /// One stored row with its key.
 #[derive(Debug)]
 struct Slot {
-    key: InlineKey,
+    key: RowKey,
     row: StoredRow,
 }
 
@@ -188,7 +188,7 @@ impl MemoryStore {
     /// The key's shard (from the hash's high bits) and its tag in the
     /// shard's table (the low 32 bits).
     fn place(&self, key: &RowKey) -> (usize, u32) {
-        let hash = InlineKey::hash(&self.inner.hasher, &key.entity, key.bucket);
+        let hash = RowKey::hash(&self.inner.hasher, &key.entity, key.bucket);
         ((hash >> 40) as usize % SHARDS, hash as u32)
     }
 
@@ -213,11 +213,7 @@ impl MemoryStore {
     pub fn rows(&self) -> Vec<(RowKey, StoredRow)> {
         let mut rows = Vec::with_capacity(self.len());
         for shard in self.inner.shards.iter() {
-            rows.extend(
-                lock(shard)
-                    .slots()
-                    .map(|s| (s.key.row_key(), s.row.clone())),
-            );
+            rows.extend(lock(shard).slots().map(|s| (s.key.clone(), s.row.clone())));
         }
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows
@@ -240,7 +236,7 @@ fn apply_row(
         match merge_row(monoid, None, delta, &batch.lane, batch.seq)? {
             Merge::Write(row) => {
                 let slot = Slot {
-                    key: InlineKey::new(&delta.key.entity, delta.key.bucket),
+                    key: delta.key.clone(),
                     row,
                 };
                 rows.insert(tag, slot);

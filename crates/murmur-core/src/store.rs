@@ -32,10 +32,17 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// The key of a stored row: entity (partition key) and bucket (sort key).
+///
+/// The entity is a [`CompactString`](compact_str::CompactString): held
+/// inline up to 24 bytes, so a key is a plain value, made, moved and
+/// compared without a separately allocated string. A batch has a key per
+/// row delta (a backfill's, hundreds of thousands), and the
+/// [`Aggregator`](crate::Aggregator) and [`MemoryStore`](crate::MemoryStore)
+/// keep millions of them in hash tables.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RowKey {
     /// Entity id, e.g. `page:/home` or `hourly:user-42`.
-    pub entity: Arc<str>,
+    pub entity: compact_str::CompactString,
     /// Window bucket, or [`BucketKey::ALL_TIME`].
     pub bucket: BucketKey,
 }
@@ -48,33 +55,15 @@ impl RowKey {
     pub const MAX_ENTITY_BYTES: usize = 2048;
 
     /// A row key.
-    pub fn new(entity: impl Into<Arc<str>>, bucket: BucketKey) -> Self {
+    pub fn new(entity: impl Into<compact_str::CompactString>, bucket: BucketKey) -> Self {
         RowKey {
             entity: entity.into(),
             bucket,
         }
     }
-}
 
-/// A row key held in place: the entity inline when short (up to 24 bytes),
-/// so comparing a key reads no separately allocated string. The
-/// [`Aggregator`](crate::Aggregator) and the [`MemoryStore`](crate::MemoryStore)
-/// keep millions of these in hash tables, hashed with [`InlineKey::hash`].
-#[derive(Debug)]
-pub(crate) struct InlineKey {
-    entity: compact_str::CompactString,
-    bucket: BucketKey,
-}
-
-impl InlineKey {
-    pub(crate) fn new(entity: &str, bucket: BucketKey) -> Self {
-        InlineKey {
-            entity: compact_str::CompactString::new(entity),
-            bucket,
-        }
-    }
-
-    /// The hash of the key `(entity, bucket)` under `hasher`.
+    /// The hash of the key `(entity, bucket)` under `hasher`, as the
+    /// aggregator's and the memory store's tables hash their keys.
     pub(crate) fn hash(
         hasher: &impl std::hash::BuildHasher,
         entity: &str,
@@ -91,14 +80,6 @@ impl InlineKey {
     /// Whether this is the key `(entity, bucket)`.
     pub(crate) fn is(&self, entity: &str, bucket: BucketKey) -> bool {
         self.bucket == bucket && self.entity == entity
-    }
-
-    pub(crate) fn bucket(&self) -> BucketKey {
-        self.bucket
-    }
-
-    pub(crate) fn row_key(&self) -> RowKey {
-        RowKey::new(self.entity.as_str(), self.bucket)
     }
 }
 
