@@ -654,13 +654,44 @@ fn interleaved(rounds: usize, mut measures: Vec<Measure<'_>>) -> Vec<Series> {
     series
 }
 
-/// Reports a format's series under `title`: Murmur's (the `murmur` first,
-/// the last of them [`STORE`], which the baselines are compared with),
-/// then each baseline. Every measurement that counts rows or groups must
-/// find the same as the store.
-fn report_series(title: &str, series: &[Series], murmur: usize, rows: u64, bytes: u64) {
+/// Murmur's measurements of `source`: the read path alone, with the
+/// Aggregator, and into the MemoryStore ([`STORE`], the last, which the
+/// baselines are compared with).
+fn murmur_measures<'a, S>(
+    runtime: &'a tokio::runtime::Runtime,
+    source: &'a S,
+    threads: usize,
+) -> Vec<Measure<'a>>
+where
+    S: SnapshotSource<Item = CountEvent> + Clone + 'static,
+{
+    let lanes = threads as u32;
+    vec![
+        (
+            SCAN.into(),
+            Box::new(move || runtime.block_on(murmur_scan_only(source.clone(), threads))),
+        ),
+        (
+            AGGREGATE.into(),
+            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, false))),
+        ),
+        (
+            STORE.into(),
+            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, true))),
+        ),
+    ]
+}
+
+/// Reports a format's series under `title`: Murmur's first (the
+/// [`murmur_measures`]), then each baseline, with the ratio of Murmur's
+/// [`STORE`] time to its own. Every measurement that counts rows or groups
+/// must find the same as the store.
+fn report_series(title: &str, series: &[Series], rows: u64, bytes: u64) {
+    let murmur = 1 + series
+        .iter()
+        .position(|s| s.name == STORE)
+        .expect("Murmur's measurements first");
     let m = &series[murmur - 1];
-    assert_eq!(m.name, STORE, "the last of Murmur's measurements");
     println!("\n== {title} ==");
     for (i, s) in series.iter().enumerate() {
         let ratio = (i >= murmur).then(|| ratios(m, s));
@@ -816,30 +847,16 @@ fn main() {
         return;
     }
 
-    let lanes = threads as u32;
     if only != "json" {
         let from = format!(
             "read_parquet('{}/parquet/**/*.parquet', hive_partitioning=true)",
             dir.display()
         );
-        let mut measures: Vec<Measure> = vec![
-            (
-                SCAN.into(),
-                Box::new(|| runtime.block_on(murmur_scan_only(parquet.clone(), threads))),
-            ),
-            (
-                AGGREGATE.into(),
-                Box::new(|| runtime.block_on(murmur(parquet.clone(), lanes, false))),
-            ),
-            (
-                STORE.into(),
-                Box::new(|| runtime.block_on(murmur(parquet.clone(), lanes, true))),
-            ),
-            (
-                "(a) parquet crate decode-only, same columns".into(),
-                Box::new(|| parquet_decode_only(&dir, threads)),
-            ),
-        ];
+        let mut measures = murmur_measures(&runtime, &parquet, threads);
+        measures.push((
+            "(a) parquet crate decode-only, same columns".into(),
+            Box::new(|| parquet_decode_only(&dir, threads)),
+        ));
         if let Some(py) = &python {
             measures.push((
                 "(b) DuckDB read_parquet GROUP BY entity_id, day".into(),
@@ -847,7 +864,7 @@ fn main() {
             ));
         }
         let series = interleaved(runs, measures);
-        report_series("Parquet", &series, 3, total_rows, parquet_bytes);
+        report_series("Parquet", &series, total_rows, parquet_bytes);
     }
 
     if only == "parquet" {
@@ -861,25 +878,12 @@ fn main() {
         "read_json('{}/json/**/*.json.gz', format='newline_delimited', hive_partitioning=false)",
         dir.display()
     );
-    let mut measures: Vec<Measure> = vec![
-        (
-            SCAN.into(),
-            Box::new(|| runtime.block_on(murmur_scan_only(json.clone(), threads))),
-        ),
-        (
-            AGGREGATE.into(),
-            Box::new(|| runtime.block_on(murmur(json.clone(), lanes, false))),
-        ),
-        (
-            STORE.into(),
-            Box::new(|| runtime.block_on(murmur(json.clone(), lanes, true))),
-        ),
-        ("(a) gzip -dc | wc -l".into(), Box::new(|| gzip_wc(&dir))),
-        (
-            "(c) inflate + parse (flate2, serde_json)".into(),
-            Box::new(|| inflate_parse(&dir, threads)),
-        ),
-    ];
+    let mut measures = murmur_measures(&runtime, &json, threads);
+    measures.push(("(a) gzip -dc | wc -l".into(), Box::new(|| gzip_wc(&dir))));
+    measures.push((
+        "(c) inflate + parse (flate2, serde_json)".into(),
+        Box::new(|| inflate_parse(&dir, threads)),
+    ));
     if let Some(py) = &python {
         measures.push((
             "(b) DuckDB read_json GROUP BY entity_id, day".into(),
@@ -887,7 +891,7 @@ fn main() {
         ));
     }
     let series = interleaved(runs, measures);
-    report_series("JSON Lines (gzip)", &series, 3, total_rows, json_bytes);
+    report_series("JSON Lines (gzip)", &series, total_rows, json_bytes);
     println!(
         "\n(murmur/this: Murmur's time (scan + aggregate into the store) divided by the baseline's, of the fastest runs and within each round; below 1 means Murmur is faster)"
     );

@@ -276,15 +276,25 @@ async fn resume_after_a_crash_delivers_every_record_once() {
     }
 }
 
+/// A Parquet and a JSON Lines source over the data set, written to memory.
+async fn memory_sources() -> (
+    ParquetSource<CountEventColumns>,
+    JsonLinesSource<CountEventLines>,
+) {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    write_dataset(&store, "p", &SPEC, Format::Parquet).await;
+    write_dataset(&store, "j", &SPEC, Format::JsonLines).await;
+    (
+        parquet_source(ObjectListing::new(Arc::clone(&store), Path::from("p"))),
+        json_source(ObjectListing::new(Arc::clone(&store), Path::from("j"))),
+    )
+}
+
 /// Reading from any chunk's start reproduces that chunk exactly; chunk
 /// boundaries follow row groups (Parquet) and multiples of the chunk size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_a_chunk_start_reproduces_the_chunk() {
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    write_dataset(&store, "p", &SPEC, Format::Parquet).await;
-    write_dataset(&store, "j", &SPEC, Format::JsonLines).await;
-    let parquet = parquet_source(ObjectListing::new(Arc::clone(&store), Path::from("p")));
-    let json = json_source(ObjectListing::new(Arc::clone(&store), Path::from("j")));
+    let (parquet, json) = memory_sources().await;
 
     async fn check<S: SnapshotSource<Item = CountEvent>>(source: &S, expected_bounds: &[u64]) {
         let unit = &source.list_units().await.unwrap()[5];
@@ -361,11 +371,7 @@ async fn replay_from_a_chunk_start_reproduces_the_chunk() {
 /// emptied first (records left in it are dropped, not delivered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recycled_record_vector_is_filled_by_the_next_read() {
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    write_dataset(&store, "p", &SPEC, Format::Parquet).await;
-    write_dataset(&store, "j", &SPEC, Format::JsonLines).await;
-    let parquet = parquet_source(ObjectListing::new(Arc::clone(&store), Path::from("p")));
-    let json = json_source(ObjectListing::new(Arc::clone(&store), Path::from("j")));
+    let (parquet, json) = memory_sources().await;
 
     async fn check<S: SnapshotSource<Item = CountEvent>>(source: &S) {
         let units = source.list_units().await.unwrap();
