@@ -188,7 +188,7 @@ impl MemoryStore {
     /// The key's shard (from the hash's high bits) and its tag in the
     /// shard's table (the low 32 bits).
     fn place(&self, key: &RowKey) -> (usize, u32) {
-        let hash = RowKey::hash(&self.inner.hasher, &key.entity, key.bucket);
+        let hash = key.row_hash(&self.inner.hasher);
         ((hash >> 40) as usize % SHARDS, hash as u32)
     }
 

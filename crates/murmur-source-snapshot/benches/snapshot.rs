@@ -26,7 +26,8 @@
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
 //! `MURMUR_BENCH_ONLY` (`parquet` or `json`: that format's comparison alone;
 //! `parquet-scan`, `parquet-aggregate`, `parquet-store`, `json-scan`,
-//! `json-aggregate`, `json-store` or `open-latency`: that measurement alone, for profiling) and
+//! `json-aggregate`, `json-store` or `open-latency`: that measurement
+//! alone, for profiling) and
 //! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
 //! every object request in the open-latency measurement, one lane reading
 //! 48 Parquet objects each after the last vs with `read_in_order`, with the

@@ -20,13 +20,22 @@ const SPARE_BYTES: usize = 32 << 20;
 /// scan + aggregate, and 2% once they were given back. A `Mutex` over a
 /// stack is enough here: it is taken twice per chunk, not per record.
 pub(crate) struct SpareRecords<T> {
-    held: Mutex<(Vec<Vec<Record<T>>>, usize)>,
+    held: Mutex<Held<T>>,
+}
+
+/// The vectors waiting, and their capacity in bytes.
+struct Held<T> {
+    vectors: Vec<Vec<Record<T>>>,
+    bytes: usize,
 }
 
 impl<T> Default for SpareRecords<T> {
     fn default() -> Self {
         SpareRecords {
-            held: Mutex::new((Vec::new(), 0)),
+            held: Mutex::new(Held {
+                vectors: Vec::new(),
+                bytes: 0,
+            }),
         }
     }
 }
@@ -36,9 +45,9 @@ impl<T> SpareRecords<T> {
     /// one.
     pub(crate) fn take(&self) -> Vec<Record<T>> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        match held.0.pop() {
+        match held.vectors.pop() {
             Some(records) => {
-                held.1 -= bytes(&records);
+                held.bytes -= bytes(&records);
                 records
             }
             None => Vec::new(),
@@ -54,9 +63,9 @@ impl<T> SpareRecords<T> {
             return;
         }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.1 + size <= SPARE_BYTES {
-            held.1 += size;
-            held.0.push(records);
+        if held.bytes + size <= SPARE_BYTES {
+            held.bytes += size;
+            held.vectors.push(records);
         }
     }
 }
