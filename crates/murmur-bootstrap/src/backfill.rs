@@ -541,7 +541,7 @@ impl<S: SnapshotSource, M: Monoid> LaneRun<S, M> {
                     ));
                 }
                 let kept = keep_before(cut, chunk.records, &progress);
-                Ok(Some((kept, (chunks, done))))
+                Ok(Some(((chunk.start, kept), (chunks, done))))
             }
         });
         Ok(parts.boxed())
@@ -560,7 +560,7 @@ fn keep_before<T>(
 }
 
 /// A pending batch's records as re-read, chunk by chunk.
-type Parts<T> = BoxStream<'static, Result<Vec<Record<T>>>>;
+type Parts<T> = BoxStream<'static, Result<(Position, Vec<Record<T>>)>>;
 
 /// Whether lane position `p` lies past `end` (in a later unit, or later in
 /// the same one); `false` when the two cannot be compared.

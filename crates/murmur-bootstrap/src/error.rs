@@ -18,11 +18,17 @@ pub enum Error {
         #[source]
         source: Box<StoreError>,
     },
-    /// A record could not be folded.
-    #[error("lane {lane}: {source}")]
+    /// A record could not be folded (the pipeline refused its key or its
+    /// event time).
+    #[error("lane {lane}: the record at {at}: {source}")]
     Pipeline {
         /// The lane.
         lane: LaneId,
+        /// Where the record was read: its object and row (a snapshot
+        /// record: the row of a Parquet object, the line of a JSON Lines
+        /// one, from 1) or its position (a Kafka offset, a Kinesis
+        /// sequence number, a scan segment).
+        at: String,
         /// The pipeline error.
         #[source]
         source: Box<PipelineError>,

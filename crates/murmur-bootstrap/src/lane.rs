@@ -97,6 +97,8 @@ pub struct LaneWriter<T, M: Monoid> {
     flush_policy: FlushPolicy,
     /// With dedup, the open batch's records wait here for their claims.
     held: Vec<Record<T>>,
+    /// The objects the held records were read from.
+    held_from: Origins,
     /// When the open batch began: it is due at `max_age` even if nothing
     /// was folded (every record of its chunks before the cut, or past
     /// retention), so the lane's checkpoint still moves.
@@ -146,6 +148,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 dedup: None,
                 flush_policy: flush,
                 held: Vec::new(),
+                held_from: Origins::default(),
                 opened_at: None,
                 spare: Vec::new(),
                 failed: None,
@@ -188,7 +191,10 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let records: Vec<&Record<T>> = records.into_iter().collect();
         let n = records.len() as u64;
         tracing::info!(lane = %self.lane, seq = intent.seq, records = n, "replaying pending batch");
-        let replayed = match self.fold_claimed(intent.seq, &records).await {
+        let replayed = match self
+            .fold_claimed(intent.seq, &records, &Origins::default())
+            .await
+        {
             Ok(duplicates) => self.write(intent, n, duplicates).await,
             Err(e) => Err(e),
         };
@@ -196,12 +202,13 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     }
 
     /// [`replay`](Self::replay) from the range's records in parts, in
-    /// source order (the chunks as they are re-read): each part is folded
-    /// as it comes, so a long range (a batch of few keys spans many
-    /// records) is never held in memory at once.
+    /// source order (the chunks as they are re-read, each with the position
+    /// it starts at): each part is folded as it comes, so a long range (a
+    /// batch of few keys spans many records) is never held in memory at
+    /// once.
     pub async fn replay_parts<P>(&mut self, mut parts: P) -> Result<BatchReport>
     where
-        P: futures::Stream<Item = Result<Vec<Record<T>>>> + Unpin,
+        P: futures::Stream<Item = Result<(Position, Vec<Record<T>>)>> + Unpin,
     {
         use futures::StreamExt as _;
         let intent = self.pending_intent()?;
@@ -212,20 +219,23 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             // claimed it: an id repeated within the batch is owned once
             // (claims per part would each own it again). Such a batch is
             // bounded by `max_keys` held records.
-            let mut whole = Vec::new();
+            let (mut whole, mut whole_from) = (Vec::new(), Origins::default());
             while let Some(part) = parts.next().await {
-                let part = part?;
+                let (start, part) = part?;
                 n += part.len() as u64;
                 if self.dedup.is_some() {
+                    whole_from.chunk(whole.len(), &start);
                     whole.extend(part);
                 } else {
+                    let mut from = Origins::default();
+                    from.chunk(0, &start);
                     let refs: Vec<&Record<T>> = part.iter().collect();
-                    duplicates += self.fold_claimed(intent.seq, &refs).await?;
+                    duplicates += self.fold_claimed(intent.seq, &refs, &from).await?;
                 }
             }
             if self.dedup.is_some() {
                 let refs: Vec<&Record<T>> = whole.iter().collect();
-                duplicates = self.fold_claimed(intent.seq, &refs).await?;
+                duplicates = self.fold_claimed(intent.seq, &refs, &whole_from).await?;
             }
             self.write(intent, n, duplicates).await
         }
@@ -282,12 +292,14 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let n = records.len() as u64;
         self.opened_at.get_or_insert_with(Instant::now);
         if self.dedup.is_some() {
+            self.held_from.chunk(self.held.len(), start);
             self.held.append(records);
         } else {
+            let object = Origins::object_of(start);
             // By value: each record is dropped right after its fold, while
             // it is still in cache, not in a second pass over the chunk.
             for r in records.drain(..) {
-                let folded = self.fold(&r);
+                let folded = self.fold(&r, object);
                 self.poison(folded)?;
             }
         }
@@ -349,8 +361,9 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 .map_err(|source| self.store_err(source))?;
             self.state.pending = Some(intent.clone());
             let held = std::mem::take(&mut self.held);
+            let held_from = std::mem::take(&mut self.held_from);
             let refs: Vec<&Record<T>> = held.iter().collect();
-            let duplicates = self.fold_claimed(intent.seq, &refs).await?;
+            let duplicates = self.fold_claimed(intent.seq, &refs, &held_from).await?;
             self.write(intent, records, duplicates).await.map(Some)
         }
         .instrument(span)
@@ -361,11 +374,17 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     /// folds the records it owns (and those without an id); returns the
     /// number of duplicates skipped. Without dedup every record is folded
     /// (new records were folded on arrival and are not passed here).
-    async fn fold_claimed(&mut self, seq: u64, records: &[&Record<T>]) -> Result<u64> {
+    /// `from` names the objects the records were read from.
+    async fn fold_claimed(
+        &mut self,
+        seq: u64,
+        records: &[&Record<T>],
+        from: &Origins,
+    ) -> Result<u64> {
         let Some(dedup) = self.dedup.clone() else {
             // Without dedup nothing is held: `records` is a replayed range.
-            for r in records {
-                self.fold(r)?;
+            for (i, r) in records.iter().enumerate() {
+                self.fold(r, from.object(i))?;
             }
             return Ok(0);
         };
@@ -388,13 +407,13 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         };
         let mut claims = claims.into_iter();
         let mut duplicates = 0;
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
             let owned = match r.event_id {
                 Some(_) => claims.next() == Some(Claim::Owned),
                 None => true,
             };
             if owned {
-                self.fold(r)?;
+                self.fold(r, from.object(i))?;
             } else {
                 duplicates += 1;
             }
@@ -405,7 +424,9 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         Ok(duplicates)
     }
 
-    fn fold(&mut self, r: &Record<T>) -> Result<()> {
+    /// Folds `r`, read from `object` (snapshot records, whose position is
+    /// a row of it).
+    fn fold(&mut self, r: &Record<T>, object: Option<&str>) -> Result<()> {
         match self.agg.push(r, now_ms()) {
             Ok(Pushed::Folded) => Ok(()),
             Ok(Pushed::Expired) => {
@@ -414,6 +435,10 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             }
             Err(source) => Err(Error::Pipeline {
                 lane: self.lane.clone(),
+                at: match (&r.position, object) {
+                    (Position::Row { row }, Some(key)) => format!("`{key}` row {}", row + 1),
+                    (position, _) => position.to_string(),
+                },
                 source: Box::new(source),
             }),
         }
@@ -489,5 +514,37 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             lane: self.lane.clone(),
             reason: reason.to_owned(),
         }
+    }
+}
+
+/// The objects a run of records was read from, for errors: a record's own
+/// position is only its row ([`Position::Row`]); its chunk's start names
+/// the object. One entry per chunk, by the index of its first record.
+#[derive(Debug, Default)]
+struct Origins(Vec<(usize, Option<Arc<str>>)>);
+
+impl Origins {
+    /// The object a chunk starting at `start` was read from, if any.
+    fn object_of(start: &Position) -> Option<&str> {
+        match start {
+            Position::Object { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The records from index `first` on came from the chunk that starts
+    /// at `start`.
+    fn chunk(&mut self, first: usize, start: &Position) {
+        let object = match start {
+            Position::Object { key, .. } => Some(Arc::clone(key)),
+            _ => None,
+        };
+        self.0.push((first, object));
+    }
+
+    /// The object record `i` was read from.
+    fn object(&self, i: usize) -> Option<&str> {
+        let at = self.0.partition_point(|(first, _)| *first <= i);
+        self.0.get(at.checked_sub(1)?)?.1.as_deref()
     }
 }

@@ -860,3 +860,91 @@ async fn a_run_without_a_token_cannot_hand_over_to_live() {
     );
     assert_eq!(mem.rows(), rows, "nothing more was written");
 }
+
+/// A record the pipeline refuses (its key function gives an empty key)
+/// fails the run with an error naming the object and line it was read
+/// from, without dedup (folded as read), with dedup (held, folded at the
+/// flush, among records of other objects) and when the resumed run
+/// replays the batch it was in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_pipeline_refuses_is_named_by_object_and_line() {
+    use std::io::Write as _;
+    let d = write_data(1_200);
+    let object = "events/day=02/part-00001.json";
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.root.join(object))
+        .unwrap();
+    writeln!(
+        f,
+        "{{\"entity_id\":\"refused\",\"count\":1,\"occurred_at\":\"{}\"}}",
+        rfc3339(T0 + DAY + 3_600_000)
+    )
+    .unwrap();
+    drop(f);
+    let lines = std::fs::read_to_string(d.root.join(object))
+        .unwrap()
+        .lines()
+        .count();
+    let pipeline = Pipeline::builder("daily_counts", Sum)
+        .key_by_str(|e: &CountEvent| {
+            if e.entity_id == "refused" {
+                ""
+            } else {
+                &e.entity_id
+            }
+        })
+        .value(|e| e.count)
+        .window(Window::day())
+        .build()
+        .unwrap();
+    let named = format!("record at `{object}` row {lines}: ");
+    let mem = MemoryStore::new();
+    let err = backfill(
+        &pipeline,
+        &source(&d),
+        Arc::new(mem.clone()),
+        Arc::new(mem.clone()),
+        &options("bf-refused"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&named) && err.to_string().contains("is empty"),
+        "{err}"
+    );
+
+    // With dedup the refused record is folded at its batch's flush, after
+    // the batch's intent is stored: the resumed run replays that batch and
+    // names the record again.
+    let mem = MemoryStore::new();
+    let dedup = BackfillOptions {
+        dedup: Some(murmur_bootstrap::Dedup {
+            deduper: Arc::new(mem.clone()),
+            ttl: None,
+        }),
+        ..options("bf-refused-dedup")
+    };
+    for attempt in ["first run", "resume"] {
+        let err = backfill(
+            &pipeline,
+            &source(&d),
+            Arc::new(mem.clone()),
+            Arc::new(mem.clone()),
+            &dedup,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(&named) && err.to_string().contains("is empty"),
+            "{attempt}: {err}"
+        );
+    }
+    let pending = CheckpointStore::lanes(&mem, "bf-refused-dedup")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.pending.is_some())
+        .count();
+    assert_eq!(pending, 1, "the refused record's batch is the one pending");
+}

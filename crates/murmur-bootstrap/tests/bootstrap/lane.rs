@@ -380,7 +380,11 @@ async fn a_replay_in_parts_with_dedup_folds_a_repeated_event_once() {
     .await;
     let mut w = w.with_dedup(dedup);
     assert!(matches!(resume, Resume::Pending(_)));
-    let parts = futures::stream::iter([Ok(recs[..5].to_vec()), Ok(recs[5..].to_vec())]).boxed();
+    let parts = futures::stream::iter([
+        Ok((off(0), recs[..5].to_vec())),
+        Ok((off(5), recs[5..].to_vec())),
+    ])
+    .boxed();
     let report = w.replay_parts(parts).await.unwrap();
     assert_eq!((report.records, report.duplicates), (10, 1));
     assert_eq!(
