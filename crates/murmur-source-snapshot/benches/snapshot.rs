@@ -6,6 +6,10 @@
 //! | Parquet scan + aggregation (`entity_id` x day Sum) into murmur-core's `Aggregator` and `MemoryStore` | (a) decode-only of the same three columns with the parquet crate (strings as `Utf8View`, as the source reads them), (b) DuckDB `GROUP BY entity_id, day` |
 //! | JSON Lines `.gz` scan + the same aggregation | (a) `gzip -dc \| wc -l`, (b) DuckDB `read_json` + `GROUP BY`, (c) inflate + parse: flate2 and serde_json into `CountEvent`, threads split the files |
 //!
+//! The same aggregation into the `EmbeddedStore` (redb, a durable commit per
+//! batch: the worker's default store) is measured too, for what a worker
+//! run costs; the ratios are the `MemoryStore`'s.
+//!
 //! ```text
 //! cargo xtask bench snapshot    # sets MURMUR_PYTHON (installs the venv)
 //! cargo bench -p murmur-source-snapshot --bench snapshot
@@ -25,8 +29,9 @@
 //! rounds), `MURMUR_BENCH_MAX_KEYS`
 //! (Murmur's batch size; default that of `FlushPolicy::backfill`) and
 //! `MURMUR_BENCH_ONLY` (`parquet` or `json`: that format's comparison alone;
-//! `parquet-scan`, `parquet-aggregate`, `parquet-store`, `json-scan`,
-//! `json-aggregate`, `json-store` or `open-latency`: that measurement
+//! `parquet-scan`, `parquet-aggregate`, `parquet-embedded`,
+//! `parquet-store`, `json-scan`, `json-aggregate`, `json-embedded`,
+//! `json-store` or `open-latency`: that measurement
 //! alone, for profiling) and
 //! `MURMUR_BENCH_LATENCY_MS` (default 20; 0 skips it): the delay added to
 //! every object request in the open-latency measurement, one lane reading
@@ -54,8 +59,8 @@ use arrow_array::types::Int64Type;
 use futures::StreamExt as _;
 use murmur_core::monoid::Sum;
 use murmur_core::{
-    Aggregator, CountEvent, FlushPolicy, MemoryStore, Pipeline, Position, StateStore, Window,
-    WriteBatch,
+    Aggregator, CountEvent, EmbeddedStore, FlushPolicy, MemoryStore, Pipeline, Position,
+    StateStore, Window, WriteBatch,
 };
 use murmur_source_snapshot::{
     CountEventColumns, CountEventLines, JsonLinesSource, LanePlan, ObjectListing, ParquetSource,
@@ -166,24 +171,44 @@ struct Run {
     total: Option<i64>,
 }
 
+/// Where [`murmur`] writes its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// Nowhere: the batches are taken from the aggregator (encoded deltas)
+    /// and their totals summed.
+    Nothing,
+    /// A `MemoryStore`.
+    Memory,
+    /// An `EmbeddedStore` in a new file in the temporary directory.
+    Embedded,
+}
+
 /// Murmur: lanes over the units, each lane folding its chunks into an
 /// `Aggregator` (Sum of `count` per `entity_id` x day) and applying a batch
-/// to the `MemoryStore` at the backfill flush policy's `max_keys`
+/// to the store at the backfill flush policy's `max_keys`
 /// ([`FlushPolicy::backfill`], or `MURMUR_BENCH_MAX_KEYS`), as the backfill
-/// runner does. With `apply == false` the batches are taken from
-/// the aggregator (encoded deltas) but not written, and the totals come from
-/// the deltas.
-async fn murmur<S>(source: S, lanes: u32, apply: bool) -> Run
+/// runner does. With [`Sink::Nothing`] the totals come from the deltas.
+async fn murmur<S>(source: S, lanes: u32, into: Sink) -> Run
 where
     S: SnapshotSource<Item = CountEvent> + Clone + 'static,
 {
+    let apply = into != Sink::Nothing;
+    let file = tempfile::tempdir().unwrap();
+    let (memory, embedded) = (
+        MemoryStore::new(),
+        (into == Sink::Embedded)
+            .then(|| EmbeddedStore::open(file.path().join("bench.redb")).unwrap()),
+    );
+    let store: Arc<dyn StateStore> = match &embedded {
+        Some(e) => Arc::new(e.clone()),
+        None => Arc::new(memory.clone()),
+    };
     let pipeline = Pipeline::builder("bench", Sum)
         .key_by_str(|e: &CountEvent| &e.entity_id)
         .value(|e| e.count)
         .window(Window::day())
         .build()
         .unwrap();
-    let store = Arc::new(MemoryStore::new());
     let flush = FlushPolicy {
         max_keys: env_usize("MURMUR_BENCH_MAX_KEYS", FlushPolicy::backfill().max_keys),
         ..FlushPolicy::backfill()
@@ -262,7 +287,10 @@ where
             total: Some(deltas.1),
         };
     }
-    let rows = store.rows();
+    let rows = match &embedded {
+        Some(e) => e.rows().await.unwrap(),
+        None => memory.rows(),
+    };
     let total = rows
         .iter()
         .map(|(_, row)| row.value.as_int().expect("Sum cells are integers"))
@@ -601,6 +629,7 @@ fn duckdb(python: &FsPath, from: &str, threads: usize) -> Run {
 const SCAN: &str = "murmur scan only (records decoded, summed)";
 const AGGREGATE: &str = "murmur scan + Aggregator (batches not stored)";
 const STORE: &str = "murmur scan + aggregate (Aggregator/MemoryStore)";
+const EMBEDDED: &str = "murmur scan + aggregate into EmbeddedStore";
 
 /// A measurement: its name and how to take one run of it.
 type Measure<'a> = (String, Box<dyn FnMut() -> Run + 'a>);
@@ -656,8 +685,8 @@ fn interleaved(rounds: usize, mut measures: Vec<Measure<'_>>) -> Vec<Series> {
 }
 
 /// Murmur's measurements of `source`: the read path alone, with the
-/// Aggregator, and into the MemoryStore ([`STORE`], the last, which the
-/// baselines are compared with).
+/// Aggregator, into the EmbeddedStore, and into the MemoryStore ([`STORE`],
+/// the last, which the baselines are compared with).
 fn murmur_measures<'a, S>(
     runtime: &'a tokio::runtime::Runtime,
     source: &'a S,
@@ -674,11 +703,15 @@ where
         ),
         (
             AGGREGATE.into(),
-            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, false))),
+            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, Sink::Nothing))),
+        ),
+        (
+            EMBEDDED.into(),
+            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, Sink::Embedded))),
         ),
         (
             STORE.into(),
-            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, true))),
+            Box::new(move || runtime.block_on(murmur(source.clone(), lanes, Sink::Memory))),
         ),
     ]
 }
@@ -815,22 +848,32 @@ fn main() {
         ),
         "parquet-aggregate" => (
             AGGREGATE,
-            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, false))),
+            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, Sink::Nothing))),
+            parquet_bytes,
+        ),
+        "parquet-embedded" => (
+            EMBEDDED,
+            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, Sink::Embedded))),
             parquet_bytes,
         ),
         "parquet-store" => (
             STORE,
-            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, true))),
+            Some(runtime.block_on(murmur(parquet.clone(), threads as u32, Sink::Memory))),
             parquet_bytes,
         ),
         "json-aggregate" => (
             AGGREGATE,
-            Some(runtime.block_on(murmur(json.clone(), threads as u32, false))),
+            Some(runtime.block_on(murmur(json.clone(), threads as u32, Sink::Nothing))),
+            json_bytes,
+        ),
+        "json-embedded" => (
+            EMBEDDED,
+            Some(runtime.block_on(murmur(json.clone(), threads as u32, Sink::Embedded))),
             json_bytes,
         ),
         "json-store" => (
             STORE,
-            Some(runtime.block_on(murmur(json.clone(), threads as u32, true))),
+            Some(runtime.block_on(murmur(json.clone(), threads as u32, Sink::Memory))),
             json_bytes,
         ),
         "open-latency" => {
@@ -839,7 +882,7 @@ fn main() {
         }
         other => {
             panic!(
-                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-store, json-scan, json-aggregate, json-store or open-latency"
+                "MURMUR_BENCH_ONLY={other}: expected parquet, json, parquet-scan, parquet-aggregate, parquet-embedded, parquet-store, json-scan, json-aggregate, json-embedded, json-store or open-latency"
             )
         }
     };
