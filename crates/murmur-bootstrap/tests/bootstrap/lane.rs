@@ -222,7 +222,8 @@ async fn a_writer_that_failed_mid_chunk_refuses_work_and_a_reopen_is_exact() {
     bad[3].event_time_ms = i64::MAX;
     let err = w.push_chunk(bad, &off(7), &off(14)).await.unwrap_err();
     assert!(
-        err.to_string().contains("outside the supported range"),
+        err.to_string().contains("the record at offset 10: ")
+            && err.to_string().contains("outside the supported range"),
         "{err}"
     );
     // Flushing now would write records 7..10 under a batch whose range
@@ -233,9 +234,9 @@ async fn a_writer_that_failed_mid_chunk_refuses_work_and_a_reopen_is_exact() {
         "{err}"
     );
     assert!(
-        err.to_string()
-            .contains("failed earlier (lane p0: event time 9223372036854775807")
-            && err.to_string().contains("open the lane again"),
+        err.to_string().contains(
+            "failed earlier (lane p0: the record at offset 10: event time 9223372036854775807"
+        ) && err.to_string().contains("open the lane again"),
         "{err}"
     );
     let err = w
