@@ -95,6 +95,7 @@ const ALIASES: TableDefinition<'static, &'static str, u64> = TableDefinition::ne
 /// Row key: bucket and entity (UTF-8 bytes).
 type RowKeyBytes = (i64, &'static [u8]);
 type RowsDef<'a> = TableDefinition<'a, RowKeyBytes, &'static [u8]>;
+type BytesDef<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
 /// The rows table's name after the namespace (`<ns>/rows_by_bucket`).
 const ROWS: &str = "rows_by_bucket";
@@ -156,7 +157,6 @@ fn row_key(key: &RowKey) -> (i64, &[u8]) {
 fn table_order(a: &RowKey, b: &RowKey) -> std::cmp::Ordering {
     row_key(a).cmp(&row_key(b))
 }
-type BytesDef<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
 /// A persistent [`StateStore`] + [`CheckpointStore`] (+ [`Deduper`]) in one
 /// redb file. Clones share the open database.
