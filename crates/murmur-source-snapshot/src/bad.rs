@@ -383,12 +383,14 @@ impl ChunkBadRecords<'_> {
             }
         }
         if total > sink.policy.max_bad_records {
-            // Every reader stops at its next check, before this PUT.
+            // The dead letters first, then every reader stops at its next
+            // check: stopped first, another lane could end the run (and the
+            // process) while this PUT was still on its way.
+            self.write().await?;
             sink.exceeded
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert_with(|| bad.to_string());
-            self.write().await?;
             return Err(Error::TooManyBadRecords {
                 max: sink.policy.max_bad_records,
                 count: total,

@@ -9,8 +9,9 @@ use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt as _;
 use murmur_core::Position;
 use murmur_source_snapshot::{
-    BadRecordPolicy, Chunk, CountEventColumns, CountEventLines, Error, JsonLinesOptions,
-    JsonLinesSource, ObjectListing, ParquetSource, SnapshotSource, WorkUnit,
+    BadRecord, BadRecordPolicy, BadRecordSink, Chunk, CountEventColumns, CountEventLines, Error,
+    JsonLinesOptions, JsonLinesSource, ObjectListing, ParquetSource, RecordLocation,
+    SnapshotSource, WorkUnit,
 };
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
@@ -695,5 +696,56 @@ async fn events_no_pipeline_could_fold_are_bad_records() {
     assert_eq!(
         bad,
         ["`in/part-0.parquet`: row 2: CountEvent entity_id is empty"]
+    );
+}
+
+/// The chunk that passes the threshold writes its dead letters before any
+/// other reader is stopped: a stopped reader can end the run (and the
+/// process) at once, and the letters of the chunk that failed it must be
+/// there. The dead-letter store here takes 300 ms per PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_readers_stop_only_once_the_failing_chunks_dead_letters_are_written() {
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    let dlq = Arc::new(InMemory::new());
+    let slow = ThrottledStore::new(
+        Arc::clone(&dlq),
+        ThrottleConfig {
+            wait_put_per_call: std::time::Duration::from_millis(300),
+            ..ThrottleConfig::default()
+        },
+    );
+    let sink = Arc::new(BadRecordSink::new(
+        BadRecordPolicy::max_bad_records(0).with_dead_letter(Arc::new(slow), Path::from("dlq")),
+    ));
+    let failing = {
+        let sink = Arc::clone(&sink);
+        tokio::spawn(async move {
+            let mut chunk = sink.chunk("in/a.json", "lines-1".into());
+            chunk
+                .report(BadRecord {
+                    object: "in/a.json".into(),
+                    location: RecordLocation::Line(1),
+                    reason: "not JSON".into(),
+                    raw: Some("{".into()),
+                })
+                .await
+        })
+    };
+    // Another reader checks while the PUT is on its way, then after it.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let during = sink.check();
+    let written = dlq.list(None).try_collect::<Vec<_>>().await.unwrap().len();
+    assert!(
+        during.is_ok() || written == 1,
+        "a reader was stopped before the failing chunk's dead letters were written: {during:?}"
+    );
+    let err = failing.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::TooManyBadRecords { .. }), "{err}");
+    let listed = dlq.list(None).try_collect::<Vec<_>>().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].location.as_ref(), "dlq/in/a.json/lines-1.jsonl");
+    assert!(
+        matches!(sink.check(), Err(Error::TooManyBadRecords { .. })),
+        "every reader stops once they are written"
     );
 }
