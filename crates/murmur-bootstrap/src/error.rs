@@ -24,10 +24,10 @@ pub enum Error {
     Pipeline {
         /// The lane.
         lane: LaneId,
-        /// Where the record was read: its object and row (a snapshot
-        /// record: the row of a Parquet object, the line of a JSON Lines
-        /// one, from 1) or its position (a Kafka offset, a Kinesis
-        /// sequence number, a scan segment).
+        /// Where the record was read: its object and row, from 1 (a
+        /// snapshot record: the row of a Parquet object, the line of a JSON
+        /// Lines one) or its position (a Kafka offset, a Kinesis sequence
+        /// number, a scan segment).
         at: String,
         /// The pipeline error.
         #[source]

@@ -437,6 +437,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 lane: self.lane.clone(),
                 at: match (&r.position, object) {
                     (Position::Row { row }, Some(key)) => format!("`{key}` row {}", row + 1),
+                    (Position::Row { row }, None) => format!("row {}", row + 1),
                     (position, _) => position.to_string(),
                 },
                 source: Box::new(source),

@@ -75,8 +75,8 @@ use crate::store::{
 };
 use crate::window::BucketKey;
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError,
-    TableHandle as _, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata as _,
+    TableDefinition, TableError, TableHandle as _, WriteTransaction,
 };
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -109,8 +109,12 @@ type EntityFirstRowsDef<'a> = TableDefinition<'a, (&'static [u8], i64), &'static
 /// Moves the rows of every namespace still in the entity-first layout
 /// (`<ns>/rows`) to `<ns>/rows_by_bucket`, in one write transaction: a
 /// crash part-way leaves the file as it was, and the next open moves them
-/// again. Returns the rows moved.
-fn migrate_entity_first_rows(db: &Database) -> Result<u64, redb::Error> {
+/// again. Refuses a namespace that holds rows in both layouts (a file this
+/// build moved, written since by an earlier build): moving them would
+/// overwrite the newer rows. Returns the rows moved.
+fn migrate_entity_first_rows(
+    db: &Database,
+) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
     let mut txn = db.begin_write()?;
     let old: Vec<String> = txn
         .list_tables()?
@@ -132,6 +136,15 @@ fn migrate_entity_first_rows(db: &Database) -> Result<u64, redb::Error> {
         {
             let from = txn.open_table(EntityFirstRowsDef::new(name))?;
             let mut to = txn.open_table(RowsDef::new(&to_name))?;
+            if !to.is_empty()? {
+                return Err(format!(
+                    "namespace {namespace:?} holds rows in both layouts, `{name}` (entity first, \
+                     as builds before the bucket-first layout write) and `{to_name}`: an \
+                     earlier build wrote to a file this one had moved; refusing to overwrite \
+                     either (keep the file of the build that wrote last)"
+                )
+                .into());
+            }
             let mut n = 0u64;
             for item in from.iter()? {
                 let (k, v) = item?;
@@ -238,8 +251,7 @@ impl EmbeddedStore {
         let db = Database::builder()
             .create(&path)
             .map_err(|e| backend("open")(e.into()))?;
-        migrate_entity_first_rows(&db)
-            .map_err(|e| backend("move rows to the bucket-first layout")(e.into()))?;
+        migrate_entity_first_rows(&db).map_err(backend("move rows to the bucket-first layout"))?;
         tracing::debug!(store = %store, "opened embedded store");
         let ns = Arc::new(Namespace::new(&path, DEFAULT_NAMESPACE));
         Ok(EmbeddedStore {
@@ -575,9 +587,10 @@ impl StateStore for EmbeddedStore {
             })
             .await?;
 
-        // 2. Merge (pure). A key repeated within the batch (next to itself
-        //    now) sees its earlier write, as it would in a store applying
-        //    rows one by one.
+        // 2. Merge (pure). A batch holds one delta per row; a key repeated
+        //    within it (next to itself now) sees its earlier write, as in a
+        //    store applying rows one by one (so a fenced kind skips the
+        //    repeat: its fence is already at this batch).
         let mut written: Vec<(&RowKey, StoredRow)> = Vec::with_capacity(order.len());
         for (delta, stored) in order.iter().zip(&existing) {
             report.requests += 1;
@@ -1284,6 +1297,27 @@ mod tests {
         let e5 = store.get(&RowKey::new("e", BucketKey(5))).await.unwrap();
         assert_eq!(e5.unwrap().value, Cell::Int(11));
         assert_eq!(store.rows().await.unwrap().len(), 3);
+
+        // An earlier build writing to the moved file again: its rows are
+        // not moved over the newer ones, and the file is not opened.
+        drop(store);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn
+                    .open_table(EntityFirstRowsDef::new("default/rows"))
+                    .unwrap();
+                t.insert((b"e".as_slice(), 5), [ROW_FORMAT].as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = EmbeddedStore::open(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("holds rows in both layouts"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

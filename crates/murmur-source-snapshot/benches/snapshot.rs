@@ -179,7 +179,8 @@ enum Sink {
     Nothing,
     /// A `MemoryStore`.
     Memory,
-    /// An `EmbeddedStore` in a new file in the temporary directory.
+    /// An `EmbeddedStore` in a new file in the temporary directory
+    /// (`$TMPDIR`: a tmpfs there would measure no disk).
     Embedded,
 }
 
