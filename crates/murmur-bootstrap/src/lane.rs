@@ -227,8 +227,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                     whole_from.chunk(whole.len(), &start);
                     whole.extend(part);
                 } else {
-                    let mut from = Origins::default();
-                    from.chunk(0, &start);
+                    let from = Origins::of(&start);
                     let refs: Vec<&Record<T>> = part.iter().collect();
                     duplicates += self.fold_claimed(intent.seq, &refs, &from).await?;
                 }
@@ -295,11 +294,11 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             self.held_from.chunk(self.held.len(), start);
             self.held.append(records);
         } else {
-            let object = Origins::object_of(start);
+            let object = Origins::object_of(start).map(|key| &**key);
             // By value: each record is dropped right after its fold, while
             // it is still in cache, not in a second pass over the chunk.
             for r in records.drain(..) {
-                let folded = self.fold(&r, object);
+                let folded = self.fold(&r, || object);
                 self.poison(folded)?;
             }
         }
@@ -384,7 +383,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
         let Some(dedup) = self.dedup.clone() else {
             // Without dedup nothing is held: `records` is a replayed range.
             for (i, r) in records.iter().enumerate() {
-                self.fold(r, from.object(i))?;
+                self.fold(r, || from.object(i))?;
             }
             return Ok(0);
         };
@@ -413,7 +412,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
                 None => true,
             };
             if owned {
-                self.fold(r, from.object(i))?;
+                self.fold(r, || from.object(i))?;
             } else {
                 duplicates += 1;
             }
@@ -425,8 +424,8 @@ impl<T, M: Monoid> LaneWriter<T, M> {
     }
 
     /// Folds `r`, read from `object` (snapshot records, whose position is
-    /// a row of it).
-    fn fold(&mut self, r: &Record<T>, object: Option<&str>) -> Result<()> {
+    /// a row of it; looked up only for an error).
+    fn fold<'a>(&mut self, r: &Record<T>, object: impl FnOnce() -> Option<&'a str>) -> Result<()> {
         match self.agg.push(r, now_ms()) {
             Ok(Pushed::Folded) => Ok(()),
             Ok(Pushed::Expired) => {
@@ -435,7 +434,7 @@ impl<T, M: Monoid> LaneWriter<T, M> {
             }
             Err(source) => Err(Error::Pipeline {
                 lane: self.lane.clone(),
-                at: match (&r.position, object) {
+                at: match (&r.position, object()) {
                     (Position::Row { row }, Some(key)) => format!("`{key}` row {}", row + 1),
                     (Position::Row { row }, None) => format!("row {}", row + 1),
                     (position, _) => position.to_string(),
@@ -526,21 +525,24 @@ struct Origins(Vec<(usize, Option<Arc<str>>)>);
 
 impl Origins {
     /// The object a chunk starting at `start` was read from, if any.
-    fn object_of(start: &Position) -> Option<&str> {
+    fn object_of(start: &Position) -> Option<&Arc<str>> {
         match start {
             Position::Object { key, .. } => Some(key),
             _ => None,
         }
     }
 
+    /// The records of one chunk, starting at `start`.
+    fn of(start: &Position) -> Self {
+        let mut origins = Origins::default();
+        origins.chunk(0, start);
+        origins
+    }
+
     /// The records from index `first` on came from the chunk that starts
     /// at `start`.
     fn chunk(&mut self, first: usize, start: &Position) {
-        let object = match start {
-            Position::Object { key, .. } => Some(Arc::clone(key)),
-            _ => None,
-        };
-        self.0.push((first, object));
+        self.0.push((first, Self::object_of(start).cloned()));
     }
 
     /// The object record `i` was read from.

@@ -194,14 +194,17 @@ where
     S: SnapshotSource<Item = CountEvent> + Clone + 'static,
 {
     let apply = into != Sink::Nothing;
-    let file = tempfile::tempdir().unwrap();
-    let (memory, embedded) = (
-        MemoryStore::new(),
-        (into == Sink::Embedded)
-            .then(|| EmbeddedStore::open(file.path().join("bench.redb")).unwrap()),
-    );
+    let memory = MemoryStore::new();
+    // The file's directory lives as long as the run.
+    let embedded = (into == Sink::Embedded).then(|| {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            EmbeddedStore::open(dir.path().join("bench.redb")).unwrap(),
+            dir,
+        )
+    });
     let store: Arc<dyn StateStore> = match &embedded {
-        Some(e) => Arc::new(e.clone()),
+        Some((e, _)) => Arc::new(e.clone()),
         None => Arc::new(memory.clone()),
     };
     let pipeline = Pipeline::builder("bench", Sum)
@@ -289,7 +292,7 @@ where
         };
     }
     let rows = match &embedded {
-        Some(e) => e.rows().await.unwrap(),
+        Some((e, _)) => e.rows().await.unwrap(),
         None => memory.rows(),
     };
     let total = rows
