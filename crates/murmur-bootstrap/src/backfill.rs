@@ -164,7 +164,11 @@ impl BackfillStats {
 /// The source's `max_bad_records` holds over the whole run: each lane
 /// commits its bad records with its batches, a worker counts those
 /// committed when it starts plus those it reads, and the run is completed
-/// only if the committed total of every lane is within the limit.
+/// only if the committed total of every lane is within the limit. A record
+/// the pipeline refuses ([`Pipeline::check`]: an entity key no store holds,
+/// an event time no window holds) counts as a bad record of the source: the
+/// backfill installs the pipeline's check into it
+/// ([`SnapshotSource::check_records`]).
 #[tracing::instrument(name = "backfill", skip_all, fields(run = %options.run_id))]
 pub async fn backfill<S, M>(
     pipeline: &Pipeline<S::Item, M>,
@@ -265,6 +269,21 @@ where
         HandoffToken::EventTimeCut { at_ms } => Some(at_ms),
         _ => None,
     };
+    // A record the pipeline refuses is a bad record of the source, like
+    // one that does not decode (dead-lettered, held to max_bad_records),
+    // not an error that stops its lane there on every resume. Records the
+    // cut leaves to live are live's to judge.
+    let check = pipeline.record_check();
+    source.check_records(match cut {
+        None => check,
+        Some(at) => Arc::new(move |r: &Record<S::Item>| {
+            if r.event_time_ms < at {
+                check(r)
+            } else {
+                Ok(())
+            }
+        }),
+    });
     let mine = plan
         .for_worker(options.worker_index, options.worker_count)
         .map_err(|e| Error::source(run_id, e))?;

@@ -194,7 +194,10 @@ pub struct LiveStats {
 /// re-applied; then records flow into fenced batches (flushed on max keys,
 /// max age, revocation and shutdown), and each batch is acknowledged to the
 /// source only after it is committed. The lane's guard (partition
-/// ownership, Kinesis lease) is checked before every write.
+/// ownership, Kinesis lease) is checked before every write. A record the
+/// pipeline refuses ([`Pipeline::check`]) is a dead letter of the source:
+/// the pipeline's check is installed into it
+/// ([`LiveSource::check_records`]).
 #[tracing::instrument(name = "live", skip_all, fields(source = %source.name()))]
 pub async fn live<T, M, L>(
     pipeline: &Pipeline<T, M>,
@@ -209,6 +212,9 @@ where
     M: Monoid,
     L: LiveSource<T>,
 {
+    // A record the pipeline refuses is the source's dead letter, like one
+    // that does not decode, not an error that stops its lane there.
+    source.check_records(pipeline.record_check());
     let sinks = StateSinks {
         pipeline: pipeline.clone(),
         state,

@@ -220,7 +220,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
         };
         match self.pipeline.single_key(&record.value) {
             Some(entity) => {
-                self.check_key(&entity)?;
+                self.pipeline.check_key(&entity)?;
                 let input = self.pipeline.input(&record.value);
                 self.stage(&entity, bucket, input);
             }
@@ -230,7 +230,7 @@ impl<T, M: Monoid> Aggregator<T, M> {
                 // Every key checked before any is staged: a refused record
                 // leaves nothing behind.
                 for key in &self.keys {
-                    self.check_key(key)?;
+                    self.pipeline.check_key(key)?;
                 }
                 let input = self.pipeline.input(&record.value);
                 let mut keys = std::mem::take(&mut self.keys);
@@ -255,26 +255,6 @@ impl<T, M: Monoid> Aggregator<T, M> {
             batch.fold(&self.hasher, self.pipeline.monoid());
         }
         Ok(Pushed::Folded)
-    }
-
-    /// Refuses an entity key no store can hold.
-    fn check_key(&self, entity: &str) -> Result<(), PipelineError> {
-        let reason = if entity.is_empty() {
-            "is empty".to_owned()
-        } else if entity.len() > RowKey::MAX_ENTITY_BYTES {
-            format!(
-                "is {} bytes, more than the {} a row key holds",
-                entity.len(),
-                RowKey::MAX_ENTITY_BYTES
-            )
-        } else {
-            return Ok(());
-        };
-        Err(PipelineError::InvalidKey {
-            pipeline: self.pipeline.name().to_owned(),
-            entity: entity.chars().take(64).collect(),
-            reason,
-        })
     }
 
     fn stage(&mut self, entity: &str, bucket: BucketKey, input: M::Input) {

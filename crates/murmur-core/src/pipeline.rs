@@ -3,6 +3,8 @@
 
 use crate::error::PipelineError;
 use crate::monoid::Monoid;
+use crate::record::{Record, RecordCheck};
+use crate::store::RowKey;
 use crate::window::Window;
 use std::borrow::Cow;
 use std::fmt;
@@ -118,6 +120,68 @@ impl<T, M: Monoid> Pipeline<T, M> {
     /// The monoid input of `event`.
     pub fn input(&self, event: &T) -> M::Input {
         (self.inner.value)(event)
+    }
+
+    /// Whether the pipeline can fold `record`: its event time lies in a
+    /// bucket of the window and each of its entity keys is one a store can
+    /// hold (not empty, at most [`RowKey::MAX_ENTITY_BYTES`]). What
+    /// [`Aggregator::push`](crate::Aggregator::push) refuses, checked
+    /// without folding (past-retention events are not refused: they are
+    /// dropped and counted where they are folded).
+    ///
+    /// ```
+    /// use murmur_core::{Pipeline, Record, Window, monoid::Sum};
+    /// let p = Pipeline::builder("clicks", Sum)
+    ///     .key_by(|user: &String| format!("user:{user}"))
+    ///     .value(|_| 1)
+    ///     .window(Window::day())
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(p.check(&Record::new("ann".to_owned(), 0)).is_ok());
+    /// let long = "x".repeat(3000);
+    /// assert!(p.check(&Record::new(long, 0)).unwrap_err().to_string().contains("is 3005 bytes"));
+    /// assert!(p.check(&Record::new("ann".to_owned(), i64::MAX)).is_err());
+    /// ```
+    pub fn check(&self, record: &Record<T>) -> Result<(), PipelineError> {
+        if let Some(w) = &self.inner.window {
+            w.index_of(record.event_time_ms)?;
+        }
+        match &self.inner.keys {
+            KeyFn::Str(f) => self.check_key(f(&record.value)),
+            KeyFn::One(f) => self.check_key(&f(&record.value)),
+            KeyFn::Many(f) => f(&record.value).iter().try_for_each(|k| self.check_key(k)),
+        }
+    }
+
+    /// [`check`](Self::check) as a [`RecordCheck`] (the error's text is
+    /// the reason), for a source to refuse a record the pipeline would
+    /// refuse as a bad record of its own, before it reaches a lane.
+    pub fn record_check(&self) -> RecordCheck<T>
+    where
+        T: 'static,
+    {
+        let pipeline = self.clone();
+        Arc::new(move |record: &Record<T>| pipeline.check(record).map_err(|e| e.to_string()))
+    }
+
+    /// Refuses an entity key no store can hold.
+    pub(crate) fn check_key(&self, entity: &str) -> Result<(), PipelineError> {
+        let reason = if entity.is_empty() {
+            "is empty".to_owned()
+        } else if entity.len() > RowKey::MAX_ENTITY_BYTES {
+            format!(
+                "is {} bytes, more than the {} a row key holds",
+                entity.len(),
+                RowKey::MAX_ENTITY_BYTES
+            )
+        } else {
+            return Ok(());
+        };
+        Err(PipelineError::InvalidKey {
+            pipeline: self.name().to_owned(),
+            entity: entity.chars().take(64).collect(),
+            reason,
+        })
     }
 
     /// Whether two handles are the very same definition.

@@ -44,6 +44,17 @@ impl<T> Record<T> {
     }
 }
 
+/// A check a source runs on each record it decodes: an `Err(reason)` makes
+/// the record a bad record of the source — counted, dead-lettered with its
+/// location (and its raw line or message where the source has one), and
+/// held to the source's bad-record limits — instead of an error of the lane
+/// that would fold it. The runners install their pipeline's
+/// ([`Pipeline::record_check`](crate::Pipeline::record_check)) into the
+/// sources that take one, so a record the pipeline refuses (an empty entity
+/// key, an event time no window holds) is treated like one that did not
+/// decode.
+pub type RecordCheck<T> = Arc<dyn Fn(&Record<T>) -> Result<(), String> + Send + Sync>;
+
 /// A position within a lane, fine enough to resume from.
 ///
 /// Positions are *exclusive ends* when stored as checkpoints: a lane whose

@@ -2,10 +2,10 @@
 //! and event-id extractors, and the ready decoder of the canonical
 //! [`CountEvent`].
 
-use murmur_core::{CountEvent, Position, Record};
+use murmur_core::{CountEvent, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 type DecodeFn<T> = dyn Fn(&[u8]) -> Result<T, String> + Send + Sync;
 type TimeFn<T> = dyn Fn(&T) -> Option<i64> + Send + Sync;
@@ -44,6 +44,7 @@ pub struct Decoder<T> {
     event_id: Option<Box<IdFn<T>>>,
     max_payload_bytes: usize,
     min_event_time_ms: Option<i64>,
+    check: OnceLock<RecordCheck<T>>,
 }
 
 impl<T> fmt::Debug for Decoder<T> {
@@ -107,6 +108,7 @@ impl<T> Decoder<T> {
             event_id: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD,
             min_event_time_ms: None,
+            check: OnceLock::new(),
         }
     }
 
@@ -144,7 +146,24 @@ impl<T> Decoder<T> {
         payload: &[u8],
         broker_time_ms: Option<i64>,
     ) -> Result<Record<T>, String> {
-        self.record(Some(payload), broker_time_ms, Position::Unknown)
+        let record = self.record(Some(payload), broker_time_ms, Position::Unknown)?;
+        self.checked(record)
+    }
+
+    /// Installs the check of decoded records (see
+    /// [`LiveSource::check_records`](crate::LiveSource::check_records)):
+    /// a record it refuses is a dead letter with the check's reason. The
+    /// first check installed stays.
+    pub(crate) fn install_check(&self, check: RecordCheck<T>) {
+        let _ = self.check.set(check);
+    }
+
+    /// `record`, unless the installed check refuses it.
+    fn checked(&self, record: Record<T>) -> Result<Record<T>, String> {
+        match self.check.get() {
+            Some(check) => check(&record).map(|()| record),
+            None => Ok(record),
+        }
     }
 
     fn record(
@@ -198,7 +217,10 @@ impl<T> Decoder<T> {
             {
                 Outcome::BeforeCut
             }
-            Ok(r) => Outcome::Record(r),
+            Ok(r) => match self.checked(r) {
+                Ok(r) => Outcome::Record(r),
+                Err(reason) => Outcome::Dead(reason),
+            },
             Err(reason) => Outcome::Dead(reason),
         }
     }

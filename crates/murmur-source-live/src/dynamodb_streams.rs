@@ -232,6 +232,10 @@ impl<T: Send + 'static> LiveSource<T> for DynamoDbStreamsSource<T> {
     fn metrics(&self) -> Metrics {
         self.0.metrics()
     }
+
+    fn check_records(&self, check: murmur_core::RecordCheck<T>) {
+        self.0.check_records(check);
+    }
 }
 
 /// The DynamoDB Streams calls.

@@ -758,7 +758,7 @@ impl<T: Send + 'static> Shared<T> {
         let Some(producer) = &self.dlq else {
             for d in &dead {
                 tracing::error!(%topic, partition = d.partition, offset = d.offset, reason = %d.reason,
-                    "undecodable message (no dead-letter topic configured)");
+                    "bad message: undecodable or refused by the pipeline (no dead-letter topic configured)");
             }
             return Ok(());
         };
@@ -795,7 +795,7 @@ impl<T: Send + 'static> Shared<T> {
                 record = record.payload(p.bytes);
             }
             tracing::warn!(%topic, partition = d.partition, offset = d.offset, reason = %d.reason, dead_letter_topic = dlq,
-                "undecodable message sent to the dead-letter topic");
+                "bad message (undecodable or refused by the pipeline) sent to the dead-letter topic");
             producer.send(record, self.config.request_timeout)
         });
         let results = futures::future::join_all(sends).await;
@@ -1289,6 +1289,10 @@ impl<T: Send + 'static> LiveSource<T> for KafkaSource<T> {
 
     fn metrics(&self) -> Metrics {
         self.shared.counters.snapshot()
+    }
+
+    fn check_records(&self, check: murmur_core::RecordCheck<T>) {
+        self.shared.decoder.install_check(check);
     }
 }
 

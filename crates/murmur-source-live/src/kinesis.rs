@@ -618,7 +618,7 @@ impl<T: Send + 'static> Shared<T> {
         let Some((client, dlq)) = &self.dead_letters else {
             for d in &dead {
                 tracing::error!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason,
-                    "undecodable record (no dead-letter stream configured)");
+                    "bad record: undecodable or refused by the pipeline (no dead-letter stream configured)");
             }
             return Ok(());
         };
@@ -635,7 +635,7 @@ impl<T: Send + 'static> Shared<T> {
                 envelope["payload_cut"] = note.into();
             }
             tracing::warn!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason, dead_letter_stream = %dlq,
-                "undecodable record sent to the dead-letter stream");
+                "bad record (undecodable or refused by the pipeline) sent to the dead-letter stream");
             client
                 .put_record()
                 .stream_name(dlq)
@@ -1115,6 +1115,10 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
 
     fn metrics(&self) -> Metrics {
         self.shared.counters.snapshot()
+    }
+
+    fn check_records(&self, check: murmur_core::RecordCheck<T>) {
+        self.shared.decoder.install_check(check);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The live source contract shared by Kafka and Kinesis.
 
 use crate::error::{Error, Result};
-use murmur_core::{HandoffToken, LaneId, Position, Record};
+use murmur_core::{HandoffToken, LaneId, Position, Record, RecordCheck};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -280,6 +280,19 @@ pub trait LiveSource<T: Send + 'static>: Send {
 
     /// The source's counters.
     fn metrics(&self) -> Metrics;
+
+    /// Installs `check` for every record decoded from then on: a record it
+    /// refuses is a dead letter (sent to the dead-letter topic or stream
+    /// with its payload and the check's reason, counted), like a message
+    /// that does not decode. The live runner installs its pipeline's check
+    /// ([`Pipeline::record_check`](murmur_core::Pipeline::record_check)),
+    /// so a record the pipeline would refuse (an empty entity key, an
+    /// event time no window holds) cannot stop its lane at that message on
+    /// every restart. A source serves one pipeline: the first check
+    /// installed stays. The default ignores it.
+    fn check_records(&self, check: RecordCheck<T>) {
+        drop(check);
+    }
 }
 
 /// The lane position just after a delivered record, from the record's own
@@ -349,5 +362,9 @@ impl<T: Send + 'static> LiveSource<T> for Box<dyn LiveSource<T> + Sync> {
 
     fn metrics(&self) -> Metrics {
         (**self).metrics()
+    }
+
+    fn check_records(&self, check: RecordCheck<T>) {
+        (**self).check_records(check);
     }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
-use murmur_core::{HandoffToken, Position, Record};
+use murmur_core::{HandoffToken, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -136,6 +136,7 @@ pub struct DynamoDbScanSource<T> {
     sink: Arc<BadRecordSink>,
     limiter: Arc<RateLimiter>,
     key_names: Arc<OnceCell<Vec<String>>>,
+    check: Arc<std::sync::OnceLock<RecordCheck<T>>>,
 }
 
 impl<T> Clone for DynamoDbScanSource<T> {
@@ -150,6 +151,7 @@ impl<T> Clone for DynamoDbScanSource<T> {
             sink: Arc::clone(&self.sink),
             limiter: Arc::clone(&self.limiter),
             key_names: Arc::clone(&self.key_names),
+            check: Arc::clone(&self.check),
         }
     }
 }
@@ -196,6 +198,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
             sink: Arc::new(BadRecordSink::default()),
             limiter,
             key_names: Arc::new(OnceCell::new()),
+            check: Arc::default(),
         })
     }
 
@@ -518,6 +521,10 @@ impl<T: DeserializeOwned + Send + 'static> SnapshotSource for DynamoDbScanSource
     fn bad_records(&self) -> &Arc<BadRecordSink> {
         &self.sink
     }
+
+    fn check_records(&self, check: RecordCheck<T>) {
+        let _ = self.check.set(check);
+    }
 }
 
 impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
@@ -617,6 +624,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
             };
             let mut records = Vec::with_capacity(items.len());
             let mut letters = self.sink.chunk(&unit.key, page_label(start_key.as_deref()));
+            let check = self.check.get();
             for item in items {
                 let key: HashMap<String, AttributeValue> = key_names
                     .iter()
@@ -624,20 +632,27 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                     .collect();
                 // The error names the attribute (`count: invalid type`).
                 let item = serde_dynamo::AttributeValue::M(serde_dynamo::Item::from(item).into());
-                match serde_path_to_error::deserialize::<_, T>(
+                let decoded = serde_path_to_error::deserialize::<_, T>(
                     serde_dynamo::Deserializer::from_attribute_value(item),
-                ) {
-                    Ok(value) => {
-                        let time = (self.event_time)(&value);
-                        let id = self.event_id.as_ref().and_then(|f| f(&value));
-                        records.push(Record {
-                            value,
-                            event_time_ms: time,
-                            event_id: id,
-                            position: start.clone(),
-                        });
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|value| {
+                    let time = (self.event_time)(&value);
+                    let id = self.event_id.as_ref().and_then(|f| f(&value));
+                    let record = Record {
+                        value,
+                        event_time_ms: time,
+                        event_id: id,
+                        position: start.clone(),
+                    };
+                    match check {
+                        Some(check) => check(&record).map(|()| record),
+                        None => Ok(record),
                     }
-                    Err(e) => {
+                });
+                match decoded {
+                    Ok(record) => records.push(record),
+                    Err(reason) => {
                         letters
                             .report(BadRecord {
                                 object: unit.key.to_string(),
@@ -645,7 +660,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                                     segment,
                                     key: key_to_json(&key).unwrap_or_else(|e| format!("<{e}>")),
                                 },
-                                reason: e.to_string(),
+                                reason,
                                 raw: None,
                             })
                             .await?;

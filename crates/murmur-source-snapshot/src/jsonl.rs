@@ -3,9 +3,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use murmur_core::{HandoffToken, Position, Record};
+use murmur_core::{HandoffToken, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
@@ -179,6 +179,7 @@ struct Inner<D: LineDecoder> {
     options: JsonLinesOptions,
     sink: Arc<BadRecordSink>,
     spare: SpareRecords<D::Item>,
+    check: OnceLock<RecordCheck<D::Item>>,
 }
 
 impl<D: LineDecoder> Clone for JsonLinesSource<D> {
@@ -230,6 +231,7 @@ impl<D: LineDecoder> JsonLinesSource<D> {
                 options,
                 sink: Arc::new(BadRecordSink::new(bad_records)),
                 spare: SpareRecords::default(),
+                check: OnceLock::new(),
             }),
         })
     }
@@ -268,6 +270,10 @@ impl<D: LineDecoder> SnapshotSource for JsonLinesSource<D> {
 
     fn recycle(&self, records: Vec<Record<D::Item>>) {
         self.inner.spare.give(records);
+    }
+
+    fn check_records(&self, check: RecordCheck<D::Item>) {
+        let _ = self.inner.check.set(check);
     }
 }
 
@@ -324,13 +330,12 @@ impl<D: LineDecoder> Inner<D> {
                         line_no += 1;
                         match line {
                             Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => {}
-                            Line::Text(text) => match self.decoder.decode(text) {
-                                Ok(mut record) => {
-                                    if self.in_range(record.event_time_ms) {
-                                        record.position = Position::Row { row: at };
-                                        records.push(record);
-                                    }
+                            Line::Text(text) => match self.decode(text) {
+                                Ok(Some(mut record)) => {
+                                    record.position = Position::Row { row: at };
+                                    records.push(record);
                                 }
+                                Ok(None) => {}
                                 Err(reason) => bad.push(BadRecord {
                                     object: object.to_string(),
                                     location: RecordLocation::Line(line_no),
@@ -373,6 +378,20 @@ impl<D: LineDecoder> Inner<D> {
                 return Ok(());
             }
         }
+    }
+
+    /// A line's record, `None` when its event time is outside the range;
+    /// `Err` when it does not decode or the installed check refuses it.
+    #[inline]
+    fn decode(&self, line: &[u8]) -> Result<Option<Record<D::Item>>, String> {
+        let record = self.decoder.decode(line)?;
+        if !self.in_range(record.event_time_ms) {
+            return Ok(None);
+        }
+        if let Some(check) = self.check.get() {
+            check(&record)?;
+        }
+        Ok(Some(record))
     }
 
     fn in_range(&self, t: i64) -> bool {

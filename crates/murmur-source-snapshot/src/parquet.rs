@@ -20,7 +20,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, TryStreamExt as _};
-use murmur_core::{HandoffToken, Position, Record};
+use murmur_core::{HandoffToken, Position, Record, RecordCheck};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
@@ -125,7 +125,6 @@ pub trait BatchDecoder: Send + Sync + 'static {
 /// ([`Position::Row`]). A test of a decoder starts from
 /// [`DecodedRows::default`] (rows numbered from 0) and reads
 /// [`records`](Self::records) and [`bad_rows`](Self::bad_rows).
-#[derive(Debug)]
 pub struct DecodedRows<T> {
     records: Vec<Record<T>>,
     bad: Vec<(usize, String)>,
@@ -134,6 +133,21 @@ pub struct DecodedRows<T> {
     /// Rows pushed since the batch began.
     pushed: usize,
     range: Option<Range<i64>>,
+    /// The source's installed check (see [`SnapshotSource::check_records`]).
+    check: Option<RecordCheck<T>>,
+}
+
+impl<T: fmt::Debug> fmt::Debug for DecodedRows<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodedRows")
+            .field("records", &self.records)
+            .field("bad", &self.bad)
+            .field("first_row", &self.first_row)
+            .field("pushed", &self.pushed)
+            .field("range", &self.range)
+            .field("check", &self.check.is_some())
+            .finish()
+    }
 }
 
 impl<T> Default for DecodedRows<T> {
@@ -144,15 +158,18 @@ impl<T> Default for DecodedRows<T> {
             first_row: 0,
             pushed: 0,
             range: None,
+            check: None,
         }
     }
 }
 
 impl<T> DecodedRows<T> {
-    /// Rows whose records are kept if their event time is in `range`.
-    fn of(range: Option<Range<i64>>) -> Self {
+    /// Rows whose records are kept if their event time is in `range`, and
+    /// are bad rows if `check` refuses them.
+    fn of(range: Option<Range<i64>>, check: Option<RecordCheck<T>>) -> Self {
         DecodedRows {
             range,
+            check,
             ..DecodedRows::default()
         }
     }
@@ -182,6 +199,12 @@ impl<T> DecodedRows<T> {
                     .as_ref()
                     .is_none_or(|r| r.contains(&record.event_time_ms))
                 {
+                    if let Some(check) = &self.check
+                        && let Err(reason) = check(&record)
+                    {
+                        self.bad.push((index, reason));
+                        return;
+                    }
                     record.position = Position::Row {
                         row: self.first_row + index as u64,
                     };
@@ -561,6 +584,7 @@ struct Inner<D: BatchDecoder> {
     options: ParquetOptions,
     sink: Arc<BadRecordSink>,
     spare: SpareRecords<D::Item>,
+    check: std::sync::OnceLock<RecordCheck<D::Item>>,
 }
 
 impl<D: BatchDecoder> Clone for ParquetSource<D> {
@@ -612,6 +636,7 @@ impl<D: BatchDecoder> ParquetSource<D> {
                 options,
                 sink: Arc::new(BadRecordSink::new(bad_records)),
                 spare: SpareRecords::default(),
+                check: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -654,6 +679,10 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
 
     fn recycle(&self, records: Vec<Record<D::Item>>) {
         self.inner.spare.give(records);
+    }
+
+    fn check_records(&self, check: RecordCheck<D::Item>) {
+        let _ = self.inner.check.set(check);
     }
 }
 
@@ -948,7 +977,10 @@ impl<D: BatchDecoder> Inner<D> {
                 .map_err(|e| parquet_error(&unit, "cannot read", e))?;
             let mut row = first;
             let mut chunk_start = first;
-            let mut rows = DecodedRows::of(self.options.event_time_range.clone());
+            let mut rows = DecodedRows::of(
+                self.options.event_time_range.clone(),
+                self.check.get().cloned(),
+            );
             let mut letters = self.sink.chunk(&unit.key, rows_label(first));
             while let Some(batch) = guarded(
                 &unit,
@@ -1241,15 +1273,22 @@ mod tests {
         given.push(Record::new("old", 0));
         let at = given.as_ptr();
         spare.give(given);
-        let mut rows = DecodedRows::of(Some(10..20));
+        // The installed check refuses "c2": a bad row, not a record.
+        let check: RecordCheck<&str> = Arc::new(|r| {
+            (r.value != "c2")
+                .then_some(())
+                .ok_or_else(|| "refused".to_owned())
+        });
+        let mut rows = DecodedRows::of(Some(10..20), Some(check));
         rows.begin(100, 4, &spare);
         rows.extend([
             Ok(Record::new("a", 10)),
             Err("column `x` is null".to_string()),
             Ok(Record::new("b", 20)),
             Ok(Record::new("c", 19)),
+            Ok(Record::new("c2", 19)),
         ]);
-        assert_eq!(rows.pushed, 4);
+        assert_eq!(rows.pushed, 5);
         let kept: Vec<_> = rows
             .records()
             .iter()
@@ -1259,10 +1298,16 @@ mod tests {
             kept,
             [("a", "row 100".to_string()), ("c", "row 103".to_string()),]
         );
-        assert_eq!(rows.bad_rows(), [(1, "column `x` is null".to_string())]);
+        assert_eq!(
+            rows.bad_rows(),
+            [
+                (1, "column `x` is null".to_string()),
+                (4, "refused".to_string())
+            ]
+        );
         assert_eq!(rows.records().as_ptr(), at, "the vector given back");
         // The next batch forgets the last one's bad rows, not its records.
-        rows.begin(104, 1, &spare);
+        rows.begin(105, 1, &spare);
         rows.push(Ok(Record::new("d", 11)));
         assert_eq!(rows.bad_rows(), []);
         assert_eq!(rows.take_records().len(), 3);

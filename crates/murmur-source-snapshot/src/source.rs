@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use murmur_core::{HandoffToken, Position, Record};
+use murmur_core::{HandoffToken, Position, Record, RecordCheck};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -157,6 +157,28 @@ pub trait SnapshotSource: Send + Sync {
 
     /// Where undecodable records go; shared by all reads of this source.
     fn bad_records(&self) -> &Arc<BadRecordSink>;
+
+    /// Installs `check` for every record decoded from then on: a record it
+    /// refuses is a bad record of its chunk — counted by
+    /// [`bad_records`](Self::bad_records), logged, dead-lettered with its
+    /// line or row (a JSON Lines line with its text) and the check's
+    /// reason, held to `max_bad_records` — not a record of the chunk. A
+    /// backfill installs its pipeline's check
+    /// ([`Pipeline::record_check`](murmur_core::Pipeline::record_check)),
+    /// so a record the pipeline would refuse (a key function giving an
+    /// empty key, an event time no window holds) is a bad record like one
+    /// that does not decode, instead of an error that stops its lane at the
+    /// same record on every resume. A read re-reading a chunk refuses the
+    /// same records again, so the chunk's dead letters and count stay the
+    /// same.
+    ///
+    /// A source serves one pipeline: the first check installed stays, a
+    /// later one is ignored. The default ignores every check (its records
+    /// reach the lane unchecked, and one the pipeline refuses there fails
+    /// the lane with an error naming where it was read).
+    fn check_records(&self, check: RecordCheck<Self::Item>) {
+        drop(check);
+    }
 
     /// Gives back the record vector of a chunk this source yielded, once
     /// the consumer has taken its records out (any left are dropped), so a

@@ -861,13 +861,15 @@ async fn a_run_without_a_token_cannot_hand_over_to_live() {
     assert_eq!(mem.rows(), rows, "nothing more was written");
 }
 
-/// A record the pipeline refuses (its key function gives an empty key)
-/// fails the run with an error naming the object and line it was read
-/// from, without dedup (folded as read), with dedup (held, folded at the
-/// flush, among records of other objects) and when the resumed run
-/// replays the batch it was in.
+/// A record the pipeline refuses (its key function gives an empty key) is
+/// a bad record of its source, like a line that does not decode. Under the
+/// default limit (none allowed) the run fails naming the object, line and
+/// reason, with or without dedup, on the first run and on the resume,
+/// leaving no batch pending (the chunk never reached its lane). Allowed,
+/// it is dead-lettered with its line and text, committed once as the
+/// run's bad record, and every other record is folded exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_the_pipeline_refuses_is_named_by_object_and_line() {
+async fn a_record_the_pipeline_refuses_is_a_bad_record_of_its_source() {
     use std::io::Write as _;
     let d = write_data(1_200);
     let object = "events/day=02/part-00001.json";
@@ -875,12 +877,11 @@ async fn a_record_the_pipeline_refuses_is_named_by_object_and_line() {
         .append(true)
         .open(d.root.join(object))
         .unwrap();
-    writeln!(
-        f,
+    let refused = format!(
         "{{\"entity_id\":\"refused\",\"count\":1,\"occurred_at\":\"{}\"}}",
         rfc3339(T0 + DAY + 3_600_000)
-    )
-    .unwrap();
+    );
+    writeln!(f, "{refused}").unwrap();
     drop(f);
     let lines = std::fs::read_to_string(d.root.join(object))
         .unwrap()
@@ -898,25 +899,9 @@ async fn a_record_the_pipeline_refuses_is_named_by_object_and_line() {
         .window(Window::day())
         .build()
         .unwrap();
-    let named = format!("record at `{object}` row {lines}: ");
-    let mem = MemoryStore::new();
-    let err = backfill(
-        &pipeline,
-        &source(&d),
-        Arc::new(mem.clone()),
-        Arc::new(mem.clone()),
-        &options("bf-refused"),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string().contains(&named) && err.to_string().contains("is empty"),
-        "{err}"
+    let named = format!(
+        "the last one: `{object}`: line {lines}: pipeline daily_counts: entity key \"\": is empty"
     );
-
-    // With dedup the refused record is folded at its batch's flush, after
-    // the batch's intent is stored: the resumed run replays that batch and
-    // names the record again.
     let mem = MemoryStore::new();
     let dedup = BackfillOptions {
         dedup: Some(murmur_bootstrap::Dedup {
@@ -925,26 +910,74 @@ async fn a_record_the_pipeline_refuses_is_named_by_object_and_line() {
         }),
         ..options("bf-refused-dedup")
     };
-    for attempt in ["first run", "resume"] {
+    for (attempt, opts) in [
+        ("first run", options("bf-refused")),
+        ("resume", options("bf-refused")),
+        ("first run with dedup", dedup.clone()),
+        ("resume with dedup", dedup),
+    ] {
         let err = backfill(
             &pipeline,
             &source(&d),
             Arc::new(mem.clone()),
             Arc::new(mem.clone()),
-            &dedup,
+            &opts,
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.to_string().contains(&named) && err.to_string().contains("is empty"),
+            err.contains("too many bad records: 1") && err.contains(&named),
             "{attempt}: {err}"
         );
+        let lanes = CheckpointStore::lanes(&mem, &opts.run_id).await.unwrap();
+        assert!(
+            lanes
+                .iter()
+                .all(|l| l.pending.is_none() && l.bad_records == 0),
+            "{attempt}: {lanes:?}"
+        );
     }
-    let pending = CheckpointStore::lanes(&mem, "bf-refused-dedup")
+
+    // One bad record allowed: dead-lettered, the rest folded exactly.
+    let dlq = tempfile::tempdir().unwrap();
+    let letters: Arc<dyn object_store::ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dlq.path()).unwrap());
+    let allowed = source_with(
+        &d,
+        BadRecordPolicy::max_bad_records(1).with_dead_letter(letters, Path::from("dlq")),
+    );
+    let mem = MemoryStore::new();
+    let out = backfill(
+        &pipeline,
+        &allowed,
+        Arc::new(mem.clone()),
+        Arc::new(mem.clone()),
+        &options("bf-refused-allowed"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(out, BackfillOutcome::Completed { .. }), "{out:?}");
+    assert_eq!(stored(&mem, &d.truth).await, d.truth);
+    let lanes = CheckpointStore::lanes(&mem, "bf-refused-allowed")
         .await
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.pending.is_some())
-        .count();
-    assert_eq!(pending, 1, "the refused record's batch is the one pending");
+        .unwrap();
+    assert_eq!(lanes.iter().map(|l| l.bad_records).sum::<u64>(), 1);
+    // 100 lines of 64-line chunks: the refused line 101 is in the chunk
+    // from line 65.
+    let letter = std::fs::read_to_string(
+        dlq.path()
+            .join(format!("dlq/{object}/lines-{}.jsonl", lines / 64 * 64 + 1)),
+    )
+    .unwrap();
+    let letter: serde_json::Value = serde_json::from_str(letter.trim()).unwrap();
+    assert_eq!(
+        letter,
+        serde_json::json!({
+            "object": object,
+            "location": {"line": lines},
+            "reason": "pipeline daily_counts: entity key \"\": is empty",
+            "raw": refused,
+        })
+    );
 }

@@ -84,6 +84,14 @@ async fn produce(brokers: &str, p: i32, range: std::ops::Range<i64>) {
 
 /// A JSON Lines export of events `[0, n)` of each partition.
 async fn export(n: i64) -> JsonLinesSource<SerdeLines<Ev>> {
+    JsonLinesSource::new(
+        ObjectListing::new(export_store(n).await, Path::from("export")),
+        SerdeLines::new(|e: &Ev| e.occurred_at_unix_ms),
+    )
+}
+
+/// The objects of [`export`]: `export/part-<p>.json`.
+async fn export_store(n: i64) -> Arc<InMemory> {
     let store = Arc::new(InMemory::new());
     for p in 0..PARTITIONS {
         let text: String = (0..n).map(|i| json(&ev(p, i)) + "\n").collect();
@@ -92,10 +100,7 @@ async fn export(n: i64) -> JsonLinesSource<SerdeLines<Ev>> {
             .await
             .unwrap();
     }
-    JsonLinesSource::new(
-        ObjectListing::new(store, Path::from("export")),
-        SerdeLines::new(|e: &Ev| e.occurred_at_unix_ms),
-    )
+    store
 }
 
 fn truth(events: impl Iterator<Item = (String, i64, i64)>) -> BTreeMap<(String, i64), i64> {
@@ -388,4 +393,183 @@ fn futures_pending(mem: &MemoryStore, p: i32) -> bool {
                 .is_some_and(|l| l.pending.is_some())
         })
     })
+}
+
+/// A pipeline that refuses one entity's events (its key function gives an
+/// empty key) on both sides of a Kafka-offsets seam: the backfill
+/// dead-letters the export's (object, line, reason, text) and commits them
+/// as the run's bad records; live sends each of its to the dead-letter
+/// topic with its payload and the reason; nothing stops, and every other
+/// event is folded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_pipeline_refuses_are_dead_letters_on_both_sides_of_the_seam() {
+    use murmur_source_live::{HEADER_ERROR, HEADER_SOURCE_OFFSET};
+    use murmur_source_snapshot::{BadRecordPolicy, JsonLinesOptions, SnapshotSource as _};
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::Headers as _;
+
+    let refused = |e: &(String, i64, i64)| e.0 == "e3";
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    cluster.create_topic("events.dlq", 1, 1).unwrap();
+    for p in 0..PARTITIONS {
+        produce(&brokers, p, 0..200).await;
+    }
+    let token = HandoffToken::Kafka {
+        topic: "events".into(),
+        offsets: (0..PARTITIONS).map(|p| (p, 150)).collect(),
+    };
+    let p = Pipeline::builder("seam", Sum)
+        .key_by(|e: &Ev| {
+            if e.entity_id == "e3" {
+                String::new()
+            } else {
+                e.entity_id.clone()
+            }
+        })
+        .value(|e| e.count)
+        .window(Window::hour())
+        .build()
+        .unwrap();
+    let mem = MemoryStore::new();
+    let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
+        (Arc::new(mem.clone()), Arc::new(mem.clone()));
+
+    // The backfill: the export's refused lines are its bad records.
+    let in_export: Vec<(i32, i64)> = (0..PARTITIONS)
+        .flat_map(|p| (0..150).map(move |i| (p, i)))
+        .filter(|&(p, i)| refused(&ev(p, i)))
+        .collect();
+    let letters = Arc::new(InMemory::new());
+    let source = JsonLinesSource::with_options(
+        ObjectListing::new(export_store(150).await, Path::from("export")),
+        SerdeLines::new(|e: &Ev| e.occurred_at_unix_ms),
+        JsonLinesOptions::default(),
+        BadRecordPolicy::max_bad_records(in_export.len() as u64)
+            .with_dead_letter(letters.clone(), Path::from("dlq")),
+    )
+    .unwrap();
+    let opts = BackfillOptions {
+        token: Some(token.clone()),
+        ..BackfillOptions::new("seam-refused")
+    };
+    backfill(&p, &source, state.clone(), cps.clone(), &opts)
+        .await
+        .unwrap();
+    assert_eq!(source.bad_records().count(), in_export.len() as u64);
+    let lanes = cps.lanes("seam-refused").await.unwrap();
+    assert_eq!(
+        lanes.iter().map(|l| l.bad_records).sum::<u64>(),
+        in_export.len() as u64
+    );
+    for part in 0..PARTITIONS {
+        let text = letters
+            .get(&Path::from(format!(
+                "dlq/export/part-{part}.json/lines-1.jsonl"
+            )))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let lines: Vec<serde_json::Value> = std::str::from_utf8(&text)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let want: Vec<serde_json::Value> = in_export
+            .iter()
+            .filter(|(p, _)| *p == part)
+            .map(|&(p, i)| {
+                serde_json::json!({
+                    "object": format!("export/part-{p}.json"),
+                    "location": {"line": i + 1},
+                    "reason": "pipeline seam: entity key \"\": is empty",
+                    "raw": json(&ev(p, i)),
+                })
+            })
+            .collect();
+        assert_eq!(lines, want, "partition {part}'s export");
+    }
+
+    // Live from the token: its refused messages go to the dead-letter topic.
+    let b2 = brokers.clone();
+    let late = tokio::spawn(async move {
+        for p in 0..PARTITIONS {
+            produce(&b2, p, 200..260).await;
+        }
+    });
+    let config = KafkaConfig::assign(&brokers, "events").dead_letter_topic("events.dlq");
+    let mut source = KafkaSource::connect(config, decoder()).await.unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        live(
+            &p,
+            &mut source,
+            state.clone(),
+            cps.clone(),
+            &live_options(token.clone()),
+            caught_up(cps.clone(), 260),
+        ),
+    )
+    .await
+    .expect("live caught up")
+    .unwrap();
+    late.await.unwrap();
+    let in_live: Vec<(i32, i64)> = (0..PARTITIONS)
+        .flat_map(|p| (150..260).map(move |i| (p, i)))
+        .filter(|&(p, i)| refused(&ev(p, i)))
+        .collect();
+    assert!(!in_live.is_empty() && !in_export.is_empty());
+    assert_eq!(stats.records, 3 * 110 - in_live.len() as u64);
+    let want = truth(
+        (0..PARTITIONS)
+            .flat_map(|p| (0..260).map(move |i| ev(p, i)))
+            .filter(|e| !refused(e)),
+    );
+    assert_eq!(stored(&*state, &want).await, want, "every other event once");
+
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dlq-reader")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("events.dlq", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    dlq.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < in_live.len() && std::time::Instant::now() < deadline {
+        if let Some(m) = dlq.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let header = |key: &str| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|h| h.key == key))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap()
+            };
+            got.push((
+                header(HEADER_SOURCE_OFFSET).parse::<i64>().unwrap(),
+                header(HEADER_ERROR),
+                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+            ));
+        }
+    }
+    got.sort();
+    let mut want: Vec<(i64, String, String)> = in_live
+        .iter()
+        .map(|&(p, i)| {
+            (
+                i,
+                "pipeline seam: entity key \"\": is empty".to_owned(),
+                json(&ev(p, i)),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "one dead letter per refused live message");
 }

@@ -7,7 +7,7 @@ use crate::common::*;
 use arrow_array::{Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt as _;
-use murmur_core::Position;
+use murmur_core::{CountEvent, Position, RecordCheck};
 use murmur_source_snapshot::{
     BadRecord, BadRecordPolicy, BadRecordSink, Chunk, CountEventColumns, CountEventLines, Error,
     JsonLinesOptions, JsonLinesSource, ObjectListing, ParquetSource, RecordLocation,
@@ -29,36 +29,40 @@ async fn read_json(name: &str, bytes: Vec<u8>, max: u64) -> (Result<usize, Error
         ..Default::default()
     };
     let (source, unit) = json_source(name, bytes, options, max).await;
-    let result = source
-        .read(&unit, &Position::Beginning)
-        .try_collect::<Vec<_>>()
-        .await
-        .map(|chunks| records_and_bad(&source, &chunks));
-    let bad = source
-        .bad_records()
-        .samples()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    (result, bad)
+    read_unit(&source, &unit).await
 }
 
 async fn read_parquet(bytes: Vec<u8>) -> (Result<usize, Error>, Vec<String>) {
+    let source = parquet_source(bytes).await;
+    let unit = source.list_units().await.unwrap().remove(0);
+    read_unit(&source, &unit).await
+}
+
+/// A Parquet source over one object `in/part-0.parquet` holding `bytes`,
+/// tolerating 10 bad records.
+async fn parquet_source(bytes: Vec<u8>) -> ParquetSource<CountEventColumns> {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     put(&store, "in/part-0.parquet", bytes).await;
-    let source = ParquetSource::with_options(
+    ParquetSource::with_options(
         ObjectListing::new(store, Path::from("in")),
         CountEventColumns,
         Default::default(),
         BadRecordPolicy::max_bad_records(10),
     )
-    .unwrap();
-    let unit = source.list_units().await.unwrap().remove(0);
+    .unwrap()
+}
+
+/// Reads `unit` of `source` whole: the records read (or the error) and the
+/// bad records reported.
+async fn read_unit<S: SnapshotSource>(
+    source: &S,
+    unit: &WorkUnit,
+) -> (Result<usize, Error>, Vec<String>) {
     let result = source
-        .read(&unit, &Position::Beginning)
+        .read(unit, &Position::Beginning)
         .try_collect::<Vec<_>>()
         .await
-        .map(|chunks| records_and_bad(&source, &chunks));
+        .map(|chunks| records_and_bad(source, &chunks));
     let bad = source
         .bad_records()
         .samples()
@@ -696,6 +700,64 @@ async fn events_no_pipeline_could_fold_are_bad_records() {
     assert_eq!(
         bad,
         ["`in/part-0.parquet`: row 2: CountEvent entity_id is empty"]
+    );
+}
+
+/// Records an installed check refuses (a pipeline's: a key it cannot
+/// store) are bad records with their line or row and the check's reason,
+/// in both formats; a second check is ignored (a source serves one
+/// pipeline); the scan goes on.
+#[tokio::test]
+async fn records_the_installed_check_refuses_are_bad_records() {
+    let check = || -> RecordCheck<CountEvent> {
+        Arc::new(|r| match r.value.entity_id.as_str() {
+            "b" => Err("pipeline p: entity key \"\": is empty".to_owned()),
+            _ => Ok(()),
+        })
+    };
+    let (source, unit) = json_source(
+        "a.json",
+        lines(&[&good("a"), &good("b"), "x", &good("b"), &good("c")]),
+        JsonLinesOptions::default(),
+        5,
+    )
+    .await;
+    source.check_records(check());
+    source.check_records(Arc::new(|_| Err("a second check".to_owned())));
+    let (ok, bad) = read_unit(&source, &unit).await;
+    assert_eq!(ok.unwrap(), 2);
+    assert_eq!(
+        bad,
+        [
+            "`in/a.json`: line 2: pipeline p: entity key \"\": is empty",
+            "`in/a.json`: line 3: invalid CountEvent JSON: expected value at line 1 column 1",
+            "`in/a.json`: line 4: pipeline p: entity key \"\": is empty",
+        ]
+    );
+
+    let source = parquet_source(parquet_with(
+        vec![
+            Field::new("entity_id", DataType::Utf8, false),
+            Field::new("count", DataType::Int64, false),
+            Field::new("occurred_at_unix_ms", DataType::Int64, false),
+        ],
+        vec![
+            Arc::new(StringArray::from(vec!["a", "b", "c", "b"])),
+            Arc::new(Int64Array::from(vec![1, 1, 1, 1])),
+            Arc::new(Int64Array::from(vec![MAY_1_2026_MS; 4])),
+        ],
+    ))
+    .await;
+    source.check_records(check());
+    let unit = source.list_units().await.unwrap().remove(0);
+    let (ok, bad) = read_unit(&source, &unit).await;
+    assert_eq!(ok.unwrap(), 2);
+    assert_eq!(
+        bad,
+        [
+            "`in/part-0.parquet`: row 2: pipeline p: entity key \"\": is empty",
+            "`in/part-0.parquet`: row 4: pipeline p: entity key \"\": is empty",
+        ]
     );
 }
 

@@ -371,17 +371,37 @@ async fn undecodable_items_are_bad_records_with_their_key() {
         .unwrap();
 
     let source = source(&client, &table, |o| o.segments = 1)
-        .with_bad_records(BadRecordPolicy::max_bad_records(1));
+        .with_bad_records(BadRecordPolicy::max_bad_records(2));
+    // An item the installed check (a pipeline's) refuses is a bad record
+    // too, named by its key.
+    source.check_records(std::sync::Arc::new(|r: &murmur_core::Record<Item>| match r
+        .value
+        .pk
+        .as_str()
+    {
+        "entity-00011" => Err("pipeline p: entity key \"\": is empty".to_owned()),
+        _ => Ok(()),
+    }));
     let units = source.list_units().await.unwrap();
     let records = read_all(&source, &units, 1).await;
-    assert_eq!(records.len(), 49);
-    let bad = source.bad_records().samples();
-    assert_eq!(bad.len(), 1);
+    assert_eq!(records.len(), 48);
+    let mut bad: Vec<String> = source
+        .bad_records()
+        .samples()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    bad.sort();
     assert_eq!(
-        bad[0].to_string(),
-        format!(
-            r#"`{table}#segment-0-of-1`: segment 0 item {{"pk":{{"S":"entity-00007"}}}}: count: Expected num"#
-        )
+        bad,
+        [
+            format!(
+                r#"`{table}#segment-0-of-1`: segment 0 item {{"pk":{{"S":"entity-00007"}}}}: count: Expected num"#
+            ),
+            format!(
+                r#"`{table}#segment-0-of-1`: segment 0 item {{"pk":{{"S":"entity-00011"}}}}: pipeline p: entity key "": is empty"#
+            )
+        ]
     );
 }
 
