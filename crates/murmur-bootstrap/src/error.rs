@@ -19,7 +19,10 @@ pub enum Error {
         source: Box<StoreError>,
     },
     /// A record could not be folded (the pipeline refused its key or its
-    /// event time).
+    /// event time). [`backfill`](crate::backfill) and [`live`](crate::live)
+    /// have their sources refuse such records as bad records first (see
+    /// the crate docs); this comes from a source that takes no check, or
+    /// from records handed to a [`LaneWriter`](crate::LaneWriter) directly.
     #[error("lane {lane}: the record at {at}: {source}")]
     Pipeline {
         /// The lane.

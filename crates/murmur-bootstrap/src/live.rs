@@ -214,7 +214,19 @@ where
 {
     // A record the pipeline refuses is the source's dead letter, like one
     // that does not decode, not an error that stops its lane there.
-    source.check_records(pipeline.record_check());
+    // Records before an event-time cut were the backfill's to judge (and
+    // are dropped here).
+    let check = pipeline.record_check();
+    source.check_records(match options.cut() {
+        None => check,
+        Some(at) => Arc::new(move |r: &Record<T>| {
+            if r.event_time_ms >= at {
+                check(r)
+            } else {
+                Ok(())
+            }
+        }),
+    });
     let sinks = StateSinks {
         pipeline: pipeline.clone(),
         state,

@@ -76,7 +76,7 @@ pub use handoff::HandoffToken;
 pub use memory::MemoryStore;
 pub use monoid::{Cell, DynMonoid, Kind, Monoid};
 pub use pipeline::{Pipeline, PipelineBuilder};
-pub use record::{LaneId, Position, Record, RecordCheck};
+pub use record::{InstalledCheck, LaneId, Position, Record, RecordCheck};
 pub use store::{
     AliasStore, ApplyReport, BatchIntent, CheckpointStore, Claim, Deduper, LaneState, RowDelta,
     RowKey, RunRecord, RunStatus, StateStore, StoredValue, WriteBatch,

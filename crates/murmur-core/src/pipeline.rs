@@ -126,8 +126,10 @@ impl<T, M: Monoid> Pipeline<T, M> {
     /// bucket of the window and each of its entity keys is one a store can
     /// hold (not empty, at most [`RowKey::MAX_ENTITY_BYTES`]). What
     /// [`Aggregator::push`](crate::Aggregator::push) refuses, checked
-    /// without folding (past-retention events are not refused: they are
-    /// dropped and counted where they are folded).
+    /// without folding. The answer does not depend on when it is asked (a
+    /// chunk read again is judged the same), so retention plays no part:
+    /// an event with a bad key is refused even if its bucket is past
+    /// retention, where the Aggregator would drop it as expired.
     ///
     /// ```
     /// use murmur_core::{Pipeline, Record, Window, monoid::Sum};
@@ -144,7 +146,7 @@ impl<T, M: Monoid> Pipeline<T, M> {
     /// ```
     pub fn check(&self, record: &Record<T>) -> Result<(), PipelineError> {
         if let Some(w) = &self.inner.window {
-            w.index_of(record.event_time_ms)?;
+            w.check_time(record.event_time_ms)?;
         }
         match &self.inner.keys {
             KeyFn::Str(f) => self.check_key(f(&record.value)),

@@ -55,6 +55,37 @@ impl<T> Record<T> {
 /// decode.
 pub type RecordCheck<T> = Arc<dyn Fn(&Record<T>) -> Result<(), String> + Send + Sync>;
 
+/// Where a source keeps the [`RecordCheck`] installed into it: the last
+/// one installed holds for the reads (and live batches) that start after
+/// it; a read takes it once when it starts, not per record.
+pub struct InstalledCheck<T>(std::sync::RwLock<Option<RecordCheck<T>>>);
+
+impl<T> Default for InstalledCheck<T> {
+    fn default() -> Self {
+        InstalledCheck(std::sync::RwLock::new(None))
+    }
+}
+
+impl<T> fmt::Debug for InstalledCheck<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InstalledCheck")
+            .field(&self.get().is_some())
+            .finish()
+    }
+}
+
+impl<T> InstalledCheck<T> {
+    /// Installs `check` in place of any earlier one.
+    pub fn set(&self, check: RecordCheck<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    }
+
+    /// The check installed, if any.
+    pub fn get(&self) -> Option<RecordCheck<T>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// A position within a lane, fine enough to resume from.
 ///
 /// Positions are *exclusive ends* when stored as checkpoints: a lane whose

@@ -148,13 +148,20 @@ impl Window {
 
     /// The bucket index of an event time (euclidean division).
     pub fn index_of(&self, event_time_ms: i64) -> Result<i64, PipelineError> {
+        self.check_time(event_time_ms)?;
+        Ok(event_time_ms.div_euclid(self.granularity_ms))
+    }
+
+    /// Whether [`index_of`](Self::index_of) takes `event_time_ms`, without
+    /// its division.
+    pub(crate) fn check_time(&self, event_time_ms: i64) -> Result<(), PipelineError> {
         if event_time_ms.unsigned_abs() > MAX_ABS_TIME_MS as u64 {
             return Err(PipelineError::EventTimeOutOfRange {
                 event_time_ms,
                 granularity_ms: self.granularity_ms,
             });
         }
-        Ok(event_time_ms.div_euclid(self.granularity_ms))
+        Ok(())
     }
 
     /// The event times [`index_of`](Self::index_of) maps to `index`

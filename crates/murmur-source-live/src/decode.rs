@@ -2,10 +2,10 @@
 //! and event-id extractors, and the ready decoder of the canonical
 //! [`CountEvent`].
 
-use murmur_core::{CountEvent, Position, Record, RecordCheck};
+use murmur_core::{CountEvent, InstalledCheck, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 type DecodeFn<T> = dyn Fn(&[u8]) -> Result<T, String> + Send + Sync;
 type TimeFn<T> = dyn Fn(&T) -> Option<i64> + Send + Sync;
@@ -44,7 +44,7 @@ pub struct Decoder<T> {
     event_id: Option<Box<IdFn<T>>>,
     max_payload_bytes: usize,
     min_event_time_ms: Option<i64>,
-    check: OnceLock<RecordCheck<T>>,
+    check: InstalledCheck<T>,
 }
 
 impl<T> fmt::Debug for Decoder<T> {
@@ -108,7 +108,7 @@ impl<T> Decoder<T> {
             event_id: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD,
             min_event_time_ms: None,
-            check: OnceLock::new(),
+            check: InstalledCheck::default(),
         }
     }
 
@@ -139,31 +139,30 @@ impl<T> Decoder<T> {
     }
 
     /// Decodes one payload as the sources do (the record's position is
-    /// left [`Position::Unknown`]); the error is the dead-letter reason.
-    /// A record before the event-time floor is returned as is.
+    /// left [`Position::Unknown`]); the error is the dead-letter reason,
+    /// also when the check a runner installed into the source refuses the
+    /// record. A record before the event-time floor is returned as is.
     pub fn try_decode(
         &self,
         payload: &[u8],
         broker_time_ms: Option<i64>,
     ) -> Result<Record<T>, String> {
         let record = self.record(Some(payload), broker_time_ms, Position::Unknown)?;
-        self.checked(record)
+        checked(self.check().as_ref(), record)
     }
 
     /// Installs the check of decoded records (see
     /// [`LiveSource::check_records`](crate::LiveSource::check_records)):
-    /// a record it refuses is a dead letter with the check's reason. The
-    /// first check installed stays.
+    /// a record it refuses is a dead letter with the check's reason. It
+    /// replaces any earlier one.
     pub(crate) fn install_check(&self, check: RecordCheck<T>) {
-        let _ = self.check.set(check);
+        self.check.set(check);
     }
 
-    /// `record`, unless the installed check refuses it.
-    fn checked(&self, record: Record<T>) -> Result<Record<T>, String> {
-        match self.check.get() {
-            Some(check) => check(&record).map(|()| record),
-            None => Ok(record),
-        }
+    /// The installed check, taken once per batch of messages and passed to
+    /// [`decode_message`](Self::decode_message).
+    pub(crate) fn check(&self) -> Option<RecordCheck<T>> {
+        self.check.get()
     }
 
     fn record(
@@ -202,9 +201,11 @@ impl<T> Decoder<T> {
         })
     }
 
-    /// Decodes one message for a source.
+    /// Decodes one message for a source; `check` is the installed one
+    /// ([`check`](Self::check)).
     pub(crate) fn decode_message(
         &self,
+        check: Option<&RecordCheck<T>>,
         payload: Option<&[u8]>,
         broker_time_ms: Option<i64>,
         position: Position,
@@ -217,12 +218,20 @@ impl<T> Decoder<T> {
             {
                 Outcome::BeforeCut
             }
-            Ok(r) => match self.checked(r) {
+            Ok(r) => match checked(check, r) {
                 Ok(r) => Outcome::Record(r),
                 Err(reason) => Outcome::Dead(reason),
             },
             Err(reason) => Outcome::Dead(reason),
         }
+    }
+}
+
+/// `record`, unless `check` refuses it.
+fn checked<T>(check: Option<&RecordCheck<T>>, record: Record<T>) -> Result<Record<T>, String> {
+    match check {
+        Some(check) => check(&record).map(|()| record),
+        None => Ok(record),
     }
 }
 
@@ -307,12 +316,13 @@ mod tests {
         let err = d.try_decode(&[b' '; 201], None).unwrap_err();
         assert_eq!(err, "payload of 201 bytes exceeds the limit of 200 bytes");
         assert!(
-            matches!(d.decode_message(None, None, Position::Unknown), Outcome::Dead(r) if r == "empty payload")
+            matches!(d.decode_message(None, None, None, Position::Unknown), Outcome::Dead(r) if r == "empty payload")
         );
 
         let cut = Decoder::count_events().min_event_time(10);
         assert!(matches!(
             cut.decode_message(
+                None,
                 Some(br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":9}"#),
                 None,
                 Position::Unknown
@@ -321,6 +331,7 @@ mod tests {
         ));
         assert!(matches!(
             cut.decode_message(
+                None,
                 Some(br#"{"entity_id":"a","count":1,"occurred_at_unix_ms":10}"#),
                 None,
                 Position::Unknown

@@ -727,9 +727,11 @@ impl<T: Send + 'static> Shared<T> {
         let mut records = Vec::with_capacity(batch.metas.len());
         let mut dead = Vec::new();
         let mut skipped = 0;
+        let check = self.decoder.check();
         for m in &batch.metas {
             let payload = batch.payload(m);
             match self.decoder.decode_message(
+                check.as_ref(),
                 payload,
                 m.timestamp,
                 Position::Offset { offset: m.offset },

@@ -562,6 +562,7 @@ impl<T: Send + 'static> Shared<T> {
         let mut dead = Vec::new();
         let mut last = None;
         let mut skipped = 0;
+        let check = self.decoder.check();
         for r in records {
             let Some(seq) = SequenceNumber::parse(&r.sequence) else {
                 dead.push(DeadLetter {
@@ -593,7 +594,7 @@ impl<T: Send + 'static> Shared<T> {
             };
             match self
                 .decoder
-                .decode_message(Some(&data), r.arrival_ms, position)
+                .decode_message(check.as_ref(), Some(&data), r.arrival_ms, position)
             {
                 Outcome::Record(rec) => out.push(rec),
                 Outcome::BeforeCut => skipped += 1,

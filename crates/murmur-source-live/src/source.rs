@@ -288,8 +288,8 @@ pub trait LiveSource<T: Send + 'static>: Send {
     /// ([`Pipeline::record_check`](murmur_core::Pipeline::record_check)),
     /// so a record the pipeline would refuse (an empty entity key, an
     /// event time no window holds) cannot stop its lane at that message on
-    /// every restart. A source serves one pipeline: the first check
-    /// installed stays. The default ignores it.
+    /// every restart. The last check installed holds for the messages
+    /// decoded after it. The default ignores it.
     fn check_records(&self, check: RecordCheck<T>) {
         drop(check);
     }

@@ -218,6 +218,9 @@ where
         ..FlushPolicy::backfill()
     };
     let started = Instant::now();
+    // As murmur-bootstrap's backfill: the source refuses what the pipeline
+    // would (a bad record), checking every record it decodes.
+    source.check_records(pipeline.record_check());
     let units = source.list_units().await.unwrap();
     let plan = LanePlan::new("bench", units, lanes).unwrap();
     let mut tasks = Vec::new();

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
-use murmur_core::{HandoffToken, Position, Record, RecordCheck};
+use murmur_core::{HandoffToken, InstalledCheck, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -136,7 +136,7 @@ pub struct DynamoDbScanSource<T> {
     sink: Arc<BadRecordSink>,
     limiter: Arc<RateLimiter>,
     key_names: Arc<OnceCell<Vec<String>>>,
-    check: Arc<std::sync::OnceLock<RecordCheck<T>>>,
+    check: Arc<InstalledCheck<T>>,
 }
 
 impl<T> Clone for DynamoDbScanSource<T> {
@@ -523,7 +523,7 @@ impl<T: DeserializeOwned + Send + 'static> SnapshotSource for DynamoDbScanSource
     }
 
     fn check_records(&self, check: RecordCheck<T>) {
-        let _ = self.check.set(check);
+        self.check.set(check);
     }
 }
 
@@ -645,7 +645,7 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                         event_id: id,
                         position: start.clone(),
                     };
-                    match check {
+                    match &check {
                         Some(check) => check(&record).map(|()| record),
                         None => Ok(record),
                     }

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use murmur_core::{HandoffToken, Position, Record, RecordCheck};
+use murmur_core::{HandoffToken, InstalledCheck, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
@@ -179,7 +179,7 @@ struct Inner<D: LineDecoder> {
     options: JsonLinesOptions,
     sink: Arc<BadRecordSink>,
     spare: SpareRecords<D::Item>,
-    check: OnceLock<RecordCheck<D::Item>>,
+    check: InstalledCheck<D::Item>,
 }
 
 impl<D: LineDecoder> Clone for JsonLinesSource<D> {
@@ -231,7 +231,7 @@ impl<D: LineDecoder> JsonLinesSource<D> {
                 options,
                 sink: Arc::new(BadRecordSink::new(bad_records)),
                 spare: SpareRecords::default(),
-                check: OnceLock::new(),
+                check: InstalledCheck::default(),
             }),
         })
     }
@@ -273,7 +273,7 @@ impl<D: LineDecoder> SnapshotSource for JsonLinesSource<D> {
     }
 
     fn check_records(&self, check: RecordCheck<D::Item>) {
-        let _ = self.inner.check.set(check);
+        self.inner.check.set(check);
     }
 }
 
@@ -310,6 +310,7 @@ impl<D: LineDecoder> Inner<D> {
             line_no += 1;
         }
         let n = self.options.chunk_lines;
+        let check = self.check.get();
         loop {
             self.sink.check()?;
             let chunk_start = line_no;
@@ -330,7 +331,7 @@ impl<D: LineDecoder> Inner<D> {
                         line_no += 1;
                         match line {
                             Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => {}
-                            Line::Text(text) => match self.decode(text) {
+                            Line::Text(text) => match self.decode(text, check.as_ref()) {
                                 Ok(Some(mut record)) => {
                                     record.position = Position::Row { row: at };
                                     records.push(record);
@@ -381,14 +382,18 @@ impl<D: LineDecoder> Inner<D> {
     }
 
     /// A line's record, `None` when its event time is outside the range;
-    /// `Err` when it does not decode or the installed check refuses it.
+    /// `Err` when it does not decode or `check` refuses it.
     #[inline]
-    fn decode(&self, line: &[u8]) -> Result<Option<Record<D::Item>>, String> {
+    fn decode(
+        &self,
+        line: &[u8],
+        check: Option<&RecordCheck<D::Item>>,
+    ) -> Result<Option<Record<D::Item>>, String> {
         let record = self.decoder.decode(line)?;
         if !self.in_range(record.event_time_ms) {
             return Ok(None);
         }
-        if let Some(check) = self.check.get() {
+        if let Some(check) = check {
             check(&record)?;
         }
         Ok(Some(record))

@@ -20,7 +20,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, TryStreamExt as _};
-use murmur_core::{HandoffToken, Position, Record, RecordCheck};
+use murmur_core::{HandoffToken, InstalledCheck, Position, Record, RecordCheck};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::ProjectionMask;
@@ -584,7 +584,7 @@ struct Inner<D: BatchDecoder> {
     options: ParquetOptions,
     sink: Arc<BadRecordSink>,
     spare: SpareRecords<D::Item>,
-    check: std::sync::OnceLock<RecordCheck<D::Item>>,
+    check: InstalledCheck<D::Item>,
 }
 
 impl<D: BatchDecoder> Clone for ParquetSource<D> {
@@ -636,7 +636,7 @@ impl<D: BatchDecoder> ParquetSource<D> {
                 options,
                 sink: Arc::new(BadRecordSink::new(bad_records)),
                 spare: SpareRecords::default(),
-                check: std::sync::OnceLock::new(),
+                check: InstalledCheck::default(),
             }),
         })
     }
@@ -682,7 +682,7 @@ impl<D: BatchDecoder> SnapshotSource for ParquetSource<D> {
     }
 
     fn check_records(&self, check: RecordCheck<D::Item>) {
-        let _ = self.inner.check.set(check);
+        self.inner.check.set(check);
     }
 }
 
@@ -977,10 +977,7 @@ impl<D: BatchDecoder> Inner<D> {
                 .map_err(|e| parquet_error(&unit, "cannot read", e))?;
             let mut row = first;
             let mut chunk_start = first;
-            let mut rows = DecodedRows::of(
-                self.options.event_time_range.clone(),
-                self.check.get().cloned(),
-            );
+            let mut rows = DecodedRows::of(self.options.event_time_range.clone(), self.check.get());
             let mut letters = self.sink.chunk(&unit.key, rows_label(first));
             while let Some(batch) = guarded(
                 &unit,

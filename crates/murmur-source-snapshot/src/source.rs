@@ -172,10 +172,11 @@ pub trait SnapshotSource: Send + Sync {
     /// same records again, so the chunk's dead letters and count stay the
     /// same.
     ///
-    /// A source serves one pipeline: the first check installed stays, a
-    /// later one is ignored. The default ignores every check (its records
-    /// reach the lane unchecked, and one the pipeline refuses there fails
-    /// the lane with an error naming where it was read).
+    /// The last check installed holds for the reads that start after it
+    /// (a source read by two pipelines at once would need two sources).
+    /// The default ignores every check: its records reach the lane
+    /// unchecked, and one the pipeline refuses there fails the lane with an
+    /// error naming where it was read.
     fn check_records(&self, check: RecordCheck<Self::Item>) {
         drop(check);
     }

@@ -11,8 +11,11 @@ use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, MemoryStore, Pipeline, Position,
     StoreError, Window,
 };
-use murmur_source_live::{Decoder, KafkaConfig, KafkaSource, kafka_lane};
-use murmur_source_snapshot::{JsonLinesSource, ObjectListing, SerdeLines};
+use murmur_source_live::{Decoder, KafkaConfig, KafkaSource, LiveSource as _, kafka_lane};
+use murmur_source_snapshot::{
+    BadRecordPolicy, JsonLinesOptions, JsonLinesSource, ObjectListing, SerdeLines,
+    SnapshotSource as _,
+};
 use object_store::ObjectStoreExt as _;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -35,6 +38,28 @@ struct Ev {
 const HOUR: i64 = 3_600_000;
 const T0: i64 = 1_778_198_400_000;
 const PARTITIONS: i32 = 3;
+
+/// The events [`refusing_e3`] refuses.
+fn refused(e: &(String, i64, i64)) -> bool {
+    e.0 == "e3"
+}
+
+/// [`pipeline`], but its key function gives `e3`'s events an empty key:
+/// the pipeline refuses them.
+fn refusing_e3() -> Pipeline<Ev, Sum> {
+    Pipeline::builder("seam", Sum)
+        .key_by(|e: &Ev| {
+            if e.entity_id == "e3" {
+                String::new()
+            } else {
+                e.entity_id.clone()
+            }
+        })
+        .value(|e| e.count)
+        .window(Window::hour())
+        .build()
+        .unwrap()
+}
 
 fn pipeline() -> Pipeline<Ev, Sum> {
     Pipeline::builder("seam", Sum)
@@ -84,10 +109,18 @@ async fn produce(brokers: &str, p: i32, range: std::ops::Range<i64>) {
 
 /// A JSON Lines export of events `[0, n)` of each partition.
 async fn export(n: i64) -> JsonLinesSource<SerdeLines<Ev>> {
-    JsonLinesSource::new(
+    export_with(n, BadRecordPolicy::default()).await
+}
+
+/// [`export`] with `bad` for its bad records.
+async fn export_with(n: i64, bad: BadRecordPolicy) -> JsonLinesSource<SerdeLines<Ev>> {
+    JsonLinesSource::with_options(
         ObjectListing::new(export_store(n).await, Path::from("export")),
         SerdeLines::new(|e: &Ev| e.occurred_at_unix_ms),
+        JsonLinesOptions::default(),
+        bad,
     )
+    .unwrap()
 }
 
 /// The objects of [`export`]: `export/part-<p>.json`.
@@ -243,14 +276,26 @@ async fn event_time_cut_seam_is_exact() {
     let mem = MemoryStore::new();
     let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
         (Arc::new(mem.clone()), Arc::new(mem.clone()));
-    let p = pipeline();
+    // The pipeline refuses e3's events: those before the cut are the
+    // backfill's bad records, those at or after it live's dead letters,
+    // none of them both (live reads from 10 minutes before the cut).
+    let p = refusing_e3();
+    let side = |range: std::ops::Range<i64>| {
+        (0..PARTITIONS)
+            .flat_map(|p| range.clone().map(move |i| ev(p, i)))
+            .filter(refused)
+            .count() as u64
+    };
+    let (before, after) = (side(0..120), side(120..200));
     let opts = BackfillOptions {
         token: Some(token.clone()),
         ..BackfillOptions::new("seam-cut")
     };
-    backfill(&p, &export(170).await, state.clone(), cps.clone(), &opts)
+    let export = export_with(170, BadRecordPolicy::max_bad_records(before)).await;
+    backfill(&p, &export, state.clone(), cps.clone(), &opts)
         .await
         .unwrap();
+    assert_eq!(export.bad_records().count(), before);
     let config =
         KafkaConfig::assign(&brokers, "events").event_time_cut_skew(Duration::from_secs(600));
     let mut source = KafkaSource::connect(config, decoder()).await.unwrap();
@@ -270,14 +315,21 @@ async fn event_time_cut_seam_is_exact() {
     .unwrap();
     assert_eq!(
         stats.records,
-        3 * 80,
+        3 * 80 - after,
         "live kept exactly the events at or after the cut"
     );
+    assert!(before > 0 && after > 0);
+    assert_eq!(source.metrics().dead_letters, after);
+    assert_eq!(stats.before_cut, 3 * 10, "live read from the cut's skew");
     for p in 0..PARTITIONS {
         let lane = cps.lane(&kafka_lane("events", p)).await.unwrap().unwrap();
         assert!(lane.committed_seq > 0);
     }
-    let want = truth((0..PARTITIONS).flat_map(|p| (0..200).map(move |i| ev(p, i))));
+    let want = truth(
+        (0..PARTITIONS)
+            .flat_map(|p| (0..200).map(move |i| ev(p, i)))
+            .filter(|e| !refused(e)),
+    );
     assert_eq!(
         stored(&*state, &want).await,
         want,
@@ -404,12 +456,10 @@ fn futures_pending(mem: &MemoryStore, p: i32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_pipeline_refuses_are_dead_letters_on_both_sides_of_the_seam() {
     use murmur_source_live::{HEADER_ERROR, HEADER_SOURCE_OFFSET};
-    use murmur_source_snapshot::{BadRecordPolicy, JsonLinesOptions, SnapshotSource as _};
     use rdkafka::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     use rdkafka::message::Headers as _;
 
-    let refused = |e: &(String, i64, i64)| e.0 == "e3";
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("events", PARTITIONS, 1).unwrap();
@@ -421,18 +471,7 @@ async fn records_the_pipeline_refuses_are_dead_letters_on_both_sides_of_the_seam
         topic: "events".into(),
         offsets: (0..PARTITIONS).map(|p| (p, 150)).collect(),
     };
-    let p = Pipeline::builder("seam", Sum)
-        .key_by(|e: &Ev| {
-            if e.entity_id == "e3" {
-                String::new()
-            } else {
-                e.entity_id.clone()
-            }
-        })
-        .value(|e| e.count)
-        .window(Window::hour())
-        .build()
-        .unwrap();
+    let p = refusing_e3();
     let mem = MemoryStore::new();
     let (state, cps): (Arc<dyn StateStore>, Arc<dyn CheckpointStore>) =
         (Arc::new(mem.clone()), Arc::new(mem.clone()));
@@ -443,14 +482,12 @@ async fn records_the_pipeline_refuses_are_dead_letters_on_both_sides_of_the_seam
         .filter(|&(p, i)| refused(&ev(p, i)))
         .collect();
     let letters = Arc::new(InMemory::new());
-    let source = JsonLinesSource::with_options(
-        ObjectListing::new(export_store(150).await, Path::from("export")),
-        SerdeLines::new(|e: &Ev| e.occurred_at_unix_ms),
-        JsonLinesOptions::default(),
+    let source = export_with(
+        150,
         BadRecordPolicy::max_bad_records(in_export.len() as u64)
             .with_dead_letter(letters.clone(), Path::from("dlq")),
     )
-    .unwrap();
+    .await;
     let opts = BackfillOptions {
         token: Some(token.clone()),
         ..BackfillOptions::new("seam-refused")
@@ -524,6 +561,7 @@ async fn records_the_pipeline_refuses_are_dead_letters_on_both_sides_of_the_seam
         .collect();
     assert!(!in_live.is_empty() && !in_export.is_empty());
     assert_eq!(stats.records, 3 * 110 - in_live.len() as u64);
+    assert_eq!(source.metrics().dead_letters, in_live.len() as u64);
     let want = truth(
         (0..PARTITIONS)
             .flat_map(|p| (0..260).map(move |i| ev(p, i)))

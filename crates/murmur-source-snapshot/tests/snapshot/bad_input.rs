@@ -705,8 +705,8 @@ async fn events_no_pipeline_could_fold_are_bad_records() {
 
 /// Records an installed check refuses (a pipeline's: a key it cannot
 /// store) are bad records with their line or row and the check's reason,
-/// in both formats; a second check is ignored (a source serves one
-/// pipeline); the scan goes on.
+/// in both formats, the same ones on a read again (not counted again); the
+/// last check installed holds; the scan goes on.
 #[tokio::test]
 async fn records_the_installed_check_refuses_are_bad_records() {
     let check = || -> RecordCheck<CountEvent> {
@@ -722,10 +722,13 @@ async fn records_the_installed_check_refuses_are_bad_records() {
         5,
     )
     .await;
+    source.check_records(Arc::new(|_| Err("an earlier check".to_owned())));
     source.check_records(check());
-    source.check_records(Arc::new(|_| Err("a second check".to_owned())));
     let (ok, bad) = read_unit(&source, &unit).await;
     assert_eq!(ok.unwrap(), 2);
+    let (again, _) = read_unit(&source, &unit).await;
+    assert_eq!(again.unwrap(), 2);
+    assert_eq!(source.bad_records().count(), 3, "a read again counts none");
     assert_eq!(
         bad,
         [
