@@ -73,9 +73,19 @@ impl DynamoDbStreamsConfig {
     /// A chunk is delivered only after
     /// its dead letters are written; a replay may write them again (they
     /// are at-least-once, identified by shard and sequence number). Without
-    /// one they are counted and logged.
+    /// one, a bad record stops the source with
+    /// [`Error::BadMessage`](crate::Error::BadMessage) naming it, unless
+    /// [`skip_bad_messages`](Self::skip_bad_messages).
     pub fn dead_letter_stream(mut self, client: aws_sdk_kinesis::Client, stream: &str) -> Self {
         self.dead_letters = Some((client, stream.to_owned()));
+        self
+    }
+
+    /// Without a [`dead_letter_stream`](Self::dead_letter_stream), log bad
+    /// records with their shard, sequence number and reason, count them
+    /// and go on, instead of stopping at the first one.
+    pub fn skip_bad_messages(mut self) -> Self {
+        self.inner = self.inner.skip_bad_messages();
         self
     }
 

@@ -191,6 +191,22 @@ pub enum Error {
         message: String,
     },
 
+    /// A message that does not decode (or that the runner's check
+    /// refuses) and no dead-letter destination to send it to: the source
+    /// stops at it rather than pass it by, unless told to skip such
+    /// messages.
+    #[error(
+        "bad message at {origin}: {reason}; no dead-letter {destination} is configured to take it (configure one, or skip bad messages to log and count them)"
+    )]
+    BadMessage {
+        /// Where the message is (`topic/partition@offset`, `stream/shard@sequence`).
+        origin: String,
+        /// Why it is bad.
+        reason: String,
+        /// `topic` or `stream`.
+        destination: &'static str,
+    },
+
     /// Invalid configuration.
     #[error("invalid configuration: {reason}")]
     Config {

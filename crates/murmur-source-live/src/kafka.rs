@@ -119,6 +119,7 @@ pub struct KafkaConfig {
     group_id: Option<String>,
     mode: Mode,
     dead_letter_topic: Option<String>,
+    skip_bad_messages: bool,
     properties: Properties,
     max_chunk_records: usize,
     max_chunk_wait: Duration,
@@ -136,6 +137,7 @@ impl KafkaConfig {
             group_id,
             mode,
             dead_letter_topic: None,
+            skip_bad_messages: false,
             properties: Properties::default(),
             max_chunk_records: 2_000,
             max_chunk_wait: Duration::from_millis(50),
@@ -178,10 +180,22 @@ impl KafkaConfig {
     /// [`HEADER_SOURCE_TOPIC`], [`HEADER_SOURCE_PARTITION`],
     /// [`HEADER_SOURCE_OFFSET`] and [`HEADER_ERROR`] (and
     /// [`HEADER_PAYLOAD_CUT`] on a payload over 512 KiB, cut to that so the
-    /// dead letter fits a message). Without one they are
-    /// logged and counted.
+    /// dead letter fits a message). Without one, a bad message stops the
+    /// source with [`Error::BadMessage`](crate::Error::BadMessage) naming
+    /// it (nothing past it is acknowledged), unless
+    /// [`skip_bad_messages`](Self::skip_bad_messages).
     pub fn dead_letter_topic(mut self, topic: &str) -> Self {
         self.dead_letter_topic = Some(topic.to_owned());
+        self
+    }
+
+    /// Without a [`dead_letter_topic`](Self::dead_letter_topic), log bad
+    /// messages (undecodable, or refused by the runner's check) with their
+    /// partition, offset and reason, count them and go on, instead of
+    /// stopping at the first one. The message stays in the topic for as
+    /// long as the topic retains it.
+    pub fn skip_bad_messages(mut self) -> Self {
+        self.skip_bad_messages = true;
         self
     }
 
@@ -755,15 +769,24 @@ impl<T: Send + 'static> Shared<T> {
         if dead.is_empty() {
             return Ok(());
         }
-        Counters::add(&self.counters.dead_letters, dead.len() as u64);
         let topic = &self.config.topic;
         let Some(producer) = &self.dlq else {
+            if !self.config.skip_bad_messages {
+                let d = &dead[0];
+                return Err(Error::BadMessage {
+                    origin: format!("{topic}/{}@{}", d.partition, d.offset),
+                    reason: d.reason.clone(),
+                    destination: "topic",
+                });
+            }
+            Counters::add(&self.counters.dead_letters, dead.len() as u64);
             for d in &dead {
                 tracing::error!(%topic, partition = d.partition, offset = d.offset, reason = %d.reason,
-                    "bad message: undecodable or refused by the pipeline (no dead-letter topic configured)");
+                    "bad message skipped: undecodable or refused by the pipeline (no dead-letter topic configured)");
             }
             return Ok(());
         };
+        Counters::add(&self.counters.dead_letters, dead.len() as u64);
         let dlq = self.config.dead_letter_topic.as_deref().unwrap_or_default();
         let sends = dead.iter().map(|d| {
             let partition = d.partition.to_string();

@@ -137,6 +137,7 @@ pub struct KinesisConfig {
     idle_wait: Duration,
     shard_refresh: Duration,
     dead_letter_stream: Option<String>,
+    skip_bad_messages: bool,
     cut_skew: Duration,
     max_backoff: Duration,
 }
@@ -154,6 +155,7 @@ impl KinesisConfig {
             idle_wait: Duration::from_secs(1),
             shard_refresh: Duration::from_secs(30),
             dead_letter_stream: None,
+            skip_bad_messages: false,
             cut_skew: Duration::from_secs(300),
             max_backoff: Duration::from_secs(5),
         }
@@ -214,9 +216,23 @@ impl KinesisConfig {
     /// (`source_stream`, `shard_id`, `sequence_number`, `error`,
     /// `payload_base64`), partition key = the source shard id. A payload
     /// over 512 KiB is cut to that, so the envelope fits a record, and
-    /// `payload_cut` gives its full size and SHA-256.
+    /// `payload_cut` gives its full size and SHA-256. Without one, a bad
+    /// record stops the source with
+    /// [`Error::BadMessage`](crate::Error::BadMessage) naming it (nothing
+    /// past it is acknowledged), unless
+    /// [`skip_bad_messages`](Self::skip_bad_messages).
     pub fn dead_letter_stream(mut self, stream: &str) -> Self {
         self.dead_letter_stream = Some(stream.to_owned());
+        self
+    }
+
+    /// Without a [`dead_letter_stream`](Self::dead_letter_stream), log bad
+    /// records (undecodable, or refused by the runner's check) with their
+    /// shard, sequence number and reason, count them and go on, instead of
+    /// stopping at the first one. The record stays in the stream for as
+    /// long as the stream retains it.
+    pub fn skip_bad_messages(mut self) -> Self {
+        self.skip_bad_messages = true;
         self
     }
 
@@ -614,15 +630,24 @@ impl<T: Send + 'static> Shared<T> {
         if dead.is_empty() {
             return Ok(());
         }
-        Counters::add(&self.counters.dead_letters, dead.len() as u64);
         let stream = &self.config.stream;
         let Some((client, dlq)) = &self.dead_letters else {
+            if !self.config.skip_bad_messages {
+                let d = &dead[0];
+                return Err(Error::BadMessage {
+                    origin: format!("{stream}/{}@{}", d.shard, d.sequence),
+                    reason: d.reason.clone(),
+                    destination: "stream",
+                });
+            }
+            Counters::add(&self.counters.dead_letters, dead.len() as u64);
             for d in &dead {
                 tracing::error!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason,
-                    "bad record: undecodable or refused by the pipeline (no dead-letter stream configured)");
+                    "bad record skipped: undecodable or refused by the pipeline (no dead-letter stream configured)");
             }
             return Ok(());
         };
+        Counters::add(&self.counters.dead_letters, dead.len() as u64);
         for d in &dead {
             let payload = crate::decode::clip_dead_letter(&d.payload);
             let mut envelope = serde_json::json!({

@@ -655,6 +655,9 @@ pub(crate) async fn connect_live(
             if let Some(dlq) = &args.kafka_dead_letter_topic {
                 config = config.dead_letter_topic(dlq);
             }
+            if args.skip_bad_messages {
+                config = config.skip_bad_messages();
+            }
             for kv in &args.kafka_properties {
                 let (k, v) = kv
                     .split_once('=')
@@ -679,6 +682,9 @@ pub(crate) async fn connect_live(
             if let Some(dlq) = &args.kinesis_dead_letter_stream {
                 config = config.dead_letter_stream(dlq);
             }
+            if args.skip_bad_messages {
+                config = config.skip_bad_messages();
+            }
             Box::new(
                 KinesisSource::connect(
                     config,
@@ -697,6 +703,9 @@ pub(crate) async fn connect_live(
             let mut config = DynamoDbStreamsConfig::new(table).event_time_cut_skew(args.cut_skew);
             if let Some(dlq) = &args.kinesis_dead_letter_stream {
                 config = config.dead_letter_stream(aws_sdk_kinesis::Client::new(&sdk), dlq);
+            }
+            if args.skip_bad_messages {
+                config = config.skip_bad_messages();
             }
             Box::new(
                 DynamoDbStreamsSource::connect(
@@ -761,13 +770,13 @@ async fn drive_live<M: Render, L: LiveSource<CountEvent>>(
 }
 
 /// Logs (and returns) how many undecodable messages the source sent to its
-/// dead-letter destination.
+/// dead-letter destination (or skipped, with `--skip-bad-messages`).
 pub(crate) fn warn_dead_letters<L: LiveSource<CountEvent> + ?Sized>(source: &L) -> u64 {
     let dead_letters = source.metrics().dead_letters;
     if dead_letters > 0 {
         tracing::warn!(
             dead_letters,
-            "undecodable messages were sent to the dead-letter destination"
+            "undecodable messages were sent to the dead-letter destination (or skipped)"
         );
     }
     dead_letters

@@ -196,6 +196,42 @@ fn live_options(token: HandoffToken) -> LiveOptions {
     }
 }
 
+/// Runs live on `config` from `token` while events `[200, 260)` of each
+/// partition are produced, until every lane committed offset 260: the
+/// source (for its metrics) and live's stats.
+async fn live_while_producing(
+    p: &Pipeline<Ev, Sum>,
+    brokers: &str,
+    config: KafkaConfig,
+    state: Arc<dyn StateStore>,
+    cps: Arc<dyn CheckpointStore>,
+    token: &HandoffToken,
+) -> (KafkaSource<Ev>, murmur_bootstrap::LiveStats) {
+    let brokers = brokers.to_owned();
+    let late = tokio::spawn(async move {
+        for p in 0..PARTITIONS {
+            produce(&brokers, p, 200..260).await;
+        }
+    });
+    let mut source = KafkaSource::connect(config, decoder()).await.unwrap();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        live(
+            p,
+            &mut source,
+            state,
+            cps.clone(),
+            &live_options(token.clone()),
+            caught_up(cps, 260),
+        ),
+    )
+    .await
+    .expect("live caught up")
+    .unwrap();
+    late.await.unwrap();
+    (source, stats)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_offsets_token_seam_is_exact() {
     let cluster = MockCluster::new(1).unwrap();
@@ -223,31 +259,9 @@ async fn kafka_offsets_token_seam_is_exact() {
         .unwrap();
     assert_eq!(out.token(), Some(&token));
 
-    // More events arrive while live runs.
-    let b2 = brokers.clone();
-    let late = tokio::spawn(async move {
-        for p in 0..PARTITIONS {
-            produce(&b2, p, 200..260).await;
-        }
-    });
-    let mut source = KafkaSource::connect(KafkaConfig::assign(&brokers, "events"), decoder())
-        .await
-        .unwrap();
-    let stats = tokio::time::timeout(
-        Duration::from_secs(60),
-        live(
-            &p,
-            &mut source,
-            state.clone(),
-            cps.clone(),
-            &live_options(token.clone()),
-            caught_up(cps.clone(), 260),
-        ),
-    )
-    .await
-    .expect("live caught up")
-    .unwrap();
-    late.await.unwrap();
+    let config = KafkaConfig::assign(&brokers, "events");
+    let (_, stats) =
+        live_while_producing(&p, &brokers, config, state.clone(), cps.clone(), &token).await;
     assert_eq!(
         stats.records,
         3 * 110,
@@ -296,8 +310,10 @@ async fn event_time_cut_seam_is_exact() {
         .await
         .unwrap();
     assert_eq!(export.bad_records().count(), before);
-    let config =
-        KafkaConfig::assign(&brokers, "events").event_time_cut_skew(Duration::from_secs(600));
+    // No dead-letter topic: the refused events are logged and counted.
+    let config = KafkaConfig::assign(&brokers, "events")
+        .event_time_cut_skew(Duration::from_secs(600))
+        .skip_bad_messages();
     let mut source = KafkaSource::connect(config, decoder()).await.unwrap();
     let stats = tokio::time::timeout(
         Duration::from_secs(60),
@@ -532,29 +548,9 @@ async fn records_the_pipeline_refuses_are_dead_letters_on_both_sides_of_the_seam
     }
 
     // Live from the token: its refused messages go to the dead-letter topic.
-    let b2 = brokers.clone();
-    let late = tokio::spawn(async move {
-        for p in 0..PARTITIONS {
-            produce(&b2, p, 200..260).await;
-        }
-    });
     let config = KafkaConfig::assign(&brokers, "events").dead_letter_topic("events.dlq");
-    let mut source = KafkaSource::connect(config, decoder()).await.unwrap();
-    let stats = tokio::time::timeout(
-        Duration::from_secs(60),
-        live(
-            &p,
-            &mut source,
-            state.clone(),
-            cps.clone(),
-            &live_options(token.clone()),
-            caught_up(cps.clone(), 260),
-        ),
-    )
-    .await
-    .expect("live caught up")
-    .unwrap();
-    late.await.unwrap();
+    let (source, stats) =
+        live_while_producing(&p, &brokers, config, state.clone(), cps.clone(), &token).await;
     let in_live: Vec<(i32, i64)> = (0..PARTITIONS)
         .flat_map(|p| (150..260).map(move |i| (p, i)))
         .filter(|&(p, i)| refused(&ev(p, i)))

@@ -66,6 +66,20 @@ pub async fn drive<S: LiveSource<T>, T: Clone + Send + 'static>(
     }
 }
 
+/// Runs `runner` until its source fails (the error) or `secs` pass (`None`).
+pub async fn drive_to_error<S: LiveSource<T>, T: Clone + Send + 'static>(
+    runner: &mut Runner<S, T>,
+    secs: u64,
+) -> Option<murmur_source_live::Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Err(e) = runner.try_step(Duration::from_millis(200)).await {
+            return Some(e);
+        }
+    }
+    None
+}
+
 /// The JSON records of a one-shard Kinesis stream (a dead-letter stream),
 /// from its trim horizon.
 pub async fn stream_json(k: &aws_sdk_kinesis::Client, stream: &str) -> Vec<serde_json::Value> {
@@ -156,12 +170,19 @@ impl<S: LiveSource<T>, T: Clone + Send + 'static> Runner<S, T> {
 
     /// Handles one event, or flushes everything open after `idle` without one.
     pub async fn step(&mut self, idle: Duration) {
+        if let Err(e) = self.try_step(idle).await {
+            panic!("{}: next failed: {e}", self.name);
+        }
+    }
+
+    /// [`step`](Self::step), returning the source's error.
+    pub async fn try_step(&mut self, idle: Duration) -> murmur_source_live::Result<()> {
         let event = match tokio::time::timeout(idle, self.source.next()).await {
             Err(_) => {
                 self.flush_all().await;
-                return;
+                return Ok(());
             }
-            Ok(ev) => ev.unwrap_or_else(|e| panic!("{}: next failed: {e}", self.name)),
+            Ok(ev) => ev?,
         };
         match event {
             SourceEvent::Assigned(lanes) => {
@@ -213,6 +234,7 @@ impl<S: LiveSource<T>, T: Clone + Send + 'static> Runner<S, T> {
             }
             _ => {}
         }
+        Ok(())
     }
 
     async fn start_lane(&mut self, lane: LaneId) {

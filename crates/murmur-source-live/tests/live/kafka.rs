@@ -1,6 +1,6 @@
 //! The Kafka source against librdkafka's in-process mock cluster.
 
-use crate::common::{Runner, drive};
+use crate::common::{Runner, drive, drive_to_error};
 use murmur_core::{CheckpointStore, HandoffToken, LaneId, MemoryStore, Position};
 use murmur_source_live::{
     CountEvent, Decoder, Error, HEADER_ERROR, HEADER_PAYLOAD_CUT, HEADER_SOURCE_OFFSET,
@@ -693,4 +693,88 @@ async fn kafka_group_rebalance_loses_and_duplicates_nothing() {
         "shutdown took {:?}",
         started.elapsed()
     );
+}
+
+/// Without a dead-letter topic, a bad message stops the source with an
+/// error naming its partition, offset and reason, and nothing from it on is
+/// acknowledged; with `skip_bad_messages` it is logged, counted and passed
+/// by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_without_a_dead_letter_topic_stops_at_a_bad_message_unless_told_to_skip() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("orders", 1, 1).unwrap();
+    let p = producer(&brokers);
+    for m in [event("a", 1), b"{oops".to_vec(), event("b", 2)] {
+        p.send(
+            FutureRecord::<(), [u8]>::to("orders")
+                .partition(0)
+                .payload(m.as_slice()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("produce");
+    }
+    let source = KafkaSource::connect(
+        KafkaConfig::assign(&brokers, "orders"),
+        Decoder::count_events(),
+    )
+    .await
+    .unwrap();
+    let mut runner = Runner::new(
+        "no-dlq",
+        source,
+        Arc::new(MemoryStore::new()),
+        Start::Earliest,
+    );
+    let err = drive_to_error(&mut runner, 30)
+        .await
+        .expect("the bad message stops the source")
+        .to_string();
+    assert!(
+        err.starts_with("bad message at orders/0@1: invalid CountEvent JSON: key must be a string")
+            && err.ends_with(
+                "no dead-letter topic is configured to take it (configure one, or skip bad messages to log and count them)"
+            ),
+        "{err}"
+    );
+    assert!(
+        runner
+            .delivered
+            .iter()
+            .all(|(_, r)| offset(&r.position) < 1),
+        "nothing from the bad message on was delivered"
+    );
+    assert!(
+        runner.acked_ends.values().flatten().all(|e| offset(e) <= 1),
+        "{:?}",
+        runner.acked_ends
+    );
+
+    let source = KafkaSource::connect(
+        KafkaConfig::assign(&brokers, "orders").skip_bad_messages(),
+        Decoder::count_events(),
+    )
+    .await
+    .unwrap();
+    let mut runner = Runner::new(
+        "no-dlq-skip",
+        source,
+        Arc::new(MemoryStore::new()),
+        Start::Earliest,
+    );
+    drive(&mut runner, 30, |r| {
+        r.acked_ends
+            .values()
+            .flatten()
+            .any(|e| *e == Position::Offset { offset: 3 })
+    })
+    .await;
+    let good: Vec<(i64, String)> = runner
+        .delivered
+        .iter()
+        .map(|(_, r)| (offset(&r.position), r.value.entity_id.to_string()))
+        .collect();
+    assert_eq!(good, vec![(0, "a".to_string()), (2, "b".to_string())]);
+    assert_eq!(runner.source.metrics().dead_letters, 1);
 }

@@ -1,7 +1,9 @@
 //! The Kinesis source against kinesalite (real 56-digit sequence numbers)
 //! and, for shard leases, moto's DynamoDB.
 
-use crate::common::{Runner, drive, kinesalite, moto_dynamodb, stream_json, unique};
+use crate::common::{
+    Runner, drive, drive_to_error, kinesalite, moto_dynamodb, stream_json, unique,
+};
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::StreamStatus;
@@ -585,4 +587,75 @@ async fn kinesis_workers_share_leases_and_take_over_a_killed_one() {
             "acknowledged positions are recorded: {item:?}"
         );
     }
+}
+
+/// Without a dead-letter stream, a bad record stops the source with an
+/// error naming its shard, sequence number and reason; with
+/// `skip_bad_messages` it is logged, counted and passed by.
+#[tokio::test]
+async fn kinesis_without_a_dead_letter_stream_stops_at_a_bad_record_unless_told_to_skip() {
+    let Some(k) = kinesalite("kinesis_without_a_dead_letter_stream_stops_at_a_bad_record").await
+    else {
+        return;
+    };
+    let stream = create_stream(&k, 1).await;
+    let (_, hash) = open_shards(&k, &stream).await.remove(0);
+    put(&k, &stream, &hash, event("a", 1)).await;
+    let bad = put(&k, &stream, &hash, b"not json".to_vec()).await;
+    put(&k, &stream, &hash, event("b", 2)).await;
+    let connect = |skip: bool| {
+        let (k, stream) = (k.clone(), stream.clone());
+        async move {
+            let config = config(&stream);
+            let config = if skip {
+                config.skip_bad_messages()
+            } else {
+                config
+            };
+            KinesisSource::connect(config, k, Decoder::count_events())
+                .await
+                .unwrap()
+        }
+    };
+    let mut runner = Runner::new(
+        "kinesis-no-dlq",
+        connect(false).await,
+        Arc::new(MemoryStore::new()),
+        Start::Earliest,
+    );
+    let err = drive_to_error(&mut runner, 30)
+        .await
+        .expect("the bad record stops the source")
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "has stopped: bad message at {stream}/shardId-000000000000@{bad}: invalid CountEvent JSON"
+        )) && err.contains("no dead-letter stream is configured"),
+        "{err}"
+    );
+    assert!(
+        runner
+            .delivered
+            .iter()
+            .all(|(_, r)| r.value.entity_id != "b"),
+        "nothing after the bad record was delivered"
+    );
+
+    let mut runner = Runner::new(
+        "kinesis-no-dlq-skip",
+        connect(true).await,
+        Arc::new(MemoryStore::new()),
+        Start::Earliest,
+    );
+    drive(&mut runner, 30, |r| {
+        r.acked.lock().unwrap().len() == 2 && r.open_records() == 0
+    })
+    .await;
+    let names: Vec<String> = runner
+        .delivered
+        .iter()
+        .map(|(_, r)| r.value.entity_id.to_string())
+        .collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!(runner.source.metrics().dead_letters, 1);
 }
