@@ -113,6 +113,11 @@
 //!   partition, offset and the error, and a chunk is only delivered once its
 //!   dead letters are acknowledged by the broker (a replay may send them
 //!   again: dead letters are at-least-once, identified by their headers).
+//!   A message the runner's check refuses
+//!   ([`LiveSource::check_records`]) is a dead letter too. Without a
+//!   dead-letter topic the first bad message stops the source
+//!   ([`Error::BadMessage`]) unless [`KafkaConfig::skip_bad_messages`]
+//!   (the same holds for Kinesis and DynamoDB Streams).
 //! * Security settings pass through as librdkafka properties
 //!   ([`KafkaConfig::property`]); `Debug` redacts secrets.
 //!
