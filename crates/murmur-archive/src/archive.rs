@@ -165,7 +165,8 @@ struct Shared<T> {
 /// while the lanes keep reading: a lane's next batch fills while the
 /// previous one is written, and acknowledgements stay in lane order.
 /// Undecodable messages never reach the archive: the source's decoder
-/// sends them to its dead-letter topic or stream.
+/// sends them to its dead-letter topic or stream (without one, the first
+/// stops the source unless it skips bad messages).
 ///
 /// ```no_run
 /// use murmur_archive::{Archive, ArchiveOptions, Encoder};

@@ -14,12 +14,13 @@
 //! Both update a shared [`Progress`]; both take an optional [`Dedup`] for
 //! sources that overlap. The reference binary is `murmur-worker`.
 //!
-//! Bad input never stops a lane: both install the pipeline's check
+//! Both install the pipeline's check
 //! ([`Pipeline::record_check`](murmur_core::Pipeline::record_check)) into
 //! their source, so a record the pipeline would refuse (an empty entity
 //! key, an event time no window holds) is a bad record of the snapshot
 //! (counted, dead-lettered, held to `max_bad_records`) or a dead letter of
-//! the live topic or stream, exactly like one that does not decode.
+//! the live topic or stream, exactly like one that does not decode: the
+//! source's bad-input rules decide what happens, not a lane error.
 
 mod backfill;
 mod error;

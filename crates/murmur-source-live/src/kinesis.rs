@@ -842,7 +842,8 @@ struct KChunk<T> {
 
 enum Ctl<T> {
     Event(SourceEvent<T>),
-    Failed(String),
+    /// A shard reader failed: the source stops with its error.
+    Failed(Error),
 }
 
 enum Cmd {
@@ -1074,10 +1075,12 @@ impl<T: Send + 'static> LiveSource<T> for KinesisSource<T> {
                 biased;
                 ctl = self.control.recv() => match ctl {
                     Some(Ctl::Event(e)) => return Ok(e),
-                    Some(Ctl::Failed(reason)) => {
+                    Some(Ctl::Failed(error)) => {
+                        // The reader's own error the first time (a bad
+                        // record names itself); `Closed` with it after.
                         self.failed = true;
-                        self.shared.fail(reason);
-                        return Err(self.shared.closed());
+                        self.shared.fail(error.to_string());
+                        return Err(error);
                     }
                     None => {
                         self.failed = true;
@@ -1558,7 +1561,7 @@ struct Reader<T> {
 impl<T: Send + 'static> Reader<T> {
     async fn run(self, start: Cursor) {
         if let Err(e) = self.read(start).await {
-            let _ = self.control.send(Ctl::Failed(e.to_string()));
+            let _ = self.control.send(Ctl::Failed(e));
         }
     }
 

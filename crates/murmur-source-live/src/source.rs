@@ -181,8 +181,9 @@ pub struct Metrics {
     pub records: u64,
     /// Chunks delivered.
     pub chunks: u64,
-    /// Undecodable messages sent to the dead-letter destination (or logged,
-    /// when none is configured).
+    /// Bad messages (undecodable, or refused by the installed check) sent
+    /// to the dead-letter destination, or logged and passed by under
+    /// `skip_bad_messages`.
     pub dead_letters: u64,
     /// Records skipped because their event time was before the cut.
     pub skipped_before_cut: u64,

@@ -36,7 +36,8 @@ pub struct ArchiveSummary {
     pub objects_existing: u64,
     /// Bytes of the objects.
     pub bytes: u64,
-    /// Undecodable messages sent to the dead-letter topic or stream.
+    /// Undecodable messages sent to the dead-letter topic or stream (or
+    /// skipped, with `--skip-bad-messages`).
     pub dead_letters: u64,
 }
 

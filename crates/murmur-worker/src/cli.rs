@@ -464,14 +464,18 @@ pub struct LiveArgs {
     #[arg(long, help_heading = "Live")]
     pub kafka_group: Option<String>,
     /// Kafka: undecodable messages go to this topic (with source topic,
-    /// partition, offset and error headers). Without it (or
-    /// `--skip-bad-messages`) the first one stops the worker, naming it.
+    /// partition, offset and error headers). Without it, and without
+    /// `--skip-bad-messages`, the first one stops the worker, naming it.
     #[arg(long, help_heading = "Live")]
     pub kafka_dead_letter_topic: Option<String>,
     /// Without a dead-letter topic or stream, log undecodable live messages
     /// (with partition and offset, or shard and sequence number) and count
     /// them, instead of stopping at the first one.
-    #[arg(long, help_heading = "Live")]
+    #[arg(
+        long,
+        help_heading = "Live",
+        conflicts_with_all = ["kafka_dead_letter_topic", "kinesis_dead_letter_stream"]
+    )]
     pub skip_bad_messages: bool,
     /// Kafka: extra librdkafka properties, `key=value` (repeatable).
     #[arg(
@@ -489,8 +493,8 @@ pub struct LiveArgs {
     pub kinesis_lease_table: Option<String>,
     /// Kinesis and DynamoDB Streams: undecodable records go to this Kinesis
     /// stream (a JSON envelope naming the stream or table, shard, sequence
-    /// number and error, with the payload). Without it (or
-    /// `--skip-bad-messages`) the first one stops the worker, naming it.
+    /// number and error, with the payload). Without it, and without
+    /// `--skip-bad-messages`, the first one stops the worker, naming it.
     #[arg(long, help_heading = "Live")]
     pub kinesis_dead_letter_stream: Option<String>,
     /// DynamoDB Streams: the table whose stream is read (new images decode

@@ -44,6 +44,31 @@ async fn produce(p: &FutureProducer, topic: &str, partition: i32, n: i64, t0: i6
     }
 }
 
+/// Reads `source` from `checkpoints` (else the earliest offset) until
+/// offset `end` of a lane is acknowledged: each delivered record's
+/// (offset, entity), and the source's dead letters.
+async fn read_to_offset(
+    name: &'static str,
+    source: KafkaSource<CountEvent>,
+    checkpoints: Arc<MemoryStore>,
+    end: i64,
+) -> (Vec<(i64, String)>, u64) {
+    let mut runner = Runner::new(name, source, checkpoints, Start::Earliest);
+    drive(&mut runner, 30, |r| {
+        r.acked_ends
+            .values()
+            .flatten()
+            .any(|e| *e == Position::Offset { offset: end })
+    })
+    .await;
+    let good = runner
+        .delivered
+        .iter()
+        .map(|(_, r)| (offset(&r.position), r.value.entity_id.to_string()))
+        .collect();
+    (good, runner.source.metrics().dead_letters)
+}
+
 fn offset(p: &Position) -> i64 {
     match p {
         Position::Offset { offset } => *offset,
@@ -462,26 +487,10 @@ async fn kafka_poison_messages_go_to_the_dead_letter_topic() {
     let source = KafkaSource::connect(config, Decoder::count_events().max_payload_bytes(1024))
         .await
         .unwrap();
-    let mut runner = Runner::new(
-        "poison",
-        source,
-        Arc::new(MemoryStore::new()),
-        Start::Earliest,
-    );
-    drive(&mut runner, 30, |r| {
-        r.acked_ends
-            .values()
-            .flatten()
-            .any(|e| *e == Position::Offset { offset: 6 })
-    })
-    .await;
-    let good: Vec<(i64, String)> = runner
-        .delivered
-        .iter()
-        .map(|(_, r)| (offset(&r.position), r.value.entity_id.to_string()))
-        .collect();
+    let (good, dead_letters) =
+        read_to_offset("poison", source, Arc::new(MemoryStore::new()), 6).await;
     assert_eq!(good, vec![(0, "a".to_string()), (4, "b".to_string())]);
-    assert_eq!(runner.source.metrics().dead_letters, 4);
+    assert_eq!(dead_letters, 4);
 
     // The dead letters, with headers naming where they came from and why.
     let dlq: BaseConsumer = ClientConfig::new()
@@ -695,42 +704,47 @@ async fn kafka_group_rebalance_loses_and_duplicates_nothing() {
     );
 }
 
-/// Without a dead-letter topic, a bad message stops the source with an
-/// error naming its partition, offset and reason, and nothing from it on is
-/// acknowledged; with `skip_bad_messages` it is logged, counted and passed
-/// by.
+/// Without a dead-letter topic, a bad message stops the source with
+/// `Error::BadMessage` naming its partition, offset and reason; nothing from
+/// it on is delivered or acknowledged. A restart from the same checkpoints
+/// with `skip_bad_messages` logs and counts it and goes on from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_without_a_dead_letter_topic_stops_at_a_bad_message_unless_told_to_skip() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("orders", 1, 1).unwrap();
     let p = producer(&brokers);
-    for m in [event("a", 1), b"{oops".to_vec(), event("b", 2)] {
+    let send = async |m: &[u8]| {
         p.send(
             FutureRecord::<(), [u8]>::to("orders")
                 .partition(0)
-                .payload(m.as_slice()),
+                .payload(m),
             Duration::from_secs(5),
         )
         .await
         .expect("produce");
-    }
+    };
+    send(&event("a", 1)).await;
     let source = KafkaSource::connect(
         KafkaConfig::assign(&brokers, "orders"),
         Decoder::count_events(),
     )
     .await
     .unwrap();
-    let mut runner = Runner::new(
-        "no-dlq",
-        source,
-        Arc::new(MemoryStore::new()),
-        Start::Earliest,
-    );
+    let checkpoints = Arc::new(MemoryStore::new());
+    let mut runner = Runner::new("no-dlq", source, checkpoints.clone(), Start::Earliest);
+    // "a" is acknowledged before the bad message arrives.
+    drive(&mut runner, 30, |r| {
+        r.acked_ends.values().flatten().any(|e| offset(e) == 1)
+    })
+    .await;
+    send(b"{oops").await;
+    send(&event("b", 2)).await;
     let err = drive_to_error(&mut runner, 30)
         .await
-        .expect("the bad message stops the source")
-        .to_string();
+        .expect("the bad message stops the source");
+    assert!(matches!(err, Error::BadMessage { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.starts_with("bad message at orders/0@1: invalid CountEvent JSON: key must be a string")
             && err.ends_with(
@@ -738,43 +752,24 @@ async fn kafka_without_a_dead_letter_topic_stops_at_a_bad_message_unless_told_to
             ),
         "{err}"
     );
-    assert!(
-        runner
-            .delivered
-            .iter()
-            .all(|(_, r)| offset(&r.position) < 1),
-        "nothing from the bad message on was delivered"
-    );
-    assert!(
-        runner.acked_ends.values().flatten().all(|e| offset(e) <= 1),
-        "{:?}",
-        runner.acked_ends
-    );
+    let delivered: Vec<i64> = runner
+        .delivered
+        .iter()
+        .map(|(_, r)| offset(&r.position))
+        .collect();
+    assert_eq!(delivered, [0], "nothing from the bad message on");
+    let lane = kafka_lane("orders", 0);
+    let at = checkpoints.lane(&lane).await.unwrap().unwrap().position;
+    assert_eq!(at, Position::Offset { offset: 1 });
 
+    // The restart, told to skip: on from the checkpoint, past the message.
     let source = KafkaSource::connect(
         KafkaConfig::assign(&brokers, "orders").skip_bad_messages(),
         Decoder::count_events(),
     )
     .await
     .unwrap();
-    let mut runner = Runner::new(
-        "no-dlq-skip",
-        source,
-        Arc::new(MemoryStore::new()),
-        Start::Earliest,
-    );
-    drive(&mut runner, 30, |r| {
-        r.acked_ends
-            .values()
-            .flatten()
-            .any(|e| *e == Position::Offset { offset: 3 })
-    })
-    .await;
-    let good: Vec<(i64, String)> = runner
-        .delivered
-        .iter()
-        .map(|(_, r)| (offset(&r.position), r.value.entity_id.to_string()))
-        .collect();
-    assert_eq!(good, vec![(0, "a".to_string()), (2, "b".to_string())]);
-    assert_eq!(runner.source.metrics().dead_letters, 1);
+    let (good, dead_letters) = read_to_offset("no-dlq-skip", source, checkpoints, 3).await;
+    assert_eq!(good, vec![(2, "b".to_string())]);
+    assert_eq!(dead_letters, 1);
 }

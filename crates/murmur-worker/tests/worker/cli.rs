@@ -1,7 +1,8 @@
 //! `murmur-worker` as a user runs it: overlapping exports deduplicated by
 //! event id, a finished backfill never run twice (also through a config
 //! file), SIGTERM stopping cleanly in the backfill and in live with nothing
-//! left to replay, bad lines routed to the dead-letter object, and the demo.
+//! left to replay, bad lines routed to the dead-letter object, a bad live
+//! message stopping the worker unless it skips them, and the demo.
 
 use crate::common::*;
 use murmur_core::store::RowKey;
@@ -371,4 +372,68 @@ fn a_live_only_run_keeps_its_cut_across_restarts() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("began with token"), "{err}");
+}
+
+/// Without a dead-letter topic a live message that does not decode stops
+/// the worker with an error naming its partition and offset; the restart
+/// with `--skip-bad-messages` passes it by, and every other event is stored
+/// exactly once over the two runs.
+#[test]
+fn a_bad_live_message_stops_the_worker_unless_it_skips_bad_messages() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir();
+    let (_broker, topic) = Topic::new();
+    rt.block_on(topic.produce(30));
+    let (partition, offset) = rt.block_on(topic.produce_bad());
+    rt.block_on(topic.produce(30));
+    let data = p(&dir, "data");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "run",
+            "--backfill",
+            "none",
+            "--live",
+            "kafka",
+            "--kafka-brokers",
+            &topic.brokers,
+            "--kafka-topic",
+            TOPIC,
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--until",
+            &topic.until(),
+            "--progress",
+            "never",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let out = worker_with(&args(&[])).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "bad message at {TOPIC}/{partition}@{offset}: invalid CountEvent JSON"
+        )) && err.contains("no dead-letter topic is configured"),
+        "{err}"
+    );
+
+    let second = finished(&args(&["--skip-bad-messages"]), &Kill::Never);
+    assert!(second["live_records"].as_u64().unwrap() > 0, "{second}");
+    let want: i64 = (0..61).filter(|&i| i != 30).map(|i| event(i).1).sum();
+    assert_eq!(rt.block_on(stored_total(&data, 61)), want);
+
+    // A dead-letter topic and skipping are one or the other.
+    let both = worker_with(&args(&[
+        "--skip-bad-messages",
+        "--kafka-dead-letter-topic",
+        "dlq",
+    ]))
+    .output()
+    .unwrap();
+    assert!(!both.status.success());
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(err.contains("cannot be used with"), "{err}");
 }

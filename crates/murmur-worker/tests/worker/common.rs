@@ -185,6 +185,27 @@ impl Topic {
         self.produced.store(from + n, Ordering::SeqCst);
     }
 
+    /// Produces a message that does not decode in place of the next event
+    /// (its partition, so [`until`](Self::until) stays right); its
+    /// (partition, offset).
+    pub async fn produce_bad(&self) -> (i32, i64) {
+        let i = self.produced.load(Ordering::SeqCst);
+        let delivery = self
+            .producer
+            .send(
+                FutureRecord::<(), _>::to(TOPIC)
+                    .partition(partition(i))
+                    .payload("{not json"),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        self.producer.flush(Duration::from_secs(30)).unwrap();
+        self.produced.store(i + 1, Ordering::SeqCst);
+        (delivery.partition, delivery.offset)
+    }
+
     /// The `--until` token for everything produced so far.
     pub fn until(&self) -> String {
         let n = self.produced.load(Ordering::SeqCst);
