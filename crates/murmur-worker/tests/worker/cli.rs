@@ -30,6 +30,32 @@ fn backfill_only(export: &Path, data: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// A live-only `run` of `topic` into `data` until everything produced so
+/// far, with `extra` flags.
+fn live_only(topic: &Topic, data: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--backfill",
+        "none",
+        "--live",
+        "kafka",
+        "--kafka-brokers",
+        &topic.brokers,
+        "--kafka-topic",
+        TOPIC,
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--until",
+        &topic.until(),
+        "--progress",
+        "never",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
 /// Sum of every stored (entity, hour) value of the events' keys.
 async fn stored_total(data: &Path, n: u64) -> i64 {
     let keys: Vec<RowKey> = truth(n)
@@ -327,29 +353,12 @@ fn a_live_only_run_keeps_its_cut_across_restarts() {
     let cut = event(60).2;
     let token = format!("{{\"kind\":\"event_time_cut\",\"at_ms\":{cut}}}");
     let args = |token: Option<&str>| {
-        let mut a: Vec<String> = [
-            "run",
-            "--backfill",
-            "none",
-            "--live",
-            "kafka",
-            "--kafka-brokers",
-            &topic.brokers,
-            "--kafka-topic",
-            TOPIC,
-            "--data-dir",
-            &p(&dir, "data").to_string_lossy(),
-            "--until",
-            &topic.until(),
-            "--progress",
-            "never",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        if let Some(t) = token {
-            a.extend(["--token".to_owned(), t.to_owned()]);
-        }
-        a
+        let token = token.map(|t| ["--token", t]);
+        live_only(
+            &topic,
+            &p(&dir, "data"),
+            token.as_ref().map_or(&[][..], |t| &t[..]),
+        )
     };
     let first = finished(&args(Some(&token)), &Kill::Never);
     let kept = first["live_records"].as_u64().unwrap();
@@ -387,29 +396,7 @@ fn a_bad_live_message_stops_the_worker_unless_it_skips_bad_messages() {
     let (partition, offset) = rt.block_on(topic.produce_bad());
     rt.block_on(topic.produce(30));
     let data = p(&dir, "data");
-    let args = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "run",
-            "--backfill",
-            "none",
-            "--live",
-            "kafka",
-            "--kafka-brokers",
-            &topic.brokers,
-            "--kafka-topic",
-            TOPIC,
-            "--data-dir",
-            &data.to_string_lossy(),
-            "--until",
-            &topic.until(),
-            "--progress",
-            "never",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        a.extend(extra.iter().map(|s| (*s).to_owned()));
-        a
-    };
+    let args = |extra: &[&str]| live_only(&topic, &data, extra);
     let out = worker_with(&args(&[])).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
