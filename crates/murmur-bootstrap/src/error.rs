@@ -39,7 +39,8 @@ pub enum Error {
     /// A snapshot or live source failed.
     #[error("{context}: {source}")]
     Source {
-        /// The run or lane.
+        /// The run or lane (and what it was doing, e.g. re-reading a
+        /// pending batch).
         context: String,
         /// The source error.
         #[source]

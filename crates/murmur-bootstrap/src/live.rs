@@ -399,10 +399,18 @@ impl<T: Send + Sync + 'static, S: LaneSinks<T>> Live<'_, T, S> {
         let at = match resume {
             Resume::From(p) => p,
             Resume::Pending(intent) => {
+                // Said so: a bad message met here was in the batch when
+                // it was first read (and dead-lettered or skipped then).
                 let records = source
                     .read_range(&lane, &intent.start, &intent.end)
                     .await
-                    .map_err(|e| Error::source(lane.as_str(), e))?;
+                    .map_err(|e| {
+                        let batch = format!(
+                            "{lane}: re-reading its pending batch [{}, {})",
+                            intent.start, intent.end
+                        );
+                        Error::source(&batch, e)
+                    })?;
                 let records = keep_after(self.options, records, &mut self.stats);
                 check_guard(source, &lane)?;
                 let report = writer.replay(records).await?;
