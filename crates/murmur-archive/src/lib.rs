@@ -4,8 +4,8 @@
 //! * [`Archive`] — a Firehose-like ingestor: a live source (Kafka or
 //!   Kinesis, from `murmur-source-live`) → the source's decoder (the user
 //!   transform `bytes → T`; undecodable messages go to its dead-letter
-//!   topic or stream, see the source's bad-message rules) → a batcher per lane ([`BatchLimits`]: records, bytes,
-//!   age) → a Parquet encoder ([`Encoder`]: the canonical `CountEvent`
+//!   topic or stream, see the source's bad-message rules) → a batcher per
+//!   lane ([`BatchLimits`]: records, bytes, age) → a Parquet encoder ([`Encoder`]: the canonical `CountEvent`
 //!   columns, a serde type, or an explicit Arrow schema; Snappy or zstd) →
 //!   create-only objects on any `object_store`, Hive-partitioned by event
 //!   hour. A message is acknowledged only once the objects holding it are

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::lane::{Dedup, LaneWriter, Resume};
-use crate::progress::{Progress, keep_counted};
+use crate::progress::{Progress, Side, keep_counted};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use murmur_core::{
@@ -273,17 +273,7 @@ where
     // one that does not decode (dead-lettered, held to max_bad_records),
     // not an error that stops its lane there on every resume. Records the
     // cut leaves to live are live's to judge.
-    let check = pipeline.record_check();
-    source.check_records(match cut {
-        None => check,
-        Some(at) => Arc::new(move |r: &Record<S::Item>| {
-            if r.event_time_ms < at {
-                check(r)
-            } else {
-                Ok(())
-            }
-        }),
-    });
+    source.check_records(Side::Before.record_check(pipeline, cut));
     let mine = plan
         .for_worker(options.worker_index, options.worker_count)
         .map_err(|e| Error::source(run_id, e))?;
@@ -575,7 +565,7 @@ fn keep_before<T>(
     records: Vec<Record<T>>,
     progress: &Progress,
 ) -> Vec<Record<T>> {
-    keep_counted(records, |t| cut.is_none_or(|at| t < at), progress).0
+    keep_counted(records, |t| Side::Before.keeps(cut, t), progress).0
 }
 
 /// A pending batch's records as re-read, chunk by chunk.

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::lane::{BatchReport, Dedup, LaneWriter, Resume};
-use crate::progress::{Progress, keep_counted};
+use crate::progress::{Progress, Side, keep_counted};
 use murmur_core::{
     CheckpointStore, FlushPolicy, HandoffToken, LaneId, Monoid, Pipeline, Position, Record,
     StateStore,
@@ -216,17 +216,7 @@ where
     // that does not decode, not an error that stops its lane there.
     // Records before an event-time cut were the backfill's to judge (and
     // are dropped here).
-    let check = pipeline.record_check();
-    source.check_records(match options.cut() {
-        None => check,
-        Some(at) => Arc::new(move |r: &Record<T>| {
-            if r.event_time_ms >= at {
-                check(r)
-            } else {
-                Ok(())
-            }
-        }),
-    });
+    source.check_records(Side::After.record_check(pipeline, options.cut()));
     let sinks = StateSinks {
         pipeline: pipeline.clone(),
         state,
@@ -486,8 +476,7 @@ fn keep_after<T>(
     stats: &mut LiveStats,
 ) -> Vec<Record<T>> {
     let cut = options.cut();
-    let (kept, dropped) =
-        keep_counted(records, |t| cut.is_none_or(|at| t >= at), &options.progress);
+    let (kept, dropped) = keep_counted(records, |t| Side::After.keeps(cut, t), &options.progress);
     stats.before_cut += dropped;
     stats.records += kept.len() as u64;
     kept

@@ -152,6 +152,50 @@ impl Progress {
     }
 }
 
+/// A stage's side of an event-time cut: the backfill keeps the events
+/// before it, live those at or after it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    /// `event_time < cut` (the backfill).
+    Before,
+    /// `event_time >= cut` (live).
+    After,
+}
+
+impl Side {
+    /// Whether the stage on this side of `cut` keeps an event at `t`;
+    /// without a cut, every event.
+    pub(crate) fn keeps(self, cut: Option<i64>, t: i64) -> bool {
+        match (self, cut) {
+            (_, None) => true,
+            (Side::Before, Some(at)) => t < at,
+            (Side::After, Some(at)) => t >= at,
+        }
+    }
+
+    /// The pipeline's record check (see
+    /// [`Pipeline::record_check`](murmur_core::Pipeline::record_check)) for
+    /// the events this side of `cut` keeps: the others are the other
+    /// stage's to judge.
+    pub(crate) fn record_check<T: 'static, M: murmur_core::Monoid>(
+        self,
+        pipeline: &murmur_core::Pipeline<T, M>,
+        cut: Option<i64>,
+    ) -> murmur_core::RecordCheck<T> {
+        let check = pipeline.record_check();
+        if cut.is_none() {
+            return check;
+        }
+        std::sync::Arc::new(move |r: &murmur_core::Record<T>| {
+            if self.keeps(cut, r.event_time_ms) {
+                check(r)
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
 /// Keeps the records `keep` accepts (one side of an event-time cut) and
 /// counts both sides in `progress`; returns the kept records and how many
 /// were dropped. Backfill keeps events before the cut, live after it.

@@ -42,6 +42,16 @@ impl<T> Record<T> {
         self.event_id = Some(id.into());
         self
     }
+
+    /// The record, unless `check` refuses it (its reason); a source's one
+    /// step for an installed [`RecordCheck`].
+    #[inline]
+    pub fn checked(self, check: Option<&RecordCheck<T>>) -> Result<Self, String> {
+        match check {
+            Some(check) => check(&self).map(|()| self),
+            None => Ok(self),
+        }
+    }
 }
 
 /// A check a source runs on each record it decodes: an `Err(reason)` makes

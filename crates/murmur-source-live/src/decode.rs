@@ -2,10 +2,13 @@
 //! and event-id extractors, and the ready decoder of the canonical
 //! [`CountEvent`].
 
+use crate::error::{Error, Result};
+use crate::source::Counters;
 use murmur_core::{CountEvent, InstalledCheck, Position, Record, RecordCheck};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 type DecodeFn<T> = dyn Fn(&[u8]) -> Result<T, String> + Send + Sync;
 type TimeFn<T> = dyn Fn(&T) -> Option<i64> + Send + Sync;
@@ -68,6 +71,31 @@ const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 /// ([`Clipped::note`]): a dead letter that cannot be written would stop the
 /// lane at that message for good.
 pub(crate) const MAX_DEAD_LETTER_PAYLOAD: usize = 512 * 1024;
+
+/// Bad messages `(origin, reason)` a source has no dead-letter `destination`
+/// (`topic`, `stream`) for: without `skip`, the first stops the source
+/// ([`Error::BadMessage`]); with it, each is logged and counted in
+/// `counted` and passed by.
+pub(crate) fn without_destination<'a>(
+    skip: bool,
+    destination: &'static str,
+    bad: impl IntoIterator<Item = (String, &'a str)>,
+    counted: &AtomicU64,
+) -> Result<()> {
+    for (origin, reason) in bad {
+        if !skip {
+            return Err(Error::BadMessage {
+                origin,
+                reason: reason.to_owned(),
+                destination,
+            });
+        }
+        Counters::add(counted, 1);
+        tracing::error!(%origin, %reason, destination,
+            "bad message skipped: undecodable or refused by the pipeline (no dead-letter {destination} configured)");
+    }
+    Ok(())
+}
 
 /// A payload as a dead letter carries it.
 pub(crate) struct Clipped<'a> {
@@ -147,8 +175,8 @@ impl<T> Decoder<T> {
         payload: &[u8],
         broker_time_ms: Option<i64>,
     ) -> Result<Record<T>, String> {
-        let record = self.record(Some(payload), broker_time_ms, Position::Unknown)?;
-        checked(self.check().as_ref(), record)
+        self.record(Some(payload), broker_time_ms, Position::Unknown)?
+            .checked(self.check().as_ref())
     }
 
     /// Installs the check of decoded records (see
@@ -218,20 +246,12 @@ impl<T> Decoder<T> {
             {
                 Outcome::BeforeCut
             }
-            Ok(r) => match checked(check, r) {
+            Ok(r) => match r.checked(check) {
                 Ok(r) => Outcome::Record(r),
                 Err(reason) => Outcome::Dead(reason),
             },
             Err(reason) => Outcome::Dead(reason),
         }
-    }
-}
-
-/// `record`, unless `check` refuses it.
-fn checked<T>(check: Option<&RecordCheck<T>>, record: Record<T>) -> Result<Record<T>, String> {
-    match check {
-        Some(check) => check(&record).map(|()| record),
-        None => Ok(record),
     }
 }
 

@@ -453,6 +453,13 @@ struct DeadLetter {
     payload: Option<Vec<u8>>,
 }
 
+impl DeadLetter {
+    /// `topic/partition@offset`, as errors name a message.
+    fn origin(&self, topic: &str) -> String {
+        format!("{topic}/{}@{}", self.partition, self.offset)
+    }
+}
+
 /// A lane's shared state (read by the runner's calls, written by the poll
 /// thread on assignment changes).
 struct LaneEntry {
@@ -771,20 +778,12 @@ impl<T: Send + 'static> Shared<T> {
         }
         let topic = &self.config.topic;
         let Some(producer) = &self.dlq else {
-            if !self.config.skip_bad_messages {
-                let d = &dead[0];
-                return Err(Error::BadMessage {
-                    origin: format!("{topic}/{}@{}", d.partition, d.offset),
-                    reason: d.reason.clone(),
-                    destination: "topic",
-                });
-            }
-            Counters::add(&self.counters.dead_letters, dead.len() as u64);
-            for d in &dead {
-                tracing::error!(%topic, partition = d.partition, offset = d.offset, reason = %d.reason,
-                    "bad message skipped: undecodable or refused by the pipeline (no dead-letter topic configured)");
-            }
-            return Ok(());
+            return crate::decode::without_destination(
+                self.config.skip_bad_messages,
+                "topic",
+                dead.iter().map(|d| (d.origin(topic), d.reason.as_str())),
+                &self.counters.dead_letters,
+            );
         };
         Counters::add(&self.counters.dead_letters, dead.len() as u64);
         let dlq = self.config.dead_letter_topic.as_deref().unwrap_or_default();
@@ -827,7 +826,7 @@ impl<T: Send + 'static> Shared<T> {
         for (d, r) in dead.iter().zip(results) {
             if let Err((e, _)) = r {
                 return Err(Error::DeadLetter {
-                    origin: format!("{topic}/{}@{}", d.partition, d.offset),
+                    origin: d.origin(topic),
                     destination: dlq.to_owned(),
                     message: e.to_string(),
                 });

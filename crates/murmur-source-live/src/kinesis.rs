@@ -632,20 +632,12 @@ impl<T: Send + 'static> Shared<T> {
         }
         let stream = &self.config.stream;
         let Some((client, dlq)) = &self.dead_letters else {
-            if !self.config.skip_bad_messages {
-                let d = &dead[0];
-                return Err(Error::BadMessage {
-                    origin: format!("{stream}/{}@{}", d.shard, d.sequence),
-                    reason: d.reason.clone(),
-                    destination: "stream",
-                });
-            }
-            Counters::add(&self.counters.dead_letters, dead.len() as u64);
-            for d in &dead {
-                tracing::error!(%stream, shard = %d.shard, sequence = %d.sequence, reason = %d.reason,
-                    "bad record skipped: undecodable or refused by the pipeline (no dead-letter stream configured)");
-            }
-            return Ok(());
+            return crate::decode::without_destination(
+                self.config.skip_bad_messages,
+                "stream",
+                dead.iter().map(|d| (d.origin(stream), d.reason.as_str())),
+                &self.counters.dead_letters,
+            );
         };
         Counters::add(&self.counters.dead_letters, dead.len() as u64);
         for d in &dead {
@@ -670,7 +662,7 @@ impl<T: Send + 'static> Shared<T> {
                 .send()
                 .await
                 .map_err(|e| Error::DeadLetter {
-                    origin: format!("{stream}/{}@{}", d.shard, d.sequence),
+                    origin: d.origin(stream),
                     destination: dlq.clone(),
                     message: DisplayErrorContext(&e).to_string(),
                 })?;
@@ -832,6 +824,13 @@ struct DeadLetter {
     sequence: String,
     reason: String,
     payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    /// `stream/shard@sequence`, as errors name a record.
+    fn origin(&self, stream: &str) -> String {
+        format!("{stream}/{}@{}", self.shard, self.sequence)
+    }
 }
 
 struct KChunk<T> {

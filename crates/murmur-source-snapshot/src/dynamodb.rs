@@ -639,16 +639,13 @@ impl<T: DeserializeOwned + Send + 'static> DynamoDbScanSource<T> {
                 .and_then(|value| {
                     let time = (self.event_time)(&value);
                     let id = self.event_id.as_ref().and_then(|f| f(&value));
-                    let record = Record {
+                    Record {
                         value,
                         event_time_ms: time,
                         event_id: id,
                         position: start.clone(),
-                    };
-                    match &check {
-                        Some(check) => check(&record).map(|()| record),
-                        None => Ok(record),
                     }
+                    .checked(check.as_ref())
                 });
                 match decoded {
                     Ok(record) => records.push(record),

@@ -393,10 +393,7 @@ impl<D: LineDecoder> Inner<D> {
         if !self.in_range(record.event_time_ms) {
             return Ok(None);
         }
-        if let Some(check) = check {
-            check(&record)?;
-        }
-        Ok(Some(record))
+        record.checked(check).map(Some)
     }
 
     fn in_range(&self, t: i64) -> bool {

@@ -192,25 +192,23 @@ impl<T> DecodedRows<T> {
     pub fn push(&mut self, row: Result<Record<T>, String>) {
         let index = self.pushed;
         self.pushed += 1;
+        let in_range = |r: &Record<T>| {
+            self.range
+                .as_ref()
+                .is_none_or(|range| range.contains(&r.event_time_ms))
+        };
         match row {
-            Ok(mut record) => {
-                if self
-                    .range
-                    .as_ref()
-                    .is_none_or(|r| r.contains(&record.event_time_ms))
-                {
-                    if let Some(check) = &self.check
-                        && let Err(reason) = check(&record)
-                    {
-                        self.bad.push((index, reason));
-                        return;
-                    }
+            // Outside the event-time range: neither kept nor checked.
+            Ok(record) if !in_range(&record) => {}
+            Ok(record) => match record.checked(self.check.as_ref()) {
+                Ok(mut record) => {
                     record.position = Position::Row {
                         row: self.first_row + index as u64,
                     };
                     self.records.push(record);
                 }
-            }
+                Err(reason) => self.bad.push((index, reason)),
+            },
             Err(reason) => self.bad.push((index, reason)),
         }
     }
